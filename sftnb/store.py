@@ -1,0 +1,152 @@
+"""Results store: every unit of work is saved once, keyed by what determines it, and never half-written.
+
+A *unit* (a probe chunk, one SFT run with its evaluation, one restoration sweep, ...) is identified by a
+``kind`` and a ``spec``: a JSON-able dict of everything that determines its result (model, data, params,
+seed). Its key is a SHA-256 of the canonical JSON of both, so changing any parameter makes a new unit and
+re-running the same parameters finds the old one.
+
+Layout: ``<root>/<kind>/<label>-<key16>/`` holding ``spec.json``, ``result.json`` and any files the unit
+wrote (a checkpoint, per-fact records). A unit is computed in a hidden temporary directory next to it and
+published with one ``os.rename`` (atomic on POSIX): a run killed at any moment (even ``kill -9``) leaves
+either the finished unit or a temporary directory that the next run deletes and recomputes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+STORE_VERSION = 1
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def spec_hash(kind: str, spec: dict) -> str:
+    return hashlib.sha256(canonical_json({"kind": kind, "v": STORE_VERSION, "spec": spec}).encode()).hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see the old content or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False, default=str) + "\n")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Unit:
+    def __init__(self, store: "Store", kind: str, spec: dict, label: str = ""):
+        self.store, self.kind, self.spec = store, kind, spec
+        self.key = spec_hash(kind, spec)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
+        self.path = store.root / kind / (f"{safe}-{self.key[:16]}" if safe else self.key[:16])
+
+    @property
+    def done(self) -> bool:
+        return (self.path / "result.json").is_file()
+
+    def result(self) -> dict:
+        return json.loads((self.path / "result.json").read_text(encoding="utf-8"))
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @contextmanager
+    def writing(self) -> Iterator[Path]:
+        """Yield a temporary directory; on normal exit it becomes the unit (atomically), else it is removed."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            yield tmp
+            if not (tmp / "result.json").is_file():
+                raise RuntimeError(f"unit {self.kind}/{self.path.name} wrote no result.json")
+            try:
+                os.rename(tmp, self.path)
+            except OSError:
+                if not self.done:        # a concurrent writer did not win either: a real error
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def compute(self, fn: Callable[[Path], dict]) -> dict:
+        """Return the stored result, or run ``fn(tmpdir) -> result`` and publish it."""
+        if self.done:
+            self.store.reused.append(self)
+            return self.result()
+        t0 = time.perf_counter()
+        with self.writing() as tmp:
+            result = dict(fn(tmp))
+            result.setdefault("_seconds", round(time.perf_counter() - t0, 3))
+            atomic_write_json(tmp / "spec.json", {"kind": self.kind, "spec": self.spec})
+            atomic_write_json(tmp / "result.json", result)
+        self.store.computed.append(self)
+        return result
+
+
+class Store:
+    """All units of one run directory. ``computed`` / ``reused`` list what this process did."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.computed: list[Unit] = []
+        self.reused: list[Unit] = []
+        self.clean_stale()
+
+    def unit(self, kind: str, spec: dict, label: str = "") -> Unit:
+        return Unit(self, kind, spec, label)
+
+    def compute(self, kind: str, spec: dict, fn: Callable[[Path], dict], label: str = "") -> dict:
+        return self.unit(kind, spec, label).compute(fn)
+
+    def clean_stale(self) -> int:
+        """Delete temporary directories left by processes that died mid-unit."""
+        n = 0
+        for tmp in self.root.glob("*/.*.tmp-*"):
+            try:
+                pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            except (IndexError, ValueError):
+                continue
+            if not _pid_alive(pid) or pid == os.getpid():
+                shutil.rmtree(tmp, ignore_errors=True)
+                n += 1
+        return n
+
+    def units(self, kind: str) -> list[dict]:
+        """Every finished unit of a kind as ``{"spec": ..., "result": ..., "path": ...}``."""
+        out = []
+        for p in sorted((self.root / kind).glob("*/result.json")):
+            spec = json.loads((p.parent / "spec.json").read_text(encoding="utf-8"))["spec"]
+            out.append({"spec": spec, "result": json.loads(p.read_text(encoding="utf-8")), "path": p.parent})
+        return out
+
+    def summary(self) -> str:
+        return f"{len(self.computed)} unit(s) computed, {len(self.reused)} reused from {self.root}"
