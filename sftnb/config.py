@@ -81,6 +81,8 @@ class SFTConfig(_Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    # auto: bf16 autocast over fp32 weights on GPU (the paper's setting), plain fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16-mixed"] = "auto"
     lora: LoraConfig = LoraConfig()
 
 
@@ -165,8 +167,9 @@ class RestoreConfig(_Section):
 class RunOptions(_Section):
     """How to run (not what): device, precision, sizes, folders."""
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"   # auto: bf16 on GPU, fp32 on CPU
-    inference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # probe/eval weights
+    # weights while fine-tuning; auto = fp32 master weights (autocast per sft.precision), as the paper trains
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    inference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # probe/eval: auto = bf16 on GPU, fp32 on CPU
     batch_tokens: int = Field(16384, ge=64)    # generation batches hold about this many tokens
     out_dir: Optional[str] = None              # store + checkpoints (default runs/<run_name>)
     figures_dir: Optional[str] = None          # tables + figures (default figures/<run_name>)

@@ -100,6 +100,7 @@ class Unit:
         """Return the stored result, or run ``fn(tmpdir) -> result`` and publish it."""
         if self.done:
             self.store.reused.append(self)
+            self.store.log("reused", self)
             return self.result()
         t0 = time.perf_counter()
         with self.writing() as tmp:
@@ -108,6 +109,7 @@ class Unit:
             atomic_write_json(tmp / "spec.json", {"kind": self.kind, "spec": self.spec})
             atomic_write_json(tmp / "result.json", result)
         self.store.computed.append(self)
+        self.store.log("computed", self)
         return result
 
 
@@ -120,6 +122,12 @@ class Store:
         self.computed: list[Unit] = []
         self.reused: list[Unit] = []
         self.clean_stale()
+
+    def log(self, event: str, unit: Unit) -> None:
+        """One line per unit served, so ``sftnb run`` can say what each notebook computed and reused."""
+        line = json.dumps({"event": event, "kind": unit.kind, "unit": unit.path.name, "t": round(time.time(), 3)})
+        with open(self.root / "units.log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
 
     def unit(self, kind: str, spec: dict, label: str = "") -> Unit:
         return Unit(self, kind, spec, label)

@@ -1,0 +1,79 @@
+"""Closed-book QA testing (paper §3.3): greedy answers in the SFT prompt format, scored by containment.
+
+Acc_test-i is the accuracy on the in-domain test facts of mastery category i; Acc_test is the mean over the
+five categories (each category weighs the same, as in the paper), likewise out of domain (Acc_testood).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from typing import Iterable, Sequence
+
+import torch
+
+from .data import Fact
+from .generation import decode, generate
+from .matching import answer_in_text
+from .sft import prompt_ids
+
+
+@contextlib.contextmanager
+def inference_copy(model, dtype: torch.dtype | None):
+    """The model itself, or a temporary copy in ``dtype`` (bf16 decoding is ~4x faster on a bf16-capable CPU
+    while training keeps fp32 weights)."""
+    current = next(model.parameters()).dtype
+    if dtype is None or dtype == current:
+        yield model
+        return
+    twin = copy.deepcopy(model).to(dtype)
+    try:
+        yield twin
+    finally:
+        del twin
+
+
+def answer_questions(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 16,
+                     batch_tokens: int = 16384, progress: bool = True, desc: str = "eval") -> list[str]:
+    prompts = [prompt_ids(tokenizer, q) for q in questions]
+    outs = generate(model, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
+                    eos_token_ids=_eos_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                    batch_tokens=batch_tokens, progress=progress, desc=desc)
+    return [texts[0] for texts in decode(tokenizer, outs)]
+
+
+def _eos_ids(tokenizer) -> tuple[int, ...]:
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"):
+        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
+        if tid is not None:
+            ids.add(tid)
+    return tuple(sorted(i for i in ids if i is not None))
+
+
+def score(facts: Sequence[Fact], outputs: Sequence[str]) -> list[bool]:
+    return [answer_in_text(f.answers, out) for f, out in zip(facts, outputs, strict=True)]
+
+
+def evaluate_sets(model, tokenizer, sets: dict[str, Sequence[Fact]], max_new_tokens: int = 16,
+                  batch_tokens: int = 16384, progress: bool = True) -> dict[str, dict]:
+    """Answer every named set in one generation call; per set: accuracy, n and the per-fact correctness."""
+    names = [n for n in sets if len(sets[n])]
+    flat = [f for n in names for f in sets[n]]
+    outputs = answer_questions(model, tokenizer, [f.question for f in flat], max_new_tokens, batch_tokens,
+                               progress) if flat else []
+    correct = score(flat, outputs)
+    out, i = {}, 0
+    for n in sets:
+        m = len(sets[n])
+        c = correct[i:i + m]
+        out[n] = {"n": m, "accuracy": (sum(c) / m) if m else math.nan, "correct": c,
+                  "examples": [{"q": f.question, "out": o} for f, o in zip(sets[n][:3], outputs[i:i + 3])]}
+        i += m
+    return out
+
+
+def mean_accuracy(results: dict[str, dict], names: Iterable[str]) -> float:
+    """Mean over the named sets that have facts (Acc_test = mean of Acc_test-0..4)."""
+    accs = [results[n]["accuracy"] for n in names if n in results and results[n]["n"]]
+    return sum(accs) / len(accs) if accs else math.nan

@@ -1,0 +1,358 @@
+"""One experiment = one params file: data -> mastery probe -> SFT grid, each step a store unit.
+
+Notebooks build an ``Experiment`` from their parameters cell and ask it for what they show; everything that
+takes time is computed once, stored under ``runs/<run-name>/`` keyed by what determines it, and reused by every
+later notebook and rerun.
+"""
+from __future__ import annotations
+
+import gc
+import random
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from . import mastery
+from .config import ExperimentConfig, ModelConfig, Scale
+from .data import Fact, load_source, paper_splits
+from .errors import SftnbError
+from .evaluate import evaluate_sets, inference_copy, mean_accuracy
+from .models import load_model, model_fingerprint, resolve_device, resolve_dtype
+from .sft import train, train_lora
+from .store import Store
+
+SETS = ("train", "test", "testood")
+TEST_SETS = tuple(f"test-{c}" for c in mastery.CATEGORIES)
+OOD_SETS = tuple(f"testood-{c}" for c in mastery.CATEGORIES)
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One SFT run of the grid: how its training set was drawn and fine-tuned."""
+    kind: str            # "divided" (one mastery category), "mixed" (any category) or "lora" (mixed, LoRA)
+    category: int | None
+    scale: Scale
+    seed: int
+
+    @property
+    def label(self) -> str:
+        cat = f"cat{self.category}" if self.category is not None else "mixed"
+        return f"{self.kind}-{cat}-n{self.scale}-s{self.seed}"
+
+
+def balanced_sample(facts: Sequence[Fact], n: int | str, seed: int) -> list[Fact] | None:
+    """``n`` facts drawn round-robin over relations in a seeded order, so per-relation counts differ by at most
+    one (while a relation has facts left); ``"all"`` = every fact; ``None`` when fewer than ``n`` exist."""
+    rng = random.Random(seed)
+    if n == "all":
+        out = list(facts)
+        rng.shuffle(out)
+        return out
+    if n > len(facts):
+        return None
+    by_rel: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f)
+    pools = {r: rng.sample(v, len(v)) for r, v in sorted(by_rel.items())}
+    out: list[Fact] = []
+    while len(out) < n:
+        order = [r for r in sorted(pools) if pools[r]]
+        rng.shuffle(order)
+        for r in order[: n - len(out)]:
+            out.append(pools[r].pop())
+    return out
+
+
+class Experiment:
+    def __init__(self, cfg: ExperimentConfig, root: Path | None = None):
+        self.cfg = cfg
+        self.store = Store(cfg.out_dir(root))
+        self.figures = cfg.figures_dir(root)
+        self.figures.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(cfg.run.device)
+        self.train_dtype = torch.float32 if cfg.run.dtype == "auto" else resolve_dtype(cfg.run.dtype, self.device)
+        self.infer_dtype = resolve_dtype(cfg.run.inference_dtype, self.device)
+        self.progress = cfg.run.progress
+        self._loaded: tuple[str, object, object, dict] | None = None   # (model name, model, tokenizer, base state)
+        self._probes: dict[tuple[str, str], dict[str, pd.DataFrame]] = {}
+
+    # ------------------------------------------------------------------------------------------- data
+    @cached_property
+    def factset(self):
+        d = self.cfg.data
+        return load_source(d.source, d.path)
+
+    @property
+    def relations(self):
+        return self.factset.relations
+
+    @cached_property
+    def sets(self) -> dict[str, list[Fact]]:
+        """D_train, D_test, D_testood (capped per relation for reduced runs)."""
+        d = self.cfg.data
+        caps = {"train": d.max_train_per_relation, "test": d.max_test_per_relation,
+                "testood": d.max_testood_per_relation}
+        sets = paper_splits(self.factset, caps, d.seed)
+        for name, facts in sets.items():
+            if not facts:
+                raise SftnbError(f"data: {self.cfg.data.source} has no facts for D_{name}")
+        return sets
+
+    def model_cfg(self, name: str | None = None) -> ModelConfig:
+        if name is None:
+            return self.cfg.main_model
+        for m in self.cfg.models:
+            if m.name == name:
+                return m
+        raise SftnbError(f"no model named {name!r} in params (have: {', '.join(m.name for m in self.cfg.models)})")
+
+    # ------------------------------------------------------------------------------------------- models
+    def base(self, mc: ModelConfig | None = None):
+        """(model, tokenizer) of the pre-trained model, reset to its pre-trained weights; one model in memory."""
+        mc = mc or self.cfg.main_model
+        if self._loaded is None or self._loaded[0] != mc.name:
+            self._loaded = None
+            gc.collect()
+            model, tok = load_model(mc.path, device=str(self.device), dtype=self.train_dtype,
+                                    quantization=mc.quantization)
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self._loaded = (mc.name, model, tok, state)
+        _, model, tok, state = self._loaded
+        model.load_state_dict(state)
+        model.eval()
+        return model, tok
+
+    def base_state(self, mc: ModelConfig | None = None) -> dict[str, torch.Tensor]:
+        self.base(mc)
+        return self._loaded[3]
+
+    # ------------------------------------------------------------------------------------------- mastery
+    def probes(self, mc: ModelConfig | None = None, method: str | None = None) -> dict[str, pd.DataFrame]:
+        mc = mc or self.cfg.main_model
+        method = method or self.cfg.probe.method
+        if (mc.name, method) in self._probes:
+            return self._probes[(mc.name, method)]
+        out = {}
+        for name in SETS:
+            out[name] = mastery.probe_stored(
+                self.store, lambda: self._infer_model(mc), self.base(mc)[1], model_fingerprint(mc.path),
+                self.sets[name], self.relations, self.cfg.probe, method, self.cfg.run.batch_tokens,
+                self.progress, label=f"{mc.name}-{name}")
+        self._probes[(mc.name, method)] = out
+        return out
+
+    def _infer_model(self, mc):
+        model, _ = self.base(mc)
+        return model if self.infer_dtype == self.train_dtype else _cast_copy(model, self.infer_dtype)
+
+    def categorized(self, mc: ModelConfig | None = None) -> dict[str, dict[int, list[Fact]]]:
+        probes = self.probes(mc)
+        return {name: mastery.split_by_category(self.sets[name], probes[name]) for name in SETS}
+
+    def eval_sets(self, mc: ModelConfig | None = None) -> dict[str, list[Fact]]:
+        cats = self.categorized(mc)
+        return {**{f"test-{c}": cats["test"][c] for c in mastery.CATEGORIES},
+                **{f"testood-{c}": cats["testood"][c] for c in mastery.CATEGORIES}}
+
+    # ------------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, model, tok, sets: dict[str, Sequence[Fact]]) -> dict[str, dict]:
+        with inference_copy(model, self.infer_dtype) as m:
+            return evaluate_sets(m, tok, sets, self.cfg.eval.max_new_tokens, self.cfg.run.batch_tokens,
+                                 self.progress)
+
+    @staticmethod
+    def summarize(results: dict[str, dict]) -> dict[str, float]:
+        """Acc_test-i, Acc_testood-i, their means (Acc_test, Acc_testood) and train accuracy if present."""
+        out = {f"acc_{n}": results[n]["accuracy"] for n in results}
+        out["acc_test"] = mean_accuracy(results, TEST_SETS)
+        out["acc_testood"] = mean_accuracy(results, OOD_SETS)
+        return out
+
+    # ------------------------------------------------------------------------------------------- reference
+    def reference(self, mc: ModelConfig | None = None) -> dict:
+        """The pre-trained model's own scores, the §4.1 KL examples, and its first-token logits on them."""
+        from .generation import first_token_logits
+        from .matching import answer_position
+        from .token_kl import renormalized_kl  # noqa: F401  (imported for its checks' side effects only)
+
+        mc = mc or self.cfg.main_model
+        sets = self.eval_sets(mc)
+        probes = self.probes(mc)
+        best = mastery.best_templates(pd.concat([probes["train"], probes["test"]]))
+        tk = self.cfg.token_kl
+        spec = {"model": model_fingerprint(mc.path), "eval": self.cfg.eval.model_dump(),
+                "sets": {n: mastery.facts_digest(v) for n, v in sets.items()}, "token_kl": tk.model_dump(),
+                "best": best, "dtype": str(self.infer_dtype)}
+
+        def compute(tmp):
+            model, tok = self.base(mc)
+            res = self.evaluate(model, tok, sets)
+            # §4.1: D_test-4, the best template per relation, kept if the base completion starts with the answer
+            cands = sets["test-4"]
+            texts = [self.relations[f.relation].mapping(best.get(f.relation, 0), f.subject) for f in cands]
+            with inference_copy(model, self.infer_dtype) as m:
+                outs = _complete(m, tok, texts, self.cfg.eval.max_new_tokens, self.cfg.run.batch_tokens,
+                                 self.progress)
+                keep = [i for i, (f, o) in enumerate(zip(cands, outs))
+                        if (pos := answer_position(f.answers, o)) is not None and pos <= tk.answer_within_words]
+                if tk.max_examples:
+                    keep = keep[: tk.max_examples]
+                prompts = [mastery._with_bos(tok, texts[i]) for i in keep]
+                logits = first_token_logits(m, prompts, batch_tokens=self.cfg.run.batch_tokens) if prompts \
+                    else torch.zeros(0, model.config.vocab_size)
+            torch.save(logits.float(), tmp / "base_first_logits.pt")
+            return {"metrics": self.summarize(res), "per_set": _strip(res),
+                    "kl_examples": [{"key": cands[i].key, "prompt": texts[i], "answers": list(cands[i].answers),
+                                     "base_output": outs[i]} for i in keep]}
+
+        unit = self.store.unit("reference", spec, f"{mc.name}")
+        result = unit.compute(compute)
+        result["base_logits_path"] = str(unit.file("base_first_logits.pt"))
+        return result
+
+    def instruct_reference(self, mc: ModelConfig) -> dict:
+        """Table 7's first column: the matching instruct model, evaluated like every fine-tuned model."""
+        sets = self.eval_sets(mc)
+        spec = {"model": model_fingerprint(mc.instruct_path), "eval": self.cfg.eval.model_dump(),
+                "sets": {n: mastery.facts_digest(v) for n, v in sets.items()}, "dtype": str(self.infer_dtype)}
+
+        def compute(tmp):
+            model, tok = load_model(mc.instruct_path, device=str(self.device), dtype=self.infer_dtype)
+            res = self.evaluate(model, tok, sets)
+            del model
+            return {"metrics": self.summarize(res), "per_set": _strip(res)}
+
+        return self.store.compute("instruct", spec, compute, f"{mc.name}-instruct")["metrics"]
+
+    # ------------------------------------------------------------------------------------------- the grid
+    def run_keys(self) -> list[RunKey]:
+        g = self.cfg.grid
+        keys = [RunKey("divided", c, s, seed) for c in g.categories for s in g.scales for seed in g.seeds]
+        if g.mixed:
+            keys += [RunKey("mixed", None, s, seed) for s in g.scales for seed in g.seeds]
+        if g.lora:
+            keys += [RunKey("lora", None, s, seed) for s in g.scales for seed in g.seeds]
+        return keys
+
+    def training_facts(self, key: RunKey, mc: ModelConfig | None = None) -> list[Fact] | None:
+        pool = self.sets["train"] if key.category is None else self.categorized(mc)["train"][key.category]
+        return balanced_sample(pool, key.scale, key.seed)
+
+    def _run_spec(self, key: RunKey, mc: ModelConfig, facts: list[Fact]) -> dict:
+        sft = self.cfg.sft.model_dump()
+        if key.kind != "lora":
+            sft.pop("lora")
+        return {"model": model_fingerprint(mc.path), "run": key.__dict__, "train": mastery.facts_digest(facts),
+                "sft": sft, "dtype": str(self.train_dtype)}
+
+    def finetune(self, key: RunKey, mc: ModelConfig | None = None):
+        """(fine-tuned model, tokenizer, train report): the kept checkpoint if there is one, else re-trained from
+        its seed (deterministic), starting from the pre-trained weights."""
+        mc = mc or self.cfg.main_model
+        facts = self.training_facts(key, mc)
+        if facts is None:
+            raise SftnbError(f"{key.label}: D_train-{key.category} has too few facts for scale {key.scale}")
+        unit = self.store.unit("sft", self._run_spec(key, mc, facts) | {"eval": self._eval_spec(mc)}, key.label)
+        model, tok = self.base(mc)
+        ckpt = unit.file("model.safetensors")
+        if ckpt.is_file():
+            from safetensors.torch import load_file
+            model.load_state_dict(load_file(str(ckpt), device=str(self.device)), strict=False)
+            return model, tok, None
+        pairs = [(f.question, f.answers[0]) for f in facts]
+        if key.kind == "lora":
+            model, report = train_lora(model, tok, pairs, self.cfg.sft, key.seed, self.progress)
+            self._loaded = (mc.name, model, tok, self._loaded[3])     # the merged model replaces the wrapped one
+        else:
+            report = train(model, tok, pairs, self.cfg.sft, key.seed, progress=self.progress, desc=key.label)
+        return model, tok, report
+
+    def _eval_spec(self, mc):
+        return {"eval": self.cfg.eval.model_dump(), "infer_dtype": str(self.infer_dtype),
+                "sets": {n: mastery.facts_digest(v) for n, v in self.eval_sets(mc).items()},
+                "token_kl": self.cfg.token_kl.model_dump()}
+
+    def run_unit(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
+        """Fine-tune, evaluate in and out of domain (and on its training set), first-token KL: one store unit."""
+        from safetensors.torch import save_model
+
+        from .generation import first_token_logits
+        from .token_kl import renormalized_kl, topk_table
+
+        mc = mc or self.cfg.main_model
+        facts = self.training_facts(key, mc)
+        if facts is None:
+            return None
+        ref = self.reference(mc)
+        spec = self._run_spec(key, mc, facts) | {"eval": self._eval_spec(mc)}
+
+        def compute(tmp):
+            model, tok, report = self.finetune(key, mc)
+            if key.scale in self.cfg.grid.keep_checkpoints and key.kind == "divided":
+                save_model(model, str(tmp / "model.safetensors"))
+            sets = dict(self.eval_sets(mc))
+            if self.cfg.eval.train_accuracy:
+                sets["train"] = facts
+            res = self.evaluate(model, tok, sets)
+            kl_mean, kl_rows, fig3 = float("nan"), [], None
+            ex = ref["kl_examples"]
+            if ex:
+                prompts = [mastery._with_bos(tok, e["prompt"]) for e in ex]
+                with inference_copy(model, self.infer_dtype) as m:
+                    ft = first_token_logits(m, prompts, batch_tokens=self.cfg.run.batch_tokens)
+                base = torch.load(ref["base_logits_path"])
+                kl = renormalized_kl(ft, base, k=self.cfg.token_kl.k)
+                kl_mean, kl_rows = float(kl.mean()), [round(float(x), 6) for x in kl]
+                fig3 = topk_table(ft[0], base[0], tok, k=self.cfg.token_kl.k).to_dict(orient="list")
+            return {"metrics": self.summarize(res) | {"kl": kl_mean}, "per_set": _strip(res), "kl": kl_rows,
+                    "fig3_example": fig3, "train": report.to_dict() if report else None,
+                    "n_train": len(facts)}
+
+        return self.store.unit("sft", spec, key.label).compute(compute)
+
+    def grid(self, mc: ModelConfig | None = None) -> pd.DataFrame:
+        """Every unit of the grid, computed or reused: one row per run with its metrics."""
+        from tqdm.auto import tqdm
+
+        mc = mc or self.cfg.main_model
+        rows = []
+        for key in tqdm(self.run_keys(), desc=f"grid {mc.name}", disable=not self.progress):
+            res = self.run_unit(key, mc)
+            row = {"model": mc.name, "kind": key.kind, "category": pd.NA if key.category is None else key.category,
+                   "scale": str(key.scale),
+                   "seed": key.seed}
+            if res is None:
+                row["status"] = "too few facts"
+            else:
+                row.update(status="done", n_train=res["n_train"], **res["metrics"],
+                           seconds=res.get("_seconds"))
+            rows.append(row)
+        df = pd.DataFrame(rows)
+        df["category"] = df["category"].astype("Int64")
+        return df
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _cast_copy(model, dtype):
+    import copy
+    return copy.deepcopy(model).to(dtype)
+
+
+def _strip(results: dict[str, dict]) -> dict:
+    return {n: {k: v for k, v in r.items() if k != "correct"} for n, r in results.items()}
+
+
+def _complete(model, tok, texts, max_new_tokens, batch_tokens, progress) -> list[str]:
+    """Greedy completions of raw texts (the §4.1 selection uses the mapping templates, not the QA format)."""
+    from .evaluate import _eos_ids
+    from .generation import decode, generate
+
+    prompts = [mastery._with_bos(tok, t) for t in texts]
+    outs = generate(model, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
+                    eos_token_ids=_eos_ids(tok), pad_token_id=tok.pad_token_id, batch_tokens=batch_tokens,
+                    progress=progress, desc="complete")
+    return [t[0] for t in decode(tok, outs)]

@@ -1,0 +1,193 @@
+"""Parameter level (paper §5, App. B.2, C, E): how much SFT changed each parameter, where, and what restoring
+the most-changed ones to their pre-trained values does.
+
+Builds on the streaming engine in ``sftnb.restore`` (exact global top-k of relative change, live restore/undo)
+and on the SFT grid's kept checkpoints. Every sweep is one store unit per fine-tuned model.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from . import mastery
+from .experiment import OOD_SETS, TEST_SETS, Experiment, RunKey
+from .restore import Restorer
+
+CONCENTRATION_XS = (1, 3, 5, 10, 20, 40, 60)
+
+
+def kept_runs(exp: Experiment, mc=None) -> list[RunKey]:
+    """Fine-tuned models with a kept checkpoint (divided data, kept scales, first seed), in grid order."""
+    g = exp.cfg.grid
+    keys = [RunKey("divided", c, s, g.seeds[0]) for s in g.keep_checkpoints if s in g.scales for c in g.categories]
+    return [k for k in keys if exp.training_facts(k, mc) is not None]
+
+
+def largest_scale(keys: list[RunKey]) -> list[RunKey]:
+    """The runs at the largest scale among ``keys`` ("all" counts as largest)."""
+    if not keys:
+        return []
+    top = max(keys, key=lambda k: float("inf") if k.scale == "all" else k.scale).scale
+    return [k for k in keys if k.scale == top]
+
+
+def _restorer(exp: Experiment, key: RunKey, mc=None):
+    exp.run_unit(key, mc)                       # makes sure the grid unit (and its checkpoint) exists
+    model, tok, _ = exp.finetune(key, mc)
+    return Restorer(model, exp.base_state(mc), region=exp.cfg.restore.region), model, tok
+
+
+def _sweep_spec(exp: Experiment, key: RunKey, mc, what: dict) -> dict:
+    facts = exp.training_facts(key, mc)
+    spec = exp._run_spec(key, mc or exp.cfg.main_model, facts)
+    return spec | {"eval": exp._eval_spec(mc or exp.cfg.main_model), "region": exp.cfg.restore.region} | what
+
+
+def update_statistics(exp: Experiment, key: RunKey, mc=None) -> dict:
+    """Table 3 (concentration of Σ relative change in the top x %) and Tables 9-10 (where the top
+    ``redundant_k_percent`` sit: per layer, per module type) for one fine-tuned model."""
+    k = exp.cfg.restore.redundant_k_percent
+
+    def compute(tmp):
+        restorer, _, _ = _restorer(exp, key, mc)
+        conc = restorer.concentration(CONCENTRATION_XS)
+        sel = restorer.restore(k, "top")
+        per_layer, per_module = restorer.distribution(sel)
+        restorer.undo()
+        return {"concentration": conc.to_dict(orient="list"), "per_layer": per_layer.to_dict(orient="list"),
+                "per_module": per_module.to_dict(orient="list")}
+
+    spec = _sweep_spec(exp, key, mc, {"what": "update_statistics", "k": k})
+    return exp.store.compute("param_stats", spec, compute, key.label)
+
+
+def restore_sweep(exp: Experiment, key: RunKey, ks, strategy: str = "top", on_train: bool = False,
+                  mc=None) -> pd.DataFrame:
+    """Accuracy after restoring the top (bottom, random) k % for each k, in- and out-of-domain, or on the run's
+    own training set (Table 6). k = 0 is the fine-tuned model itself. The model is restored and undone in place."""
+    def compute(tmp):
+        restorer, model, tok = _restorer(exp, key, mc)
+        sets = {"train": exp.training_facts(key, mc)} if on_train else exp.eval_sets(mc)
+        rows = []
+        for k in [0, *ks]:
+            if k == 0:
+                res = exp.evaluate(model, tok, sets)
+            else:
+                with restorer.restored(k, strategy, seed=key.seed):
+                    res = exp.evaluate(model, tok, sets)
+            rows.append({"k": k, **{n: r["accuracy"] for n, r in res.items()}})
+        return {"rows": rows}
+
+    spec = _sweep_spec(exp, key, mc, {"what": "restore", "ks": list(ks), "strategy": strategy,
+                                      "on_train": on_train})
+    res = exp.store.compute("restore", spec, compute, f"{key.label}-{strategy}{'-train' if on_train else ''}")
+    df = pd.DataFrame(res["rows"])
+    if not on_train:
+        df["acc_test"] = df[[c for c in TEST_SETS if c in df]].mean(axis=1)
+        df["acc_testood"] = df[[c for c in OOD_SETS if c in df]].mean(axis=1)
+    return df
+
+
+def layer_restore(exp: Experiment, key: RunKey, mc=None) -> pd.DataFrame:
+    """Table 11: accuracy after restoring every parameter of one group of decoder layers at a time."""
+    def compute(tmp):
+        restorer, model, tok = _restorer(exp, key, mc)
+        n_layers = model.config.num_hidden_layers
+        size = exp.cfg.restore.layer_group_size
+        sets = exp.eval_sets(mc)
+        rows = []
+        for start in range(0, n_layers, size):
+            group = list(range(start, min(start + size, n_layers)))
+            with restorer.layers_restored(group):
+                res = exp.evaluate(model, tok, sets)
+            rows.append({"layers": f"{group[0]}-{group[-1]}", **{n: r["accuracy"] for n, r in res.items()}})
+        return {"rows": rows}
+
+    spec = _sweep_spec(exp, key, mc, {"what": "layers", "size": exp.cfg.restore.layer_group_size})
+    df = pd.DataFrame(exp.store.compute("layer_restore", spec, compute, key.label)["rows"])
+    df["acc_test"] = df[[c for c in TEST_SETS if c in df]].mean(axis=1)
+    df["acc_testood"] = df[[c for c in OOD_SETS if c in df]].mean(axis=1)
+    return df
+
+
+def _task_score(metric: str, output: str, reference: str) -> float:
+    from .matching import normalize
+
+    out, ref = normalize(output), normalize(reference)
+    if metric == "contains":
+        return float(bool(ref) and f" {ref} " in f" {out} ")
+    if metric == "exact_match":
+        return float(out == ref)
+    o, r = out.split(), ref.split()             # rouge1: unigram F1
+    common = sum(min(o.count(w), r.count(w)) for w in set(r))
+    if not o or not r or not common:
+        return 0.0
+    p, rc = common / len(o), common / len(r)
+    return 2 * p * rc / (p + rc)
+
+
+def read_task(path) -> list[dict]:
+    import json
+    from pathlib import Path
+
+    from .config import _resolve
+    from .errors import SftnbError
+
+    p = _resolve(path)
+    if not p.is_file():
+        raise SftnbError(f"extra task file not found: {p}")
+    rows = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            rows.append({"prompt": str(d["prompt"]), "reference": str(d["reference"])})
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SftnbError(f"{p}:{i}: expected a JSON object with 'prompt' and 'reference'") from None
+    if not rows:
+        raise SftnbError(f"{p}: no examples")
+    return rows
+
+
+def extra_task_sweep(exp: Experiment, key: RunKey, task, mc=None) -> dict:
+    """Table 5: the task's mean score (%) after restoring each k % of one fine-tuned model (k = 0: none)."""
+    from .evaluate import inference_copy
+    from .experiment import _complete
+
+    rows = read_task(task.path)
+
+    def compute(tmp):
+        restorer, model, tok = _restorer(exp, key, mc)
+        scores = {}
+        for k in [0, *exp.cfg.restore.k_percents]:
+            ctx = restorer.restored(k, "top") if k else _nullcontext()
+            with ctx, inference_copy(model, exp.infer_dtype) as m:
+                outs = _complete(m, tok, [r["prompt"] for r in rows], task.max_new_tokens,
+                                 exp.cfg.run.batch_tokens, exp.progress)
+            scores["0" if k == 0 else f"{k:g}%"] = 100 * sum(
+                _task_score(task.metric, o, r["reference"]) for o, r in zip(outs, rows)) / len(rows)
+        return {"scores": scores}
+
+    spec = _sweep_spec(exp, key, mc, {"what": "extra_task", "task": task.model_dump(),
+                                      "ks": exp.cfg.restore.k_percents, "n": len(rows)})
+    return exp.store.compute("extra_task", spec, compute, f"{key.label}-{task.name}")["scores"]
+
+
+def _nullcontext():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def best(values) -> float:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return max(vals) if vals else math.nan
+
+
+def category_name(c: int | None) -> str:
+    return "mixed" if c is None else f"D_train-{c}"
+
+
+__all__ = ["kept_runs", "update_statistics", "restore_sweep", "layer_restore", "CONCENTRATION_XS",
+           "category_name", "best", "mastery"]

@@ -1,0 +1,55 @@
+"""Tables and figures as files: every artifact goes to ``figures/<run-name>/`` as ``tableNN_*`` (CSV + Markdown)
+or ``figNN_*`` (PNG), written atomically so an interrupted notebook never leaves half a file."""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .store import atomic_write_text
+
+
+def save_table(df: pd.DataFrame, folder: Path, name: str, floatfmt: str = ".2f", index: bool = True) -> list[Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv, md = folder / f"{name}.csv", folder / f"{name}.md"
+    atomic_write_text(csv, df.to_csv(index=index))
+    atomic_write_text(md, df.to_markdown(index=index, floatfmt=floatfmt) + "\n")
+    return [csv, md]
+
+
+def save_figure(fig, folder: Path, name: str, dpi: int = 130) -> Path:
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+    plt.close(fig)
+    return path
+
+
+def pct(x: float) -> float:
+    """Accuracy in percent, as the paper prints it."""
+    return math.nan if x is None or (isinstance(x, float) and math.isnan(x)) else round(100.0 * x, 2)
+
+
+def mean_std(values) -> str:
+    """'54.1 ± 1.2' (std over seeds; a single seed prints the mean alone)."""
+    s = pd.Series(list(values), dtype=float).dropna()
+    if s.empty:
+        return "n/a"
+    return f"{s.mean():.2f}" if len(s) == 1 else f"{s.mean():.2f} ± {s.std(ddof=0):.2f}"
+
+
+def artifacts(folder: Path) -> pd.DataFrame:
+    """What a run wrote: one row per file."""
+    folder = Path(folder)
+    rows = [{"file": p.name, "bytes": p.stat().st_size} for p in sorted(folder.glob("*")) if p.is_file()]
+    return pd.DataFrame(rows, columns=["file", "bytes"])

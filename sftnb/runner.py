@@ -1,0 +1,89 @@
+"""``sftnb run params/<name>.yaml``: execute notebooks 01-06 headless with papermill, in order.
+
+Executed copies go to ``<out>/notebooks/``; the results store under ``<out>`` makes a rerun reuse every finished
+unit. For each notebook it prints the time, how many store units were computed and reused, and the artifacts
+written; a failing notebook stops the run with the notebook, the cell and the error named.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .config import load_config, project_root
+from .errors import SftnbError
+
+
+def notebooks(root: Path, only: str | None = None) -> list[Path]:
+    found = sorted((root / "notebooks").glob("0[1-9]_*.ipynb"))
+    if not found:
+        raise SftnbError(f"no notebooks found in {root / 'notebooks'}")
+    if only:
+        wanted = {w.strip().zfill(2) for w in only.split(",") if w.strip()}
+        unknown = wanted - {p.name[:2] for p in found}
+        if unknown:
+            raise SftnbError(f"--only: no notebook numbered {', '.join(sorted(unknown))} "
+                             f"(have {', '.join(p.name[:2] for p in found)})")
+        found = [p for p in found if p.name[:2] in wanted]
+    return found
+
+
+def _log_events(log: Path, since: float) -> tuple[int, int]:
+    if not log.is_file():
+        return 0, 0
+    computed = reused = 0
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue                       # a line cut by a kill: ignore it
+        if e.get("t", 0) >= since:
+            computed += e["event"] == "computed"
+            reused += e["event"] == "reused"
+    return computed, reused
+
+
+def run_cli(args) -> int:
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    root = project_root()
+    params = Path(args.params).expanduser()
+    params = params if params.is_absolute() else (Path.cwd() / params)
+    cfg = load_config(params)                         # validate everything before any work starts
+    out = Path(args.out).expanduser().resolve() if args.out else cfg.out_dir(root)
+    run_override = {"out_dir": str(out)} if args.out else None
+    figures = cfg.figures_dir(root)
+    todo = notebooks(root, args.only)
+    executed = out / "notebooks"
+    executed.mkdir(parents=True, exist_ok=True)
+    print(f"sftnb run {cfg.run_name}: {len(todo)} notebook(s); store {out}; figures {figures}")
+    total = time.perf_counter()
+    for nb in todo:
+        target = executed / nb.name
+        tmp = executed / f".tmp-{os.getpid()}-{nb.name}"
+        parameters = {"params_file": str(params)}
+        if run_override:
+            parameters["run"] = run_override
+        since, t0 = time.time(), time.perf_counter()
+        before = {p: p.stat().st_mtime for p in figures.glob("*")} if figures.is_dir() else {}
+        try:
+            pm.execute_notebook(str(nb), str(tmp), parameters=parameters, cwd=str(nb.parent),
+                                kernel_name="python3", progress_bar=False, log_output=False)
+        except PapermillExecutionError as e:
+            tmp.replace(target) if tmp.exists() else None
+            evalue = str(e.evalue).splitlines()[0] if e.evalue else ""
+            raise SftnbError(f"{nb.name} failed in cell {e.exec_count or e.cell_index}: {e.ename}: {evalue} "
+                             f"(executed copy: {target})") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(target)
+        computed, reused = _log_events(out / "units.log.jsonl", since)
+        written = sorted(p.name for p in figures.glob("*")
+                         if p.is_file() and before.get(p) != p.stat().st_mtime)
+        print(f"  {nb.stem:<18} {time.perf_counter() - t0:7.1f} s   units computed {computed:3d}, reused {reused:3d}"
+              f"   -> {len(written)} file(s): {', '.join(written) if written else '(all up to date)'}")
+    print(f"done in {time.perf_counter() - total:.1f} s; executed notebooks in {executed}; artifacts in {figures}")
+    return 0

@@ -1,0 +1,139 @@
+"""Supervised fine-tuning on closed-book QA (paper §3.3, App. A).
+
+Every example is ``<bos><|question|> {question} <|answer|> {answer}<eos>``; the markers are plain text (no new
+tokens) and the loss covers the answer tokens only (prompt tokens carry label -100). Prompt and answer are
+tokenised separately so that evaluation, which feeds the prompt alone, sees exactly the training prompt ids.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import LoraConfig, SFTConfig
+from .errors import SftnbError
+
+IGNORE = -100
+
+
+# --------------------------------------------------------------------------------------------- the format
+def qa_prompt(question: str) -> str:
+    return f"<|question|> {question} <|answer|>"
+
+
+def special_ids(tokenizer) -> tuple[int | None, int]:
+    """(bos, eos) ids; a tokenizer without BOS gets none (Qwen-style), one without EOS is an error."""
+    if tokenizer.eos_token_id is None:
+        raise SftnbError("the tokenizer has no EOS token; SFT needs one to end answers")
+    return tokenizer.bos_token_id, tokenizer.eos_token_id
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    bos, _ = special_ids(tokenizer)
+    ids = tokenizer.encode(qa_prompt(question), add_special_tokens=False)
+    return ([bos] if bos is not None else []) + ids
+
+
+def example_ids(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one training example; labels are -100 over the prompt."""
+    _, eos = special_ids(tokenizer)
+    prompt = prompt_ids(tokenizer, question)
+    target = tokenizer.encode(" " + answer, add_special_tokens=False) + [eos]
+    return prompt + target, [IGNORE] * len(prompt) + target
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padding is masked out of attention and loss."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(examples):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        labels[row, :len(lab)] = torch.tensor(lab)
+        mask[row, :len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+# --------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainReport:
+    steps: int
+    samples: int
+    seconds: float
+    losses: list[float]
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "samples": self.samples, "seconds": round(self.seconds, 3),
+                "samples_per_s": round(self.samples / max(self.seconds, 1e-9), 2),
+                "loss_first": self.losses[0] if self.losses else None,
+                "loss_last": self.losses[-1] if self.losses else None, "losses": self.losses}
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "auto":
+        precision = "bf16-mixed" if device.type == "cuda" else "fp32"
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, seed: int = 0,
+          learning_rate: float | None = None, progress: bool = True, desc: str = "sft") -> TrainReport:
+    """Fine-tune ``model`` in place on (question, answer) pairs: AdamW, the configured schedule, ``epochs``
+    passes in an order shuffled by ``seed``. Weights stay in their dtype (fp32 for full fine-tuning)."""
+    from transformers import get_scheduler
+
+    if not pairs:
+        raise SftnbError("SFT needs at least one training example")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [example_ids(tokenizer, q, a) for q, a in pairs]
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    order = [i for _ in range(cfg.epochs) for i in rng.sample(range(len(encoded)), len(encoded))]
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=learning_rate or cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * len(batches)),
+                          num_training_steps=len(batches))
+    model.train()
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for batch_idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in batch_idx], pad).items()}
+        with _autocast(cfg.precision, device):
+            loss = model(**batch).loss
+        loss.backward()
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 5))
+    model.eval()
+    return TrainReport(len(batches), len(order), time.perf_counter() - t0, losses)
+
+
+def train_lora(model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, seed: int = 0,
+               progress: bool = True):
+    """Table 7's LoRA baseline through peft; returns (merged plain model, report)."""
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
+
+    lc: LoraConfig = cfg.lora
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [t for t in lc.target_modules if t in names]
+    if not targets:
+        raise SftnbError(f"sft.lora.target_modules {lc.target_modules} match no module of this model")
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, PeftLora(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                target_modules=targets, task_type="CAUSAL_LM"))
+    report = train(peft_model, tokenizer, pairs, cfg, seed=seed, learning_rate=lc.learning_rate,
+                   progress=progress, desc="sft-lora")
+    return peft_model.merge_and_unload().eval(), report

@@ -1,0 +1,55 @@
+"""Token level (paper §4): how far the fine-tuned model's first-token distribution moves from the pre-trained one.
+
+The paper compares the two models on the *first generated token* of questions the pre-trained model already
+answers (D_test-4). Full-vocabulary KL is dominated by the long tail, so it keeps only the fine-tuned model's
+top-k tokens, gathers the pre-trained logits at the same ids, re-normalises both with a softmax and takes
+KL(p || p') (Figure 3).
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import SftnbError
+
+
+def renormalized_kl(finetuned_logits: torch.Tensor, base_logits: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """KL(p || p') per example over the fine-tuned model's top-k tokens, both re-normalised (paper §4.1).
+
+    finetuned_logits, base_logits: [..., V] logits of the first generated position (any float dtype).
+    Returns [...] float32 (float64 if the inputs are float64). Adding a constant to either set of logits
+    changes nothing, since each side goes through its own log-softmax over the k gathered ids.
+    """
+    if finetuned_logits.shape != base_logits.shape:
+        raise SftnbError(f"renormalized_kl: logits shapes differ: {tuple(finetuned_logits.shape)} vs "
+                         f"{tuple(base_logits.shape)}")
+    if finetuned_logits.ndim == 0:
+        raise SftnbError("renormalized_kl: logits need a vocabulary dimension")
+    vocab = finetuned_logits.shape[-1]
+    if not 1 <= k <= vocab:
+        raise SftnbError(f"renormalized_kl: k={k} must lie in [1, vocabulary size {vocab}]")
+    dtype = torch.float64 if finetuned_logits.dtype == torch.float64 else torch.float32
+    ft = finetuned_logits.to(dtype)
+    top_ft, ids = ft.topk(k, dim=-1)
+    top_base = base_logits.to(dtype).gather(-1, ids)
+    logp = top_ft.log_softmax(-1)
+    logq = top_base.log_softmax(-1)
+    return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)   # clamp: rounding can give -1e-9
+
+
+def topk_table(finetuned_logits: torch.Tensor, base_logits: torch.Tensor, tokenizer, k: int = 10):
+    """Figure 3's data for one question: the fine-tuned top-k tokens with both models' probabilities, over the
+    whole vocabulary and re-normalised over the k ids."""
+    import pandas as pd
+
+    ft = finetuned_logits.float().reshape(-1)
+    base = base_logits.float().reshape(-1)
+    probs_ft, ids = ft.softmax(-1).topk(k)
+    probs_base = base.softmax(-1)[ids]
+    return pd.DataFrame({
+        "token": [tokenizer.decode([int(i)]) for i in ids],
+        "token_id": ids.tolist(),
+        "p_finetuned": probs_ft.tolist(),
+        "p_pretrained": probs_base.tolist(),
+        "p_finetuned_renorm": ft[ids].softmax(-1).tolist(),
+        "p_pretrained_renorm": base[ids].softmax(-1).tolist(),
+    })
