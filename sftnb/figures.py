@@ -233,8 +233,8 @@ def strategies_table(exp, mc, grid: pd.DataFrame, sweeps: dict) -> pd.DataFrame:
         d = done[done["kind"] == kind]
         if d.empty:
             continue
-        by = d.groupby(["category", "scale"], dropna=False)[["acc_test", "acc_testood"]].mean()
-        best = by.loc[by["acc_test"].idxmax()]
+        by = d.fillna({"category": -1}).groupby(["category", "scale"])[["acc_test", "acc_testood"]].mean()
+        best = by.reset_index().sort_values("acc_test", kind="stable").iloc[-1]   # mean over seeds, then best
         cols[name] = (best["acc_test"], best["acc_testood"])
     best_restore = None
     for (key, strategy), df in sweeps.items():
