@@ -1,77 +1,150 @@
-"""Probe sampling throughput: sftnb.generation against plain `model.generate`, side by side in one run.
+"""Probe-sampling throughput: sftnb's generation engine vs plain ``model.generate``, side by side in one run.
 
-    python benchmarks/bench_probe.py --model smollm2-135m --prompts 32 --samples 10 --dtype bfloat16
+Workload (the mastery probe's, paper §3.3): knowledge-probe prompts ("<s>Paris is the capital of" style, built
+from the built-in facts and their relations' mapping templates), ``--samples`` completions per prompt at
+temperature ``--temperature``, at most ``--max-new-tokens`` new tokens, stopping at EOS.
 
-Both paths get the same mapping-template prompts (built-in facts), T=0.7, the same max new tokens, after one
-warm-up call each; prints generations/s and the ratio. Works on CPU and CUDA (--device).
+* naive: ``model.generate(do_sample=True, temperature=T, top_k=0, top_p=1.0, num_return_sequences=n,
+  max_new_tokens=M)`` over left-padded batches of ``--naive-batch`` prompts (top_k=0 / top_p=1 so both paths draw
+  from the same distribution, softmax(logits / T); Hugging Face's default top_k=50 would otherwise apply);
+* ours: ``sftnb.generation.generate(model, prompts, n=n, temperature=T, max_new_tokens=M, batch_tokens=...)``.
+
+Both paths are warmed up first (a small call of each), then timed on the same prompts; the figure is
+generations/s = prompts x samples / wall time. Examples::
+
+    python benchmarks/bench_probe.py --prompts 32 --samples 10 --dtype bfloat16          # CPU
+    python benchmarks/bench_probe.py --prompts 4096 --samples 10 --naive-batch 1024       # H100 (bf16 auto)
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
 
-from sftnb.data import load_source
-from sftnb.generation import generate
-from sftnb.models import load_model
+
+def probe_prompts(tokenizer, count: int) -> list[list[int]]:
+    """``count`` probe prompts (BOS + mapping-template text), cycling over relations, templates and subjects."""
+    from sftnb.builtin_facts import load_builtin
+    from sftnb.relations import builtin_relations
+
+    rels = builtin_relations()
+    facts = load_builtin().facts
+    by_rel: dict[str, list] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f)
+    streams = []
+    for rid, fl in sorted(by_rel.items()):
+        rel = rels[rid]
+        streams.append(((f, t) for f in fl for t in range(len(rel.mapping_templates))))
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    out = []
+    for pair in itertools.chain.from_iterable(zip(*streams)):     # round robin over relations
+        f, t = pair
+        out.append(bos + tokenizer.encode(rels[f.relation].mapping(t, f.subject), add_special_tokens=False))
+        if len(out) == count:
+            break
+    return out
 
 
-def prompts_for(tok, n):
-    fs = load_source("builtin")
-    facts = [f for f in fs.facts if f.split == "train" and f.domain == "in"][:: 37][:n]
-    texts = [fs.relations[f.relation].mapping(i % 12, f.subject) for i, f in enumerate(facts)]
-    return [[tok.bos_token_id] + tok.encode(t, add_special_tokens=False) for t in texts]
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def naive(model, tok, prompts, n, new, batch):
-    """Plain transformers sampling, left-padded batches, num_return_sequences=n."""
-    tok.padding_side = "left"
-    count = 0
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
-        width = max(map(len, chunk))
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk], device=model.device)
-        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in chunk])[:, None]).long()
-        out = model.generate(ids, attention_mask=mask.to(model.device), do_sample=True, temperature=0.7,
-                             top_k=0, top_p=1.0, num_return_sequences=n, max_new_tokens=new,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        count += out.shape[0]
-    return count
+def run_naive(model, tok, prompts, n, temperature, max_new, batch, eos, seed):
+    dev = next(model.parameters()).device
+    torch.manual_seed(seed)
+    outs = []
+    for s in range(0, len(prompts), batch):
+        chunk = prompts[s:s + batch]
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, p in enumerate(chunk):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        with torch.inference_mode():
+            o = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=True,
+                               temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=n,
+                               max_new_tokens=max_new, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+        outs.append(o[:, width:].cpu())
+    _sync(dev)
+    return outs
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def run_ours(model, prompts, n, temperature, max_new, batch_tokens, eos, seed):
+    from sftnb.generation import generate
+
+    out = generate(model, prompts, n=n, temperature=temperature, max_new_tokens=max_new, eos_token_ids=eos,
+                   seed=seed, batch_tokens=batch_tokens, progress=False)
+    _sync(next(model.parameters()).device)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--naive-batch", type=int, default=32, help="prompts per model.generate call")
-    ap.add_argument("--batch-tokens", type=int, default=65536)
-    a = ap.parse_args()
-    model, tok = load_model(a.model, device=a.device, dtype=a.dtype)
+    ap.add_argument("--batch-tokens", type=int, default=None,
+                    help="engine token budget per batch (default 16384 on CPU, 2**20 on CUDA)")
+    ap.add_argument("--naive-batch", type=int, default=None,
+                    help="prompts per model.generate call (default: all prompts on CPU, 1024 on CUDA)")
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from sftnb.models import load_model
+
+    t0 = time.perf_counter()
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     dev = next(model.parameters()).device
-    prompts = prompts_for(tok, a.prompts)
-    n, new = a.samples, a.max_new_tokens
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    print(f"{a.model} on {dev} ({next(model.parameters()).dtype}), {len(prompts)} prompts x {n} samples, "
-          f"{new} new tokens, T=0.7")
-    results = {}
-    for name, fn in (("naive generate", lambda: naive(model, tok, prompts, n, new, a.naive_batch)),
-                     ("sftnb engine", lambda: sum(len(x) for x in generate(
-                         model, prompts, n=n, temperature=0.7, max_new_tokens=new, eos_token_ids=[tok.eos_token_id],
-                         pad_token_id=tok.pad_token_id, batch_tokens=a.batch_tokens, progress=False)))):
-        fn() if dev.type == "cuda" else None          # warm-up (CUDA kernels, allocator)
-        sync()
+    dtype = next(model.parameters()).dtype
+    cuda = dev.type == "cuda"
+    batch_tokens = args.batch_tokens or ((1 << 20) if cuda else 16384)
+    naive_batch = args.naive_batch or (1024 if cuda else args.prompts)
+    eos = tok.eos_token_id
+    prompts = probe_prompts(tok, args.prompts)
+    gens = len(prompts) * args.samples
+    lens = [len(p) for p in prompts]
+    print(f"model {args.model} on {dev} ({torch.cuda.get_device_name(dev) if cuda else 'cpu'}), {dtype}, "
+          f"torch threads {torch.get_num_threads()}, loaded in {time.perf_counter() - t0:.1f} s")
+    print(f"{len(prompts)} prompts (length {min(lens)}-{max(lens)} tokens, e.g. {tok.decode(prompts[0])!r}) x "
+          f"{args.samples} samples, T={args.temperature}, max {args.max_new_tokens} new tokens; "
+          f"engine batch_tokens={batch_tokens}, naive {naive_batch} prompts/call")
+
+    warm = prompts[:min(len(prompts), 4)]
+    kw = dict(n=args.samples, temperature=args.temperature, max_new=args.max_new_tokens, eos=eos, seed=args.seed)
+    if not args.skip_naive:
+        run_naive(model, tok, warm, batch=naive_batch, **kw)
+    run_ours(model, warm, batch_tokens=batch_tokens, **kw)
+
+    rates = {}
+    if not args.skip_naive:
         t = time.perf_counter()
-        count = fn()
-        sync()
-        secs = time.perf_counter() - t
-        results[name] = count / secs
-        print(f"  {name:<16} {count} generations in {secs:7.2f} s = {count / secs:9.1f} generations/s")
-    print(f"  ratio (sftnb / naive): {results['sftnb engine'] / results['naive generate']:.2f}x")
+        naive = run_naive(model, tok, prompts, batch=naive_batch, **kw)
+        dt = time.perf_counter() - t
+        rates["naive"] = gens / dt
+        new_tok = sum(int(((o != tok.pad_token_id) & (o != eos)).sum()) for o in naive)
+        print(f"naive model.generate : {dt:8.2f} s  {rates['naive']:10.1f} generations/s  "
+              f"(~{new_tok / gens:.1f} new tokens/generation)")
+    t = time.perf_counter()
+    ours = run_ours(model, prompts, batch_tokens=batch_tokens, **kw)
+    dt = time.perf_counter() - t
+    rates["ours"] = gens / dt
+    mean_len = sum(len(c) for per in ours for c in per) / gens
+    print(f"sftnb generate       : {dt:8.2f} s  {rates['ours']:10.1f} generations/s  "
+          f"(~{mean_len:.1f} new tokens/generation)")
+    if "naive" in rates:
+        print(f"speed-up             : {rates['ours'] / rates['naive']:.2f}x")
+    print("example:", repr(tok.decode(prompts[0])), "->", repr(tok.decode(ours[0][0])))
+    return rates
 
 
 if __name__ == "__main__":

@@ -134,6 +134,9 @@ class EvalConfig(_Section):
 class TokenKLConfig(_Section):
     """Token-level analysis (§4.1)."""
     k: int = Field(10, ge=1)                   # top-k logits of the fine-tuned model, re-normalised
+    # the facts the pre-trained model knows: D_test-4 in the paper; a small model may have none there, so a run
+    # can name the highest category that has facts (params/embedded.yaml does, for SmolLM2-135M)
+    category: int = Field(4, ge=0, le=4)
     answer_within_words: int = Field(3, ge=0)  # "near the beginning": answer starts within this many words
     max_examples: Optional[int] = Field(None, ge=1)
 

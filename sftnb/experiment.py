@@ -191,8 +191,9 @@ class Experiment:
         def compute(tmp):
             model, tok = self.base(mc)
             res = self.evaluate(model, tok, sets)
-            # §4.1: D_test-4, the best template per relation, kept if the base completion starts with the answer
-            cands = sets["test-4"]
+            # §4.1: D_test-4 (token_kl.category), the best template per relation, kept if the base completion
+            # starts with the answer
+            cands = sets[f"test-{tk.category}"]
             texts = [self.relations[f.relation].mapping(best.get(f.relation, 0), f.subject) for f in cands]
             with inference_copy(model, self.infer_dtype) as m:
                 outs = _complete(m, tok, texts, self.cfg.eval.max_new_tokens, self.cfg.run.batch_tokens,

@@ -82,15 +82,17 @@ def fig_metric_vs_scale(grid: pd.DataFrame, column: str, label: str):
     return fig
 
 
-def kl_table(grid: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-    """Per fine-tuned model: mean re-normalised KL and Acc_test-4; Spearman's rho between them (Finding 2)."""
+def kl_table(grid: pd.DataFrame, category: int = 4) -> tuple[pd.DataFrame, float]:
+    """Per fine-tuned model: mean re-normalised KL and Acc_test-4 (token_kl.category); Spearman's rho between
+    them (Finding 2)."""
     from scipy.stats import spearmanr
 
     d = _divided(grid)
-    cols = ["training data", "scale", "seed", "kl", "acc_test-4"]
+    acc = f"acc_test-{category}"
+    cols = ["training data", "scale", "seed", "kl", acc]
     t = d[[c for c in cols if c in d]].reset_index(drop=True)
-    ok = t.dropna(subset=[c for c in ("kl", "acc_test-4") if c in t])
-    rho = float(spearmanr(ok["kl"], ok["acc_test-4"]).statistic) if len(ok) > 2 and "kl" in ok else math.nan
+    ok = t.dropna(subset=[c for c in ("kl", acc) if c in t])
+    rho = float(spearmanr(ok["kl"], ok[acc]).statistic) if len(ok) > 2 and "kl" in ok else math.nan
     return t, rho
 
 

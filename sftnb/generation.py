@@ -1,145 +1,333 @@
 """A small generation engine for probing and evaluation: many short prompts, many samples, few new tokens.
 
-What makes it faster than ``model.generate(do_sample=True, num_return_sequences=n)`` on this workload:
-- each prompt's prefix is computed once and its KV cache repeated for its n samples;
-- prefill keeps only the last position's logits (no [B, L, V] tensor);
-- sampling is a Gumbel-max / exponential race on the scaled logits (no full softmax + multinomial);
-- finished rows (EOS) are dropped from the batch and the cache every few steps, so they stop costing compute;
-- prompts are sorted by length so batches carry little padding, and batches are sized by a token budget.
-Works on token-id lists with any Hugging Face causal LM (attention mask + explicit position ids).
+Public API (all work on token-id lists; callers build prompts, BOS included if the model wants one)::
 
-Determinism: the same call (prompts, n, seed, batch_tokens) gives the same samples: each batch draws its noise
-from a generator seeded by (seed, the batch's first prompt index in length order).
+    generate(model, prompts, *, n=1, temperature=0.0, max_new_tokens=32, eos_token_ids=(), pad_token_id=None,
+             seed=0, batch_tokens=16384, progress=True, desc="generate") -> list[list[list[int]]]
+    greedy(model, prompts, **kw) -> list[list[int]]
+    decode(tokenizer, completions) -> list[list[str]]
+    first_token_logits(model, prompts, batch_tokens=16384, pad_token_id=None) -> Tensor [N, V] float32 (CPU)
+    continuation_logprobs(model, prompts, continuations, temperature=1.0, batch_tokens=16384, ...) -> list[list[float]]
+
+What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_sequences=n)`` on this workload:
+
+- **prefix sharing**: a batch of B prompts is prefilled once; its KV cache is then repeated to the B*n sample rows;
+- **prefill keeps one position's logits** (``logits_to_keep=1``): no [B, L, V] tensor;
+- **preallocated KV cache**: plain full-attention layers write new keys/values in place into a buffer sized for
+  prompt + max_new_tokens (``DynamicCache`` re-concatenates the whole cache at every step); other layer kinds
+  (sliding window, ...) keep their own Hugging Face implementation;
+- **cheap exact sampling**: inverse-CDF sampling with ONE uniform per row and step, computed from a counter-based
+  hash (see *Determinism*), over exp((logits - max)/T) in float32 with a two-level (block) cumulative sum. It is
+  exactly a draw from softmax(logits / T), needs no [rows, V] random tensor (Gumbel-max needs one: on this CPU
+  drawing it costs ~5x more than the sampling itself) and no ``torch.multinomial``;
+- **finished rows leave the batch**: every ``CHECK_EVERY`` steps rows that emitted an EOS are dropped from the
+  inputs and the cache (the only host synchronisation of the decode loop, so GPUs are not stalled per token);
+- prompts are **sorted by length** (little padding), results are returned in the caller's order.
+
+Batching: a batch of B prompts of longest length L costs ``B * n * (L + max_new_tokens)`` token slots (its KV cache
+at the end of decoding); batches are filled, in length order, up to ``batch_tokens`` (a single prompt always
+forms a batch even when it alone exceeds the budget). On a GPU use a large budget (e.g. 2**19 for a 135M model).
+
+Determinism: the uniform that picks token t of sample j of a prompt is a hash of (seed, the prompt's token ids,
+the prompt's occurrence number among identical prompts in the call, j, t). Samples therefore do not depend on
+batch_tokens, on the other prompts of the call, nor on their order -- up to floating-point differences between
+batch shapes, which can move a draw that lands within ~1e-6 (fp32) of a CDF boundary. Same seed + same call gives
+identical samples; temperature 0 (greedy) uses argmax and no randomness.
+
+Any Hugging Face causal LM works: batches are left-padded and the model gets an attention mask and explicit
+position ids; nothing model-specific is touched.
 """
 from __future__ import annotations
 
-import warnings
-from typing import Sequence
+import hashlib
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-# transformers 5.2x renames `past_key_values` to `cache`; 5.17 (the GPU image) knows only the old name.
-warnings.filterwarnings("ignore", message=".*past_key_values.*is deprecated", category=FutureWarning)
+CHECK_EVERY = 4            # decode steps between "who finished?" checks (each one is a host sync on a GPU)
+_BLOCK = 256               # block width of the two-level cumulative sum used for sampling
+_LOGITS_BUDGET = 1 << 25   # continuation_logprobs: at most this many logit entries per batch (~128 MB in fp32)
 
-CHECK_EVERY = 4          # steps between "who finished?" checks (each check is a host sync on a GPU)
 
-
+# ------------------------------------------------------------------------------------------------ helpers
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
 def _pad_id(model, pad_token_id):
     if pad_token_id is not None:
-        return pad_token_id
+        return int(pad_token_id)
     pid = getattr(model.config, "pad_token_id", None)
-    return 0 if pid is None else pid
+    if isinstance(pid, (list, tuple)):
+        pid = pid[0] if pid else None
+    return 0 if pid is None else int(pid)
+
+
+def _cache_kwarg(model) -> str:
+    """The forward() keyword for the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _check_prompts(prompts) -> None:
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty (the engine needs at least one token, e.g. BOS)")
 
 
 def _left_pad(seqs: Sequence[Sequence[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and position_ids (0 at the first real token) of a left-padded batch."""
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    ids = np.full((len(seqs), width), pad, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
     for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    return ids.to(device), mask.to(device), pos.to(device)
+        ids[i, width - len(s):] = s
+        mask[i, width - len(s):] = 1
+    pos = np.maximum(mask.cumsum(-1) - 1, 0)
+    return tuple(torch.from_numpy(a).to(device) for a in (ids, mask, pos))
 
 
-def _batches(lengths: Sequence[int], order: Sequence[int], cost_per_token: int, extra: int, budget: int):
-    """Consecutive runs of ``order`` whose padded cost (rows x (longest + extra) x cost_per_token) fits."""
+def _batches(order: Sequence[int], cost: Callable[[int, int], float], budget: float):
+    """Consecutive runs of ``order`` (indices sorted by length); ``cost(rows, i)`` is the cost of a batch of
+    ``rows`` items whose last (longest) item is ``i``. A batch grows while the cost stays within ``budget``."""
     batch: list[int] = []
-    longest = 0
     for i in order:
-        L = max(longest, lengths[i])
-        if batch and (len(batch) + 1) * (L + extra) * cost_per_token > budget:
+        if batch and cost(len(batch) + 1, i) > budget:
             yield batch
-            batch, L = [], lengths[i]
+            batch = []
         batch.append(i)
-        longest = L
     if batch:
         yield batch
 
 
-def _next_tokens(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> torch.Tensor:
-    logits = logits.float()
+# ----------------------------------------------------------------------------- counter-based uniforms
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _M64
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
+        return x ^ (x >> np.uint64(31))
+
+
+def _prompt_keys(prompts: Sequence[Sequence[int]], seed: int) -> np.ndarray:
+    """One uint64 per prompt: hash of (seed, token ids, occurrence number among identical prompts)."""
+    seen: dict[bytes, int] = {}
+    keys = np.empty(len(prompts), dtype=np.uint64)
+    for i, p in enumerate(prompts):
+        raw = np.asarray(p, dtype=np.int64).tobytes()
+        occ = seen.get(raw, 0)
+        seen[raw] = occ + 1
+        h = hashlib.blake2b(raw, digest_size=8, key=f"{seed}:{occ}".encode()).digest()
+        keys[i] = np.frombuffer(h, dtype=np.uint64)[0]
+    return keys
+
+
+def _uniforms(prompt_keys: np.ndarray, n: int, steps: int) -> torch.Tensor:
+    """[len(prompt_keys) * n, steps] float32 uniforms in [0, 1), row = (prompt, sample), column = step."""
+    with np.errstate(over="ignore"):
+        rows = _mix64(np.repeat(prompt_keys, n) ^ _mix64(np.tile(np.arange(n, dtype=np.uint64), len(prompt_keys))))
+        cells = _mix64(rows[:, None] ^ _mix64(np.arange(steps, dtype=np.uint64) + np.uint64(0x5851F42D4C957F2D))[None])
+    return torch.from_numpy((cells >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24))
+
+
+def _sample(logits: torch.Tensor, temperature: float, u: torch.Tensor | None) -> torch.Tensor:
+    """Next token per row: argmax when temperature <= 0, else an exact draw from softmax(logits / T) by inverse
+    CDF with the row's uniform ``u`` (float32 in [0, 1)); two-level cumulative sum over blocks of _BLOCK."""
     if temperature <= 0:
         return logits.argmax(-1)
-    noise = torch.empty_like(logits).exponential_(generator=gen)     # Exp(1) race == Gumbel-max
-    return (logits / temperature - noise.log()).argmax(-1)
+    rows, vocab = logits.shape
+    x = logits.float() if logits.dtype != torch.float32 else logits.clone()
+    p = x.sub_(x.amax(-1, keepdim=True)).mul_(1.0 / temperature).exp_()
+    nb = -(-vocab // _BLOCK)
+    if nb * _BLOCK != vocab:
+        p = torch.nn.functional.pad(p, (0, nb * _BLOCK - vocab))
+    p = p.view(rows, nb, _BLOCK)
+    cum_blocks = p.sum(-1).cumsum(-1)                                          # [rows, nb]
+    total = cum_blocks[:, -1:]
+    zero = torch.zeros_like(total)
+    target = torch.minimum(u.to(total)[:, None] * total, torch.nextafter(total, zero))   # < total
+    b = torch.searchsorted(cum_blocks, target, right=True).clamp_max(nb - 1)  # first block with cum > target
+    before = torch.where(b > 0, cum_blocks.gather(1, (b - 1).clamp_min(0)), zero)
+    inner = p[torch.arange(rows, device=p.device), b[:, 0]].cumsum(-1)        # [rows, _BLOCK]
+    t = (target - before).clamp_min(0)
+    t = torch.minimum(t, torch.nextafter(inner[:, -1:], zero))                 # rounding guard: stay in block
+    j = torch.searchsorted(inner, t, right=True).clamp_max(_BLOCK - 1)        # first token with cum > t (p > 0)
+    return (b * _BLOCK + j)[:, 0]
 
 
+# ------------------------------------------------------------------------------------ KV cache layer
+def _cache_layer_classes():
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        """A full-attention cache layer with a preallocated buffer: new keys/values are written in place and the
+        layer returns views of the filled part, so a decode step does not copy the whole cache."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, repeats: int, capacity: int):
+            super().__init__()
+            b, h, length, _ = keys.shape
+            capacity = max(capacity, length)
+            self.device = keys.device
+            self.buf_k = keys.new_empty((b * repeats, h, capacity, keys.shape[-1]))
+            self.buf_v = values.new_empty((b * repeats, values.shape[1], capacity, values.shape[-1]))
+            self.buf_k.view(b, repeats, *self.buf_k.shape[1:])[:, :, :, :length] = keys[:, None]
+            self.buf_v.view(b, repeats, *self.buf_v.shape[1:])[:, :, :, :length] = values[:, None]
+            self.length = length
+            self.is_initialized = True
+            self._views()
+
+        def _views(self):
+            self.keys = self.buf_k[:, :, :self.length]
+            self.values = self.buf_v[:, :, :self.length]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            end = self.length + key_states.shape[-2]
+            if end > self.buf_k.shape[2]:                         # out of room: grow (not expected)
+                grow = max(end - self.buf_k.shape[2], 16)
+                self.buf_k = torch.cat([self.buf_k, self.buf_k.new_empty((*self.buf_k.shape[:2], grow,
+                                                                            self.buf_k.shape[3]))], 2)
+                self.buf_v = torch.cat([self.buf_v, self.buf_v.new_empty((*self.buf_v.shape[:2], grow,
+                                                                            self.buf_v.shape[3]))], 2)
+            self.buf_k[:, :, self.length:end] = key_states
+            self.buf_v[:, :, self.length:end] = value_states
+            self.length = end
+            self._views()
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self.buf_k = self.buf_k.index_select(0, indices)
+            self.buf_v = self.buf_v.index_select(0, indices)
+            self._views()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            self.buf_k = self.buf_k.repeat_interleave(repeats, 0)
+            self.buf_v = self.buf_v.repeat_interleave(repeats, 0)
+            self._views()
+
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            self.batch_select_indices(beam_idx.to(self.device))
+
+        def crop(self, tokens_to_remove: int) -> None:
+            if tokens_to_remove < 0:
+                self.length = max(0, self.length + tokens_to_remove)
+                self._views()
+
+        def reset(self) -> None:
+            self.length = 0
+            self._views()
+
+    return DynamicLayer, PreallocatedLayer
+
+
+def _expand_cache(cache, n: int, capacity: int) -> None:
+    """After prefill: repeat every layer's rows n times (prompt -> its samples) and swap plain full-attention
+    layers for preallocated ones with room for ``capacity`` positions."""
+    DynamicLayer, PreallocatedLayer = _cache_layer_classes()
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
+            cache.layers[i] = PreallocatedLayer(layer.keys, layer.values, n, capacity)
+        elif n > 1 and hasattr(layer, "batch_repeat_interleave"):
+            layer.batch_repeat_interleave(n)
+
+
+def _select_cache(cache, keep: torch.Tensor) -> None:
+    for layer in cache.layers:
+        if hasattr(layer, "batch_select_indices"):
+            layer.batch_select_indices(keep)
+
+
+# ------------------------------------------------------------------------------------------- generate
 @torch.inference_mode()
-def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, gen):
+def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, uniforms):
     from transformers import DynamicCache
 
     dev = _device(model)
     ids, mask, pos = _left_pad(prompts, pad, dev)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                logits_to_keep=1)
+    ckw = _cache_kwarg(model)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                **{ckw: cache})
     logits = out.logits[:, -1]
-    if n > 1:                       # share the prefix: repeat the prompt's cache rows for its samples
-        cache.batch_repeat_interleave(n)
+    width = ids.shape[1]
+    _expand_cache(cache, n, width + max_new_tokens)
+    if n > 1:
         logits = logits.repeat_interleave(n, 0)
         mask = mask.repeat_interleave(n, 0)
         pos = pos.repeat_interleave(n, 0)
     rows = logits.shape[0]
-    alive = torch.arange(rows, device=dev)                  # original row of each live row
-    tokens = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=dev)
-    lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=dev)
-    eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
-    finished = torch.zeros(rows, dtype=torch.bool, device=dev)
+    # the whole attention mask for every step, sliced per step (new tokens are always attended)
+    mask = torch.cat([mask, mask.new_ones((rows, max_new_tokens))], dim=1)
     last_pos = pos[:, -1]
+    alive = torch.arange(rows, device=dev)                   # original row of each live row
+    tokens = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=dev)
+    lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=dev)   # index of the first EOS
+    eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
+    done = torch.zeros(rows, dtype=torch.bool, device=dev)
+    u_all = uniforms.to(dev) if uniforms is not None else None
     for step in range(max_new_tokens):
-        nxt = _next_tokens(logits, temperature, gen)
+        nxt = _sample(logits, temperature, u_all[alive, step] if u_all is not None else None)
         tokens[alive, step] = nxt
         if eos_t is not None:
-            hit = torch.isin(nxt, eos_t) & ~finished
-            lengths[alive[hit]] = step
-            finished |= hit
+            hit = torch.isin(nxt, eos_t) & ~done
+            lengths[alive] = torch.where(hit, step, lengths[alive])
+            done = done | hit
         if step == max_new_tokens - 1:
             break
-        if eos_t is not None and (step % CHECK_EVERY == CHECK_EVERY - 1):
-            keep = (~finished).nonzero().squeeze(-1)
+        if eos_t is not None and step % CHECK_EVERY == CHECK_EVERY - 1:
+            keep = (~done).nonzero().squeeze(-1)               # host sync, once every CHECK_EVERY steps
             if keep.numel() == 0:
                 break
-            if keep.numel() < finished.numel():          # compact: finished rows leave batch and cache
-                cache.batch_select_indices(keep)
-                alive, nxt, mask, last_pos = alive[keep], nxt[keep], mask[keep], last_pos[keep]
-                finished = finished[keep]
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            if keep.numel() < done.numel():                    # compact: finished rows leave batch and cache
+                _select_cache(cache, keep)
+                alive, nxt, mask, last_pos, done = alive[keep], nxt[keep], mask[keep], last_pos[keep], done[keep]
         last_pos = last_pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                    past_key_values=cache, use_cache=True)
+        out = model(input_ids=nxt[:, None], attention_mask=mask[:, :width + step + 1],
+                    position_ids=last_pos[:, None], use_cache=True, **{ckw: cache})
         logits = out.logits[:, -1]
-    tokens, lengths = tokens.cpu(), lengths.cpu()
+    tokens, lengths = tokens.cpu(), lengths.cpu().tolist()
     return [tokens[r, :lengths[r]].tolist() for r in range(rows)]
 
 
 def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature: float = 0.0,
-             max_new_tokens: int = 32, eos_token_ids: Sequence[int] = (), pad_token_id: int | None = None,
-             seed: int = 0, batch_tokens: int = 16384, progress: bool = True,
+             max_new_tokens: int = 32, eos_token_ids: Sequence[int] | int | None = (),
+             pad_token_id: int | None = None, seed: int = 0, batch_tokens: int = 16384, progress: bool = True,
              desc: str = "generate") -> list[list[list[int]]]:
-    """For each prompt (token ids), ``n`` completions as token-id lists, cut before the first EOS.
-    ``temperature`` 0 is greedy decoding (then ``n`` copies are identical; use n=1)."""
+    """For each prompt (token ids), ``n`` completions as token-id lists, cut before the first EOS (the EOS itself
+    is dropped). ``temperature`` 0 is greedy decoding (then the ``n`` completions are identical; use n=1).
+    Batches hold about ``batch_tokens`` token slots (rows x (longest prompt + max_new_tokens)); see the module
+    docstring for batching and determinism."""
     if n < 1 or max_new_tokens < 1:
         raise ValueError("n and max_new_tokens must be at least 1")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("empty prompt")
+    prompts = [list(map(int, p)) for p in prompts]
+    _check_prompts(prompts)
+    if isinstance(eos_token_ids, int):
+        eos_token_ids = (eos_token_ids,)
+    eos = {int(e) for e in (eos_token_ids or ()) if e is not None}
     pad = _pad_id(model, pad_token_id)
-    eos = set(int(e) for e in eos_token_ids if e is not None)
     lengths = [len(p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+    keys = _prompt_keys(prompts, seed) if temperature > 0 else None
     results: list[list[list[int]]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
-    for batch in _batches(lengths, order, n, max_new_tokens, batch_tokens):
-        gen = None
-        if temperature > 0:
-            gen = torch.Generator(device=_device(model)).manual_seed(seed * 1_000_003 + batch[0])
-        outs = _generate_batch(model, [prompts[i] for i in batch], n, temperature, max_new_tokens, eos, pad, gen)
+    cost = lambda rows, i: rows * n * (lengths[i] + max_new_tokens)   # noqa: E731
+    for batch in _batches(order, cost, batch_tokens):
+        uniforms = _uniforms(keys[batch], n, max_new_tokens) if keys is not None else None
+        outs = _generate_batch(model, [prompts[i] for i in batch], n, temperature, max_new_tokens, eos, pad,
+                               uniforms)
         for j, i in enumerate(batch):
             results[i] = outs[j * n:(j + 1) * n]
         bar.update(len(batch))
@@ -147,70 +335,101 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     return results
 
 
-def greedy(model, prompts, **kw) -> list[list[int]]:
+def greedy(model, prompts: Sequence[Sequence[int]], **kw) -> list[list[int]]:
+    """Greedy decoding (temperature 0, one completion per prompt): the tokens ``model.generate(do_sample=False)``
+    produces, cut before the first EOS. Keyword arguments as for ``generate`` (except n/temperature)."""
     return [c[0] for c in generate(model, prompts, n=1, temperature=0.0, **kw)]
 
 
-def decode(tokenizer, completions: list[list[list[int]]]) -> list[list[str]]:
-    return [[tokenizer.decode(c, skip_special_tokens=True) for c in per_prompt] for per_prompt in completions]
+def decode(tokenizer, completions: Sequence[Sequence[Sequence[int]]]) -> list[list[str]]:
+    """Texts of ``generate``'s output (same nesting), special tokens skipped."""
+    return [tokenizer.batch_decode(list(per_prompt), skip_special_tokens=True) if per_prompt else []
+            for per_prompt in completions]
 
 
+# ------------------------------------------------------------------------------------------- scoring
 @torch.inference_mode()
 def first_token_logits(model, prompts: Sequence[Sequence[int]], batch_tokens: int = 16384,
-                       pad_token_id: int | None = None) -> torch.Tensor:
-    """[N, V] float32 (CPU): the next-token logits after each prompt."""
+                       pad_token_id: int | None = None, progress: bool = False) -> torch.Tensor:
+    """[N, V] float32 on the CPU: the next-token logits after each prompt (one padded forward per batch of about
+    ``batch_tokens`` tokens, only the last position projected on the vocabulary)."""
+    prompts = [list(map(int, p)) for p in prompts]
+    _check_prompts(prompts)
+    if not prompts:
+        vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None \
+            else model.config.vocab_size
+        return torch.zeros((0, vocab), dtype=torch.float32)
     pad = _pad_id(model, pad_token_id)
     lengths = [len(p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
-    out = [None] * len(prompts)
-    for batch in _batches(lengths, order, 1, 0, batch_tokens):
+    out: torch.Tensor | None = None
+    bar = tqdm(total=len(prompts), desc="logits", disable=not progress, leave=False)
+    for batch in _batches(order, lambda rows, i: rows * lengths[i], batch_tokens):
         ids, mask, pos = _left_pad([prompts[i] for i in batch], pad, _device(model))
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
-        for j, i in enumerate(batch):
-            out[i] = logits[j].float().cpu()
-    return torch.stack(out) if out else torch.zeros(0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                       logits_to_keep=1).logits[:, -1].float().cpu()
+        if out is None:
+            out = torch.empty((len(prompts), logits.shape[-1]), dtype=torch.float32)
+        out[torch.tensor(batch)] = logits
+        bar.update(len(batch))
+    bar.close()
+    return out
 
 
 @torch.inference_mode()
 def continuation_logprobs(model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
                           temperature: float = 1.0, batch_tokens: int = 16384, progress: bool = False,
                           pad_token_id: int | None = None) -> list[list[float]]:
-    """For each prompt and each candidate continuation: Σ log softmax(logits / T) over the continuation's
-    tokens, teacher-forced. All (prompt, continuation) pairs go through padded batches; the vocabulary
-    projection runs only at the continuation positions."""
+    """For each prompt and each of its candidate continuations (token-id lists): the teacher-forced
+    Σ_t log softmax(logits_t / temperature)[c_t] over the continuation's tokens (0.0 for an empty continuation).
+    All (prompt, continuation) pairs go through left-padded batches of about ``batch_tokens`` tokens; only the
+    last (longest continuation + 1) positions are projected on the vocabulary (``logits_to_keep``), so any causal
+    LM's own head (soft-capping, scaling) applies."""
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    if len(continuations) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuation lists")
+    prompts = [list(map(int, p)) for p in prompts]
+    _check_prompts(prompts)
     pad = _pad_id(model, pad_token_id)
-    pairs = [(pi, ci) for pi, conts in enumerate(continuations) for ci in range(len(conts))]
-    seqs = [list(prompts[pi]) + list(continuations[pi][ci]) for pi, ci in pairs]
-    lengths = [len(s) for s in seqs]
-    order = sorted(range(len(seqs)), key=lambda i: (lengths[i], i))
-    scores = [0.0] * len(seqs)
     dev = _device(model)
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    vocab = model.config.get_text_config().vocab_size
+    pairs = [(pi, ci) for pi, conts in enumerate(continuations) for ci in range(len(conts)) if len(conts[ci])]
+    conts = [list(map(int, continuations[pi][ci])) for pi, ci in pairs]
+    seqs = [prompts[pi] + c for (pi, _), c in zip(pairs, conts)]
+    lengths = [len(s) for s in seqs]
+    order = sorted(range(len(seqs)), key=lambda i: (lengths[i], len(conts[i]), i))
+    scores = np.zeros(len(seqs), dtype=np.float64)
+
+    def cost(rows, i):      # padded tokens of the batch
+        return rows * lengths[i]
+
     bar = tqdm(total=len(seqs), desc="score", disable=not progress, leave=False)
-    for batch in _batches(lengths, order, 1, 0, batch_tokens):
-        ids, mask, pos = _left_pad([seqs[i] for i in batch], pad, dev)
-        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
-        width = ids.shape[1]
-        rows, cols, targets, owner = [], [], [], []
-        for j, i in enumerate(batch):
-            pi, ci = pairs[i]
-            cont = continuations[pi][ci]
-            start = width - len(cont)               # left padding: the continuation ends the row
-            for t, tok in enumerate(cont):
-                rows.append(j)
-                cols.append(start + t - 1)          # the position that predicts token t
-                targets.append(tok)
-                owner.append(i)
-        if not rows:
+    for big in _batches(order, cost, batch_tokens):
+        # split further so the kept logits stay within _LOGITS_BUDGET entries
+        per_row = (max(len(conts[i]) for i in big) + 1) * vocab
+        step = max(1, _LOGITS_BUDGET // per_row)
+        for s in range(0, len(big), step):
+            batch = big[s:s + step]
+            ids, mask, pos = _left_pad([seqs[i] for i in batch], pad, dev)
+            keep = max(len(conts[i]) for i in batch) + 1
+            keep = min(keep, ids.shape[1])
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                           logits_to_keep=keep).logits                   # [B, keep, V]: the last `keep` positions
+            rows, cols, targets, owner = [], [], [], []
+            for j, i in enumerate(batch):
+                c = conts[i]
+                first = keep - 1 - len(c)          # kept column predicting c[0] (left padding: seq ends the row)
+                rows.extend([j] * len(c))
+                cols.extend(range(first, first + len(c)))
+                targets.extend(c)
+                owner.extend([i] * len(c))
+            sel = logits[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)].float()
+            lp = (sel / temperature).log_softmax(-1).gather(-1, torch.tensor(targets, device=dev)[:, None])[:, 0]
+            np.add.at(scores, np.asarray(owner), lp.double().cpu().numpy())
             bar.update(len(batch))
-            continue
-        logits = head(hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]).float()
-        lp = (logits / temperature).log_softmax(-1).gather(-1, torch.tensor(targets, device=dev)[:, None])[:, 0]
-        for i, v in zip(owner, lp.cpu().tolist()):
-            scores[i] += v
-        bar.update(len(batch))
     bar.close()
-    out: list[list[float]] = [[0.0] * len(c) for c in continuations]
-    for (pi, ci), s in zip(pairs, scores):
-        out[pi][ci] = s
-    return out
+    result: list[list[float]] = [[0.0] * len(c) for c in continuations]
+    for (pi, ci), v in zip(pairs, scores.tolist()):
+        result[pi][ci] = v
+    return result

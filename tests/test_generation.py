@@ -1,87 +1,238 @@
-"""The generation engine against plain transformers on a tiny random LLaMA."""
+"""The generation engine (sftnb.generation) on tiny random LLaMAs: exactness against Hugging Face, determinism,
+ordering, EOS handling and row compaction, sampling distribution, and the scoring helpers."""
+from __future__ import annotations
+
+import math
+
 import pytest
 import torch
 
-from sftnb.generation import continuation_logprobs, first_token_logits, generate, greedy
+from sftnb import generation as G
+from sftnb.generation import continuation_logprobs, decode, first_token_logits, generate, greedy
 from sftnb.models import tiny_model
+
+TEXTS = ["The capital of X is", "X was born in the city of", "X is a", "Who founded X? The founder of X is",
+         "X plays", "The language spoken in X is"]
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    model, tok = tiny_model(seed=3)
+    model, tok = tiny_model(seed=0)
     return model.eval(), tok
 
 
-def _prompts(tok):
-    texts = ["The capital of France is", "Lima is located in", "Which country is Tokyo in? Answer:",
-             "Kenya", "The official language of Peru is the language called"]
-    return [[tok.bos_token_id] + tok.encode(t, add_special_tokens=False) for t in texts]
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    _, tok = tiny
+    return [tok.encode(t) for t in TEXTS] + [[7], [5, 6, 7]]
 
 
-def hf_greedy(model, prompt, n_new, pad):
-    ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new, do_sample=False,
-                         pad_token_id=pad, eos_token_id=None)
-    return out[0, len(prompt):].tolist()
+def _hf_greedy(model, batch, pad, max_new):
+    """Hugging Face greedy generate on a left-padded batch (no EOS): the new tokens of each row."""
+    width = max(len(p) for p in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, p in enumerate(batch):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new,
+                         min_new_tokens=max_new, eos_token_id=None, pad_token_id=pad)
+    return out[:, width:].tolist()
 
 
-def test_greedy_equals_plain_generate(tiny):
+# ------------------------------------------------------------------------------------------- greedy
+def test_greedy_equals_hf_generate_single_prompts(tiny, prompts):
     model, tok = tiny
-    prompts = _prompts(tok)
-    ours = greedy(model, prompts, max_new_tokens=12, pad_token_id=tok.pad_token_id, progress=False)
-    for p, got in zip(prompts, ours):
-        assert got == hf_greedy(model, p, 12, tok.pad_token_id)
-    # many small batches (left padding within each) give the same tokens as one batch
-    small = greedy(model, prompts, max_new_tokens=12, pad_token_id=tok.pad_token_id, batch_tokens=40,
-                   progress=False)
-    assert small == ours
+    ours = greedy(model, prompts, max_new_tokens=12, progress=False)
+    for p, c in zip(prompts, ours):
+        assert c == _hf_greedy(model, [p], tok.pad_token_id, 12)[0]
 
 
-def test_sampling_is_seeded_and_ordered(tiny):
+def test_greedy_equals_hf_generate_batched_left_padded(tiny, prompts):
     model, tok = tiny
-    prompts = _prompts(tok)
-    a = generate(model, prompts, n=4, temperature=0.7, max_new_tokens=6, seed=1, progress=False)
-    b = generate(model, prompts, n=4, temperature=0.7, max_new_tokens=6, seed=1, progress=False)
-    c = generate(model, prompts, n=4, temperature=0.7, max_new_tokens=6, seed=2, progress=False)
-    assert a == b and a != c
-    assert [len(x) for x in a] == [4] * len(prompts)
+    ours = greedy(model, prompts, max_new_tokens=12, progress=False)
+    assert ours == _hf_greedy(model, prompts, tok.pad_token_id, 12)
 
 
-def test_eos_cuts_completions(tiny):
-    model, tok = tiny
-    prompts = _prompts(tok)
-    free = greedy(model, prompts, max_new_tokens=8, progress=False)
-    stop = free[0][2]                                  # pretend the third greedy token is an EOS
-    cut = greedy(model, prompts, max_new_tokens=8, eos_token_ids=[stop], progress=False)
-    for f, c in zip(free, cut):
-        want = f[:f.index(stop)] if stop in f else f
-        assert c == want
+def test_small_batch_budget_gives_same_greedy(tiny, prompts):
+    model, _ = tiny
+    one = greedy(model, prompts, max_new_tokens=10, batch_tokens=1 << 20, progress=False)
+    many = greedy(model, prompts, max_new_tokens=10, batch_tokens=20, progress=False)   # one prompt per batch
+    assert one == many
 
 
-def test_sampling_follows_the_tempered_distribution(tiny):
-    model, tok = tiny
-    prompt = _prompts(tok)[0]
+# ------------------------------------------------------------------------------------------ sampling
+def test_same_seed_same_samples_other_seed_differs(tiny, prompts):
+    model, _ = tiny
+    kw = dict(n=4, temperature=1.0, max_new_tokens=8, progress=False)
+    a = generate(model, prompts, seed=3, **kw)
+    b = generate(model, prompts, seed=3, **kw)
+    c = generate(model, prompts, seed=4, **kw)
+    assert a == b
+    assert a != c
+    assert len(a) == len(prompts) and all(len(x) == 4 and all(len(s) == 8 for s in x) for x in a)
+    # the n samples of a prompt are distinct draws (random model, vocab 384: collisions are improbable)
+    assert all(len({tuple(s) for s in x}) > 1 for x in a)
+
+
+def test_order_preserved_and_independent_of_batching(tiny, prompts):
+    model, _ = tiny
+    kw = dict(n=3, temperature=0.8, max_new_tokens=6, seed=11, progress=False)
+    base = generate(model, prompts, batch_tokens=1 << 20, **kw)
+    # many small batches: same samples
+    assert generate(model, prompts, batch_tokens=40, **kw) == base
+    # reversed prompt order: results follow the prompts
+    rev = generate(model, prompts[::-1], **kw)
+    assert rev[::-1] == base
+    # a prompt's samples do not depend on the other prompts of the call
+    assert generate(model, [prompts[2]], **kw)[0] == base[2]
+
+
+def test_duplicate_prompts_get_independent_samples(tiny, prompts):
+    model, _ = tiny
+    out = generate(model, [prompts[0], prompts[0]], n=2, temperature=1.0, max_new_tokens=8, seed=0, progress=False)
+    assert out[0] != out[1]
+
+
+def test_greedy_n_copies_identical(tiny, prompts):
+    model, _ = tiny
+    out = generate(model, prompts[:3], n=3, temperature=0.0, max_new_tokens=5, progress=False)
+    g = greedy(model, prompts[:3], max_new_tokens=5, progress=False)
+    assert out == [[x] * 3 for x in g]
+
+
+def test_inverse_cdf_sampler_is_exact():
+    """Stratified uniforms (i + 0.5) / N through the sampler reproduce softmax(logits / T) to within 1 / N."""
+    torch.manual_seed(0)
+    vocab, n, temp = 1000, 20000, 0.7            # 1000: several blocks, last one partial
+    logits = torch.randn(vocab) * 3
+    logits[::7] = float("-inf")                   # impossible tokens are never drawn
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    tokens = G._sample(logits.expand(n, vocab).contiguous(), temp, u.float())
+    freq = torch.bincount(tokens, minlength=vocab).double() / n
+    probs = torch.softmax(logits.double() / temp, -1)
+    assert freq[::7].sum() == 0
+    cdf_err = (freq.cumsum(0) - probs.cumsum(0)).abs().max().item()
+    assert cdf_err <= 1.5 / n
+
+
+def test_sampling_distribution_matches_softmax():
+    """One-step generation from a small-vocabulary model: empirical frequencies close to softmax(logits / T)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
-        logits = model(torch.tensor([prompt])).logits[0, -1]
-    probs = (logits / 0.7).softmax(-1)
-    outs = generate(model, [prompt], n=4000, temperature=0.7, max_new_tokens=1, seed=0, progress=False)[0]
-    counts = torch.bincount(torch.tensor([o[0] for o in outs]), minlength=probs.numel()).float() / 4000
-    top = probs.topk(5).indices
-    assert torch.allclose(counts[top], probs[top], atol=0.03)
+        model.lm_head.weight.mul_(40)            # a non-uniform next-token distribution
+    prompt = [1, 2, 3, 4]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1].double()
+    n = 20000
+    for temp in (0.7, 1.5):
+        probs = torch.softmax(logits / temp, -1)
+        assert probs.max() < 0.9 and (probs > 0.02).sum() >= 3, probs
+        out = generate(model, [prompt], n=n, temperature=temp, max_new_tokens=1, seed=5, progress=False)[0]
+        toks = torch.tensor([s[0] for s in out])
+        freq = torch.bincount(toks, minlength=12).double() / n
+        sd = (probs * (1 - probs) / n).sqrt()
+        assert ((freq - probs).abs() <= 5 * sd + 1e-3).all(), (freq, probs)
 
 
-def test_first_token_logits_and_continuation_logprobs(tiny):
+# --------------------------------------------------------------------------------------- EOS handling
+def test_eos_cuts_completions(tiny, prompts):
+    model, _ = tiny
+    full = greedy(model, prompts, max_new_tokens=12, progress=False)
+    # declare the token each prompt emits at step 3 an EOS: its completion stops right before the first one
+    for p, g in zip(prompts, full):
+        eos = g[3]
+        cut = greedy(model, [p], max_new_tokens=12, eos_token_ids=[eos], progress=False)[0]
+        assert cut == g[:g.index(eos)]
+
+
+def test_forced_eos_gives_empty_completions_and_stops(tiny, prompts):
     model, tok = tiny
-    prompts = _prompts(tok)
+    eos = tok.eos_token_id
+    calls = []
+    h1 = model.lm_head.register_forward_hook(lambda mod, inp, out: out.index_fill(-1, torch.tensor([eos]), 1e4))
+    h2 = model.register_forward_pre_hook(lambda mod, args, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        out = generate(model, prompts, n=3, temperature=1.0, max_new_tokens=32, eos_token_ids=[eos],
+                       batch_tokens=1 << 20, progress=False)
+    finally:
+        h1.remove()
+        h2.remove()
+    assert out == [[[]] * 3 for _ in prompts]
+    assert len(calls) <= G.CHECK_EVERY            # one prefill, then it stops at the first check
+
+
+def test_finished_rows_leave_the_batch(tiny, prompts):
+    model, _ = tiny
+    full = greedy(model, prompts, max_new_tokens=16, progress=False)
+    # find prompts a, b and a token x that a emits at step 1 and b never emits
+    found = None
+    for a, ga in enumerate(full):
+        for b, gb in enumerate(full):
+            if a != b and ga[1] not in ga[:1] and ga[1] not in gb:
+                found = (a, b, ga[1])
+                break
+        if found:
+            break
+    assert found, "no suitable prompt pair"
+    a, b, x = found
+    rows = []
+    h = model.register_forward_pre_hook(lambda mod, args, kw: rows.append(kw["input_ids"].shape[0]),
+                                        with_kwargs=True)
+    try:
+        out = greedy(model, [prompts[a], prompts[b]], max_new_tokens=16, eos_token_ids=[x],
+                     batch_tokens=1 << 20, progress=False)
+    finally:
+        h.remove()
+    assert out == [full[a][:1], full[b]]
+    assert rows[0] == 2 and rows[-1] == 1 and len(rows) == 16          # prefill + 15 decode steps
+    assert rows.index(1) <= G.CHECK_EVERY + 1
+
+
+def test_empty_prompt_rejected(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError):
+        generate(model, [[1, 2], []], progress=False)
+
+
+def test_decode(tiny, prompts):
+    model, tok = tiny
+    out = generate(model, prompts[:2], n=2, temperature=1.0, max_new_tokens=4, progress=False)
+    texts = decode(tok, out)
+    assert texts == [[tok.decode(c, skip_special_tokens=True) for c in x] for x in out]
+
+
+# --------------------------------------------------------------------------------------------- scoring
+def test_first_token_logits_match_plain_forward(tiny, prompts):
+    model, _ = tiny
     got = first_token_logits(model, prompts, batch_tokens=30)
-    conts = [[[5, 9], [7]], [[11, 12, 13]], [], [[4]], [[8, 8]]]
-    lps = continuation_logprobs(model, prompts, conts, temperature=0.7, batch_tokens=30)
+    assert got.shape == (len(prompts), model.config.vocab_size) and got.dtype == torch.float32
     with torch.no_grad():
         for i, p in enumerate(prompts):
-            ref = model(torch.tensor([p])).logits[0, -1]
-            assert torch.allclose(got[i], ref, atol=1e-4)
-            for j, c in enumerate(conts[i]):
-                full = model(torch.tensor([p + c])).logits[0]
-                lp = sum(float((full[len(p) - 1 + t] / 0.7).log_softmax(-1)[tok_id]) for t, tok_id in enumerate(c))
-                assert abs(lps[i][j] - lp) < 1e-4
-    assert lps[2] == []
+            ref = model(torch.tensor([p])).logits[0, -1].float()
+            torch.testing.assert_close(got[i], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_continuation_logprobs_match_brute_force(tiny, prompts):
+    model, _ = tiny
+    conts = [[[17], [17, 93, 5], []], [[239, 239]], [], [[1, 2, 3, 4, 5], [9]], [[300]], [[12, 13]], [[4]],
+             [[8, 9]]]
+    temp = 0.7
+    for budget in (1 << 20, 25):
+        got = continuation_logprobs(model, prompts, conts, temperature=temp, batch_tokens=budget)
+        assert [len(x) for x in got] == [len(x) for x in conts]
+        with torch.no_grad():
+            for p, cs, gs in zip(prompts, conts, got):
+                for c, g in zip(cs, gs):
+                    if not c:
+                        assert g == 0.0
+                        continue
+                    logits = model(torch.tensor([p + c])).logits[0].double()
+                    lp = torch.log_softmax(logits / temp, -1)
+                    ref = sum(lp[len(p) - 1 + t, tok].item() for t, tok in enumerate(c))
+                    assert math.isclose(g, ref, rel_tol=1e-4, abs_tol=1e-4), (g, ref)

@@ -1,0 +1,42 @@
+"""The SFT grid through the store: an interrupted grid resumes without recomputing finished units."""
+import pytest
+
+import sftnb.experiment as experiment
+from sftnb.config import load_config
+from sftnb.experiment import Experiment
+
+
+def smoke_config(tmp_path):
+    return load_config("params/smoke.yaml", {
+        "run": {"out_dir": str(tmp_path / "run"), "figures_dir": str(tmp_path / "fig"), "progress": False},
+        "grid": {"lora": False}})
+
+
+def test_interrupted_grid_resumes(tmp_path, monkeypatch):
+    real_train = experiment.train
+    calls = []
+
+    def dies_on_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill mid-grid")
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(experiment, "train", dies_on_third)
+    exp = Experiment(smoke_config(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        exp.grid()
+    finished = len([u for u in exp.store.computed if u.kind == "sft"])
+    assert finished == 2
+
+    monkeypatch.setattr(experiment, "train", real_train)
+    again = Experiment(smoke_config(tmp_path))
+    table = again.grid()
+    sft_computed = [u for u in again.store.computed if u.kind == "sft"]
+    sft_reused = [u for u in again.store.reused if u.kind == "sft"]
+    done = int((table["status"] == "done").sum())
+    assert len(sft_computed) == done - 2 and len(sft_reused) >= 2
+    assert not any(u.kind == "probe" for u in again.store.computed)       # the probe was finished: reused
+
+    third = Experiment(smoke_config(tmp_path))
+    assert third.grid().equals(table) and not [u for u in third.store.computed if u.kind == "sft"]
