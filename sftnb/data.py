@@ -82,6 +82,8 @@ def _read_records(path: Path) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise SftnbError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except OSError as e:              # a folder named like a data file, no permission, ...
+        raise SftnbError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         if path.suffix == ".jsonl":
             records = [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -5,9 +5,10 @@ accuracy after SFT (§3.3), with the synonym table of App. F.1 / Table 12.
 
 Normalisation (applied to answers and outputs alike, in this order):
 
-1. Unicode NFKD, accents dropped (``Zürich`` -> ``zurich``), lower case;
-2. typographic apostrophes folded to ``'``; every other character that is not a letter or digit becomes
-   a space (``St. Petersburg`` -> ``st petersburg``, ``Bosnia-Herzegovina`` -> ``bosnia herzegovina``),
+1. Unicode NFKD, accents dropped (``Zürich`` -> ``zurich``), lower case, and the Latin letters NFKD leaves
+   alone folded (``Łódź`` -> ``lodz``, ``Gießen`` -> ``giessen``, ``Bodø`` -> ``bodo``);
+2. typographic apostrophes folded to ``'``; every other character that is not a letter (of any script) or
+   digit becomes a space (``St. Petersburg`` -> ``st petersburg``, ``Bosnia-Herzegovina`` -> ``bosnia herzegovina``),
    apostrophes are removed (``People's`` -> ``peoples``);
 3. the articles ``a``, ``an``, ``the`` are removed as whole words;
 4. runs of white space collapse to one space.
@@ -28,15 +29,20 @@ from functools import lru_cache
 from importlib import resources
 from typing import Iterable, Sequence
 
-_NON_WORD = re.compile(r"[^0-9a-z']+")
+# Letters of any script are word characters (so "Москва" or "北京" survive normalisation); "_" is not.
+_NON_WORD = re.compile(r"[^\w']+|_+")
 _ARTICLES = {"a", "an", "the"}
+# Latin letters that NFKD does not decompose, folded to their usual ASCII spelling ("Łódź" -> "lodz",
+# "Gießen" -> "giessen", "Bodø" -> "bodo"), and apostrophe-like marks folded to "'" ("Molokaʻi" -> "molokai").
+_FOLD = str.maketrans({"ß": "ss", "ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe",
+                       "ı": "i", "ħ": "h", "\u2019": "'", "\u2018": "'", "`": "'", "\u02bb": "'",
+                       "\u02bc": "'", "\u02bf": "'", "\u02be": "'"})
 
 
 @lru_cache(maxsize=200_000)
 def normalize(text: str) -> str:
     text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
-    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower().translate(_FOLD)
     text = _NON_WORD.sub(" ", text).replace("'", "")
     return " ".join(w for w in text.split() if w not in _ARTICLES)
 

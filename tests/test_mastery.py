@@ -1,5 +1,6 @@
 import pytest
 
+from sftnb.cli import main
 from sftnb.mastery import category, minimal_aliases
 
 
@@ -29,3 +30,37 @@ def test_minimal_aliases_drop_extensions():
     norm = [a.lower() for a in al]
     assert "usa" in norm and "united states" in norm
     assert "united states of america" not in norm
+
+
+def test_probe_bad_facts_files(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"relation": "country_capital", "subject": "France", "answers": ["Paris"]}\n{oops\n')
+    for facts in (empty, bad):
+        assert main(["probe", "--model", "tiny-random", "--facts", str(facts), "--out",
+                     str(tmp_path / "o.jsonl")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("sftnb: error:")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_probe_missing_model_is_one_line(tmp_path, capsys):
+    assert main(["probe", "--model", str(tmp_path / "no-model"), "--facts", "builtin:test",
+                 "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0] and not (tmp_path / "o.jsonl").exists()
+
+
+def test_probe_cli_writes_one_line_per_fact(tmp_path, capsys):
+    import json
+    facts = tmp_path / "f.jsonl"
+    facts.write_text("".join(json.dumps({"relation": "country_capital", "subject": c, "answers": [a]}) + "\n"
+                             for c, a in [("France", "Paris"), ("Peru", "Lima")]))
+    out = tmp_path / "probe.jsonl"
+    assert main(["probe", "--model", "tiny-random", "--facts", str(facts), "--out", str(out), "--templates", "2",
+                 "--samples", "2", "--max-new-tokens", "4"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["subject"] for r in rows] == ["France", "Peru"]
+    assert all(0 <= r["R"] <= 1 and r["category"] == category(r["R"]) and len(r["template_rates"]) == 2
+               for r in rows)
