@@ -98,7 +98,12 @@ def main(argv=None):
                     help="prompts per model.generate call (default: all prompts on CPU, 1024 on CUDA)")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (on a shared, oversubscribed CPU use 1: OpenMP spin-waits otherwise "
+                         "slow both paths down by 10x or more)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from sftnb.models import load_model
 

@@ -94,17 +94,33 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad: int, device) -> tuple[torch.Te
     return tuple(torch.from_numpy(a).to(device) for a in (ids, mask, pos))
 
 
-def _batches(order: Sequence[int], cost: Callable[[int, int], float], budget: float):
-    """Consecutive runs of ``order`` (indices sorted by length); ``cost(rows, i)`` is the cost of a batch of
-    ``rows`` items whose last (longest) item is ``i``. A batch grows while the cost stays within ``budget``."""
+def _greedy_batches(order: Sequence[int], cost: Callable[[int, int], float], budget: float) -> list[list[int]]:
+    batches: list[list[int]] = []
     batch: list[int] = []
     for i in order:
         if batch and cost(len(batch) + 1, i) > budget:
-            yield batch
+            batches.append(batch)
             batch = []
         batch.append(i)
     if batch:
-        yield batch
+        batches.append(batch)
+    return batches
+
+
+def _batches(order: Sequence[int], cost: Callable[[int, int], float], budget: float) -> list[list[int]]:
+    """Consecutive runs of ``order`` (indices sorted by length); ``cost(rows, i)`` is the cost of a batch of
+    ``rows`` items whose last (longest) item is ``i``. Batches are filled greedily up to ``budget``; when the same
+    number of batches can hold equal shares of the items, those are used instead (no small, inefficient tail
+    batch)."""
+    greedy = _greedy_batches(order, cost, budget)
+    k = len(greedy)
+    if k <= 1:
+        return greedy
+    size = -(-len(order) // k)
+    even = [list(order[s:s + size]) for s in range(0, len(order), size)]
+    if len(even) == k and all(cost(len(b), b[-1]) <= budget for b in even):
+        return even
+    return greedy
 
 
 # ----------------------------------------------------------------------------- counter-based uniforms

@@ -236,3 +236,17 @@ def test_continuation_logprobs_match_brute_force(tiny, prompts):
                     lp = torch.log_softmax(logits / temp, -1)
                     ref = sum(lp[len(p) - 1 + t, tok].item() for t, tok in enumerate(c))
                     assert math.isclose(g, ref, rel_tol=1e-4, abs_tol=1e-4), (g, ref)
+
+
+def test_batches_respect_budget_and_balance():
+    lengths = [3, 3, 4, 5, 5, 6, 9, 9, 10, 30]
+    order = list(range(len(lengths)))
+    cost = lambda rows, i: rows * 2 * (lengths[i] + 4)        # noqa: E731  (n=2, max_new_tokens=4)
+    for budget in (1, 40, 100, 200, 10_000):
+        bs = G._batches(order, cost, budget)
+        assert [i for b in bs for i in b] == order                                  # every item once, in order
+        assert all(len(b) == 1 or cost(len(b), b[-1]) <= budget for b in bs)      # within budget
+        assert len(bs) == len(G._greedy_batches(order, cost, budget))              # no more batches than greedy
+    # 32 equal prompts, budget for 31: two batches of 16 rather than 31 + 1
+    bs = G._batches(list(range(32)), lambda rows, i: rows * 10, 310)
+    assert [len(b) for b in bs] == [16, 16]
