@@ -1,8 +1,17 @@
-"""Checkpoints on disk, tensor by tensor: memory-mapped safetensors in, atomically written shards out.
+"""Checkpoints on disk, tensor by tensor: safetensors folders in, atomically published shards out.
 
-``restore_checkpoints`` is ``sftnb restore``: pass 1 streams both checkpoints to find every k's threshold
-(``sftnb.restore.radix_thresholds``), pass 2 writes each restored model. Only one tensor pair is in memory at a
-time, so a pair larger than RAM works; the input folders are never written to.
+``restore_checkpoints`` is ``sftnb restore``. Pass 1 and 2 stream both checkpoints to find every k's threshold
+(``sftnb.restore.radix_pass1`` / ``radix_thresholds``); pass 3 reads each tensor once more and writes it into
+every k's output at the same time. At most one chunk (``sftnb.restore.CHUNK`` elements) of a tensor pair is in
+memory, so a pair larger than RAM works.
+
+Reading: the safetensors header is parsed here and tensors are read with positioned reads (``readinto``) into
+fresh tensors. We deliberately do not keep ``safe_open`` memory maps open: every page of a mapped file that
+was touched counts in the process's resident set, so a streamed 8 GB pair would show 8 GB of RSS.
+Writing: the shard layout (names, dtypes, shapes, offsets) is known before any data is read, so each shard's
+header is written first and tensor bytes are appended as they are produced: no shard is held in memory.
+Everything goes to a hidden temporary folder next to ``--out`` that is renamed into place at the end; the
+input folders are never written to.
 """
 from __future__ import annotations
 
@@ -10,224 +19,385 @@ import json
 import os
 import re
 import shutil
+import struct
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .errors import SftnbError
-from .restore import FLIP, _counts, _masks, _Scorer, distribution, radix_thresholds, region_names
+from .restore import (CHUNK, Selection, _TieBreaker, _Workspace, _chunks, check_strategy, chunk_keys,
+                      distribution, percent_counts, radix_pass1, radix_thresholds, region_names)
 from .store import atomic_write_json, atomic_write_text
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?B)?\s*$", re.IGNORECASE)
+INDEX = "model.safetensors.index.json"
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
+    """"500MB", "2GB", "1.5GiB", "4096" -> bytes."""
     m = _SIZE.match(str(text))
-    if not m:
+    if not m or float(m.group(1)) <= 0:
         raise SftnbError(f"--shard-size {text!r}: expected a size like 500MB or 2GB")
     unit = (m.group(2) or "B").upper()
-    return int(float(m.group(1)) * {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit])
+    mult = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+            "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+def parse_ks(text: str | Sequence[float]) -> list[float]:
+    """"20" or "1,5,20" (or a list) -> distinct percents in (0, 100], in the given order."""
+    if isinstance(text, str):
+        try:
+            ks = [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise SftnbError(f"--k {text!r}: expected percents like 20 or 1,5,20") from None
+    else:
+        ks = [float(x) for x in text]
+    if not ks:
+        raise SftnbError("--k: no percent given")
+    percent_counts(1, ks)                           # (0, 100] check, one line
+    return list(dict.fromkeys(ks))
+
+
+# ============================================================================================= reading
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path
+    dtype: str                  # safetensors name: "BF16", "F32", ...
+    shape: tuple[int, ...]
+    begin: int                  # absolute byte offsets in the file
+    end: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty(0, dtype=DTYPES[self.dtype]).element_size()
+
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    """The tensors of one safetensors file, or one line saying why it is not one."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if not 2 <= n <= min(size - 8, 100_000_000):
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        out = {}
+        for name, d in header.items():
+            if name == "__metadata__":
+                continue
+            b, e = d["data_offsets"]
+            if d["dtype"] not in DTYPES:
+                raise SftnbError(f"{path}: tensor {name} has unsupported dtype {d['dtype']}")
+            info = TensorInfo(path, d["dtype"], tuple(int(x) for x in d["shape"]), 8 + n + b, 8 + n + e)
+            if info.end > size or info.end - info.begin != info.numel * info.itemsize:
+                raise ValueError(f"tensor {name} does not fit the file")
+            out[name] = info
+        return out
+    except SftnbError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise SftnbError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 class Checkpoint:
-    """A Hugging Face folder of safetensors shards, read lazily (one tensor at a time, memory-mapped)."""
+    """A Hugging Face folder of safetensors shards (index json or not), read tensor by tensor on demand."""
 
     def __init__(self, folder: str | Path):
-        from safetensors import safe_open
-
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise SftnbError(f"model folder not found: {self.folder}")
-        files = sorted(self.folder.glob("*.safetensors"))
+        index = self.folder / INDEX
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                files = sorted({self.folder / f for f in weight_map.values()})
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise SftnbError(f"{index}: not a safetensors index ({e})") from None
+            for f in files:
+                if not f.is_file():
+                    raise SftnbError(f"{index} names {f.name}, which is missing")
+        else:
+            files = sorted(self.folder.glob("*.safetensors"))
         if not files:
             raise SftnbError(f"{self.folder}: no *.safetensors files (not a safetensors checkpoint)")
-        self._handles = {}
-        self.where: dict[str, Path] = {}
-        self.meta: dict[str, tuple[tuple[int, ...], str]] = {}
+        self.meta: dict[str, TensorInfo] = {}
         for f in files:
-            try:
-                h = safe_open(str(f), framework="pt")
-            except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
-                raise SftnbError(f"{f}: not a readable safetensors file ({e})") from None
-            self._handles[f] = h
-            for name in h.keys():
-                sl = h.get_slice(name)
-                self.where[name] = f
-                self.meta[name] = (tuple(sl.get_shape()), sl.get_dtype())
+            for name, info in read_header(f).items():
+                if name in self.meta:
+                    raise SftnbError(f"{self.folder}: tensor {name} is in two files")
+                self.meta[name] = info
+        self._fds: dict[Path, object] = {}
 
     @property
     def names(self) -> list[str]:
-        return list(self.where)
+        return sorted(self.meta)
 
-    def get(self, name: str) -> torch.Tensor:
-        return self._handles[self.where[name]].get_tensor(name)
+    def numel(self, name: str) -> int:
+        return self.meta[name].numel
 
     def nbytes(self, name: str) -> int:
-        shape, dtype = self.meta[name]
-        n = 1
-        for d in shape:
-            n *= d
-        return n * {"F64": 8, "F32": 4, "I64": 8, "I32": 4}.get(dtype, 2 if dtype in ("BF16", "F16") else 1)
+        info = self.meta[name]
+        return info.end - info.begin
+
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        """Elements [start, stop) of a tensor, flattened, as a new (writable) tensor; the whole tensor with its
+        shape when no range is given."""
+        info = self.meta[name]
+        whole = start is None and stop is None
+        start = start or 0
+        stop = info.numel if stop is None else stop
+        t = torch.empty(stop - start, dtype=DTYPES[info.dtype])
+        buf = memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(bytearray())
+        f = self._fds.get(info.file)
+        if f is None:
+            f = self._fds[info.file] = open(info.file, "rb", buffering=0)
+        f.seek(info.begin + start * info.itemsize)
+        got = 0
+        while got < len(buf):
+            n = f.readinto(buf[got:])
+            if not n:
+                raise SftnbError(f"{info.file}: truncated while reading {name}")
+            got += n
+        return t.view(info.shape) if whole else t
+
+    def close(self) -> None:
+        for f in self._fds.values():
+            f.close()
+        self._fds.clear()
 
 
 def check_pair(base: Checkpoint, tuned: Checkpoint) -> None:
     """Same tensors, shapes and dtypes, or one line saying what differs."""
-    b, t = set(base.names), set(tuned.names)
+    b, t = set(base.meta), set(tuned.meta)
     if b != t:
-        diff = sorted(b ^ t)
-        raise SftnbError(f"architectures differ: {len(diff)} tensor(s) in only one model, e.g. {diff[0]}")
+        only_t, only_b = sorted(t - b), sorted(b - t)
+        eg = f"{only_t[0]} only in --tuned" if only_t else f"{only_b[0]} only in --base"
+        raise SftnbError(f"architectures differ: {len(only_t) + len(only_b)} tensor(s) in one model only, e.g. {eg}")
     for n in tuned.names:
-        if base.meta[n][0] != tuned.meta[n][0]:
-            raise SftnbError(f"{n}: shape {tuned.meta[n][0]} (tuned) vs {base.meta[n][0]} (base)")
-        if base.meta[n][1] != tuned.meta[n][1]:
-            raise SftnbError(f"{n}: dtype {tuned.meta[n][1]} (tuned) vs {base.meta[n][1]} (base)")
+        tb, tt = base.meta[n], tuned.meta[n]
+        if tb.shape != tt.shape:
+            raise SftnbError(f"{n}: shape {tt.shape} (tuned) vs {tb.shape} (base)")
+        if tb.dtype != tt.dtype:
+            raise SftnbError(f"{n}: dtype {tt.dtype} (tuned) vs {tb.dtype} (base)")
 
 
+# ============================================================================================= writing
 class ShardWriter:
-    """Writes tensors into numbered shards of at most ``budget`` bytes plus the index, in a temp folder."""
+    """Writes a known list of tensors, in order, into shards of at most ``budget`` bytes (a tensor larger than
+    the budget gets a shard of its own), streaming: headers first, then bytes as they come."""
 
-    def __init__(self, folder: Path, budget: int):
-        self.folder, self.budget = folder, budget
-        self.pending: dict[str, torch.Tensor] = {}
-        self.size = 0
-        self.shards: list[dict[str, torch.Tensor] | str] = []
-        self.weight_map: dict[str, str] = {}
-        self.total = 0
-        self._n = 0
+    def __init__(self, folder: Path, layout: Sequence[tuple[str, str, tuple[int, ...], int]], budget: int):
+        self.folder = Path(folder)
+        shards: list[list[tuple[str, str, tuple[int, ...], int]]] = [[]]
+        size = 0
+        for item in layout:
+            if shards[-1] and size + item[3] > budget:
+                shards.append([])
+                size = 0
+            shards[-1].append(item)
+            size += item[3]
+        n = len(shards)
+        self.files = ["model.safetensors"] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors"
+                                                            for i in range(1, n + 1)]
+        self.shards = shards
+        self.total = sum(item[3] for item in layout)
+        self._shard = -1
+        self._queue: list[tuple[str, int]] = []     # (name, bytes still to write) in the open shard
+        self._f = None
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
-        if self.pending and self.size + nbytes > self.budget:
-            self._flush()
-        self.pending[name] = tensor.contiguous()
-        self.size += nbytes
-        self.total += nbytes
+    def _open_next(self) -> None:
+        if self._f:
+            self._f.close()
+        self._shard += 1
+        items = self.shards[self._shard]
+        header, off = {"__metadata__": {"format": "pt"}}, 0
+        for name, dtype, shape, nbytes in items:
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + nbytes]}
+            off += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * ((-len(raw)) % 8)                  # keep the data 8-byte aligned, as safetensors does
+        self._f = open(self.folder / self.files[self._shard], "wb")
+        self._f.write(struct.pack("<Q", len(raw)) + raw)
+        self._queue = [(name, nbytes) for name, _, _, nbytes in items]
 
-    def _flush(self) -> None:
-        from safetensors.torch import save_file
-
-        self._n += 1
-        fname = f"part-{self._n:05d}.safetensors"
-        save_file(self.pending, str(self.folder / fname), metadata={"format": "pt"})
-        for n in self.pending:
-            self.weight_map[n] = fname
-        self.pending, self.size = {}, 0
+    def write(self, name: str, chunk: torch.Tensor) -> None:
+        """Append the next bytes of tensor ``name`` (chunks of one tensor in flat order)."""
+        if not self._queue:
+            self._open_next()
+        expected, left = self._queue[0]
+        if name != expected:
+            raise RuntimeError(f"writing {name} but {expected} comes next")   # a bug, not a user error
+        data = chunk.contiguous().reshape(-1).view(torch.uint8)
+        if data.numel() > left:
+            raise RuntimeError(f"{name}: more bytes than its shape holds")
+        if data.numel():
+            self._f.write(memoryview(data.numpy()))
+        left -= data.numel()
+        if left:
+            self._queue[0] = (name, left)
+        else:
+            self._queue.pop(0)
 
     def close(self) -> None:
-        if self.pending:
-            self._flush()
-        n = self._n
-        names = {f"part-{i:05d}.safetensors": (f"model-{i:05d}-of-{n:05d}.safetensors" if n > 1
-                                               else "model.safetensors") for i in range(1, n + 1)}
-        for old, new in names.items():
-            os.replace(self.folder / old, self.folder / new)
-        if n > 1:
-            atomic_write_json(self.folder / "model.safetensors.index.json",
-                              {"metadata": {"total_size": self.total},
-                               "weight_map": {k: names[v] for k, v in self.weight_map.items()}})
+        while self._shard < len(self.shards) - 1:      # shards whose tensors are all empty
+            self._open_next()
+        if self._queue:
+            raise RuntimeError(f"shard closed before {self._queue[0][0]} was complete")
+        if self._f:
+            self._f.close()
+            self._f = None
+        if len(self.files) > 1:
+            weight_map = {name: f for f, items in zip(self.files, self.shards) for name, *_ in items}
+            atomic_write_json(self.folder / INDEX, {"metadata": {"total_size": self.total}, "weight_map": weight_map})
 
 
-def _parse_ks(text: str) -> list[float]:
-    try:
-        ks = [float(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise SftnbError(f"--k {text!r}: expected percents like 20 or 1,5,20") from None
-    if not ks:
-        raise SftnbError("--k: no value given")
-    _counts(1, ks)                                   # (0, 100] check, one line
-    return list(dict.fromkeys(ks))
+def copy_side_files(src: Path, dst: Path) -> None:
+    """config, generation config, tokenizer files: everything but weights and earlier restoration stats."""
+    for f in sorted(src.iterdir()):
+        if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and f.name != INDEX \
+                and not f.name.startswith("restore_stats"):
+            shutil.copy2(f, dst / f.name)
 
 
-def restore_checkpoints(args) -> int:
-    ks = _parse_ks(args.k)
-    budget = parse_size(args.shard_size)
-    out = Path(args.out).expanduser()
-    base, tuned = Checkpoint(args.base), Checkpoint(args.tuned)
-    for folder in (base.folder, tuned.folder):
-        if out.resolve() == folder.resolve() or folder.resolve() in out.resolve().parents:
-            raise SftnbError(f"--out {out} lies inside an input folder ({folder}); choose another place")
-    if out.exists() and not args.overwrite:
+# ============================================================================================= sftnb restore
+def _check_out(out: Path, inputs: Iterable[Path], overwrite: bool) -> None:
+    o = out.resolve()
+    for folder in inputs:
+        f = folder.resolve()
+        if o == f or f in o.parents:
+            raise SftnbError(f"--out {out} lies inside the input folder {folder}; choose another place")
+        if o in f.parents:
+            raise SftnbError(f"--out {out} contains the input folder {folder}; choose another place")
+    if out.exists() and not overwrite:
         raise SftnbError(f"--out {out} exists; pass --overwrite to replace it")
-    check_pair(base, tuned)
-    names = region_names(tuned.names, args.region)
+    if out.exists() and not out.is_dir():
+        raise SftnbError(f"--out {out} exists and is not a folder")
+
+
+def restore_checkpoints(base: str | Path, tuned: str | Path, k: str | Sequence[float], out: str | Path,
+                        strategy: str = "top", region: str = "transformer", seed: int = 0,
+                        shard_size: str = "2GB", overwrite: bool = False, progress: bool = True) -> int:
+    """Write the restored model(s) of a checkpoint pair; see the module docstring. Returns 0."""
+    ks = parse_ks(k)
+    check_strategy(strategy)
+    budget = parse_size(shard_size)
+    out = Path(out).expanduser()
+    base_ck, tuned_ck = Checkpoint(base), Checkpoint(tuned)
+    _check_out(out, (base_ck.folder, tuned_ck.folder), overwrite)
+    check_pair(base_ck, tuned_ck)
+    names = region_names(tuned_ck.meta, region)
     if not names:
-        raise SftnbError(f"region {args.region!r} holds no tensor of {tuned.folder}")
-    scorer = _Scorer(names, tuned.get, base.get, args.strategy, args.seed)
-    total = sum(_numel(tuned.meta[n][0]) for n in names)
+        raise SftnbError(f"region {region!r} holds no tensor of {tuned_ck.folder}")
+    total = sum(tuned_ck.numel(n) for n in names)
+    counts = percent_counts(total, ks)
     t0 = time.perf_counter()
-    ths = radix_thresholds(lambda: tqdm((scorer.keys(i) for i in range(len(names))), total=len(names),
-                                        desc="thresholds", leave=False), _counts(total, ks))
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    ws = _Workspace()
+
+    def pieces(desc):
+        for name in tqdm(names, desc=desc, leave=False, disable=not progress):
+            for start, stop in _chunks(tuned_ck.numel(name)):
+                yield name, start, tuned_ck.read(name, start, stop), base_ck.read(name, start, stop)
+
+    def key_stream(desc):
+        return lambda: (chunk_keys(strategy, seed, n, s, t, b, ws)[:2] for n, s, t, b in pieces(desc))
+
+    pass1 = radix_pass1(key_stream("pass 1/3 (histogram)"))
+    ths = radix_thresholds(key_stream("pass 2/3 (thresholds)"), counts, pass1)
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        summary = []
-        for k, th in zip(ks, ths):
-            folder = tmp if len(ks) == 1 else tmp / f"k{k:g}"
+        folders = [tmp if len(ks) == 1 else tmp / _k_name(kp) for kp in ks]
+        layout = [(n, tuned_ck.meta[n].dtype, tuned_ck.meta[n].shape, tuned_ck.nbytes(n)) for n in tuned_ck.names]
+        writers = []
+        for folder in folders:
             folder.mkdir(exist_ok=True)
-            per = _write_restored(base, tuned, names, scorer, th, folder, budget, f"k={k:g}%")
-            _copy_side_files(tuned.folder, folder)
-            from .restore import Selection
-            sel = Selection(k, args.strategy, th.count, total,
-                            th.value(args.strategy == "bottom") if args.strategy != "random" else float("nan"), per)
+            writers.append(ShardWriter(folder, layout, budget))
+        per = _write_all(base_ck, tuned_ck, set(names), ths, writers, strategy, seed, ws, progress)
+        summary = []
+        for kp, th, folder, counts_k, w in zip(ks, ths, folders, per, writers):
+            w.close()
+            copy_side_files(tuned_ck.folder, folder)
+            sel = Selection(kp, strategy, th.count, total, th.value(strategy), {n: counts_k[n] for n in names})
             per_layer, per_module = distribution(sel)
-            stats = sel.to_dict() | {"region": args.region, "base": str(base.folder), "tuned": str(tuned.folder),
-                                     "seed": args.seed, "per_layer": per_layer.to_dict(orient="list"),
+            stats = sel.to_dict() | {"region": region, "seed": seed, "base": str(base_ck.folder),
+                                     "tuned": str(tuned_ck.folder), "tie_order": "sorted tensor name, flat index",
+                                     "per_layer": per_layer.to_dict(orient="list"),
                                      "per_module": per_module.to_dict(orient="list")}
             atomic_write_json(folder / "restore_stats.json", stats)
-            rows = "tensor,restored,numel\n" + "".join(f"{n},{per.get(n, 0)},{_numel(tuned.meta[n][0])}\n"
-                                                      for n in names)
-            atomic_write_text(folder / "restore_stats.csv", rows)
-            summary.append((k, th.count, sel.threshold, folder.name if len(ks) > 1 else "."))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+            atomic_write_text(folder / "restore_stats.csv", "tensor,numel,restored\n" + "".join(
+                f"{n},{tuned_ck.numel(n)},{counts_k[n]}\n" for n in names))
+            summary.append((kp, th.count, sel.threshold, out / folder.relative_to(tmp)))
+        if len(ks) > 1:
+            atomic_write_text(tmp / "restore_stats.csv", "k_percent,count,total,threshold,folder\n" + "".join(
+                f"{kp:g},{c},{total},{thr!r},{p.name}\n" for kp, c, thr, p in summary))
+        _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for k, count, thr, sub in summary:
-        print(f"k={k:g}%: restored {count:,} of {total:,} {args.region} parameters ({args.strategy}; "
-              f"threshold r={thr:.6g}) -> {out / sub if sub != '.' else out}")
+    finally:
+        base_ck.close()
+        tuned_ck.close()
+    for kp, c, thr, path in summary:
+        print(f"k={kp:g}%: restored {c:,} of {total:,} {region} parameters ({strategy}"
+              f"{'' if strategy == 'random' else f'; threshold r={thr:.6g}'}) -> {path}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+def _k_name(k: float) -> str:
+    return f"k{k:g}".replace(".", "p")            # k20, k0p5
 
 
-def _write_restored(base, tuned, names, scorer, th, folder, budget, desc) -> dict[str, int]:
-    writer = ShardWriter(folder, budget)
-    masks = _masks(scorer, th)             # lazily, in region order (= checkpoint order filtered)
-    region = set(names)
-    per = {}
-    for name in tqdm(tuned.names, desc=desc, leave=False):
-        t = tuned.get(name)
-        if name in region:
-            i, mask = next(masks)
-            assert names[i] == name
-            mask = mask.view(t.shape)
-            per[name] = int(mask.sum())
-            if per[name]:
-                # clone: get_tensor may hand out a view of a private memory map that later passes re-read
-                t = t.clone()
-                t[mask] = base.get(name)[mask]
-        writer.add(name, t)
-    writer.close()
+def _write_all(base_ck, tuned_ck, region: set[str], ths, writers, strategy, seed, ws, progress):
+    """Pass 3: every tensor once, into every k's output. Region chunks come in canonical (sorted) order, the
+    order the tie-breakers expect, because the layout itself is sorted."""
+    tie = [_TieBreaker(th) for th in ths]
+    per = [dict.fromkeys(region, 0) for _ in ths]
+    for name in tqdm(tuned_ck.names, desc="pass 3/3 (write)", leave=False, disable=not progress):
+        for start, stop in _chunks(tuned_ck.numel(name)):
+            t = tuned_ck.read(name, start, stop)
+            if name not in region:
+                for w in writers:
+                    w.write(name, t)
+                continue
+            b = base_ck.read(name, start, stop)
+            keys, _ = chunk_keys(strategy, seed, name, start, t, b, ws)
+            for j, w in enumerate(writers):
+                mask = tie[j].mask(keys)
+                per[j][name] += int(mask.sum())
+                w.write(name, torch.where(mask, b, t))
     return per
 
 
-def _copy_side_files(src: Path, dst: Path) -> None:
-    """config, generation config, tokenizer files: everything but the weights."""
-    for f in src.iterdir():
-        if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
-            shutil.copy2(f, dst / f.name)
+def _publish(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp`` with renames (the old output is removed only once the new one is in place)."""
+    if out.exists():
+        trash = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(out, trash)
+        os.rename(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
 
 
-__all__ = ["Checkpoint", "check_pair", "ShardWriter", "restore_checkpoints", "parse_size", "FLIP"]
+__all__ = ["Checkpoint", "TensorInfo", "ShardWriter", "check_pair", "copy_side_files", "parse_ks", "parse_size",
+           "read_header", "restore_checkpoints", "CHUNK"]

@@ -35,7 +35,8 @@ def largest_scale(keys: list[RunKey]) -> list[RunKey]:
 def _restorer(exp: Experiment, key: RunKey, mc=None):
     exp.run_unit(key, mc)                       # makes sure the grid unit (and its checkpoint) exists
     model, tok, _ = exp.finetune(key, mc)
-    return Restorer(model, exp.base_state(mc), region=exp.cfg.restore.region), model, tok
+    # swap=False: the base state is the experiment's shared reset point, so it must never hold fine-tuned values
+    return Restorer(model, exp.base_state(mc), region=exp.cfg.restore.region, swap=False), model, tok
 
 
 def _sweep_spec(exp: Experiment, key: RunKey, mc, what: dict) -> dict:
@@ -69,6 +70,7 @@ def restore_sweep(exp: Experiment, key: RunKey, ks, strategy: str = "top", on_tr
     def compute(tmp):
         restorer, model, tok = _restorer(exp, key, mc)
         sets = {"train": exp.training_facts(key, mc)} if on_train else exp.eval_sets(mc)
+        restorer.prepare(ks, strategy, seed=key.seed)      # every k's threshold from one set of passes
         rows = []
         for k in [0, *ks]:
             if k == 0:

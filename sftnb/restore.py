@@ -1,28 +1,39 @@
 """Parameter restoration (paper §5, App. B.2): put the most-changed parameters back to their pre-trained values.
 
-Relative change r = |s - p| / (|p| + 1e-8), element-wise, in float32 whatever the storage dtype. Selecting the
-top k % of r *globally* (across every tensor of a region) is done exactly without a flat copy of all r:
+Relative change r = |s - p| / (|p| + 1e-8), element-wise, in float32 whatever the storage dtype (NaN counts as
+0). Selecting the top k % of r *globally* (across every tensor of a region) is done exactly, without a flat copy
+of all r:
 
-- r >= 0, so its float32 bit pattern read as int32 is monotone in r. A radix select over those bits (digits of
-  11, 11 and 10 bits, three streamed passes over the tensors, one histogram per pass) finds the threshold T,
-  the count-th largest value, and how many elements equal to T to take. Every k of a sweep shares the passes.
-- Ties at T are broken deterministically: the first ones in (region order of tensors, flat index) order.
-- "bottom" selects the count smallest (the key is flipped); "random" selects the count largest of i.i.d.
-  uniform keys drawn per tensor from a generator seeded by (seed, tensor index): exactly count elements,
-  reproducible, no n-element permutation.
-count = floor(n * k / 100).
+* Keys. r >= 0, so its float32 bit pattern read as int32 is a non-negative integer, monotone in r. "bottom"
+  flips the key (0x7FFFFFFF - key); "random" uses the bits of i.i.d. uniform floats drawn per chunk from a
+  generator seeded by (seed, tensor name, chunk index): reproducible, exactly ``count`` elements, no
+  n-element permutation.
+* Radix select in two streamed passes. Pass 1: a histogram of the high 16 bits of every key (one histogram
+  serves every k of a sweep, and is cached). Pass 2: for each k, a histogram of the low 16 bits of the keys
+  in that k's high-16 bucket. Together they give the threshold key T (the count-th largest) and how many
+  elements equal to T to take. The same passes carry float64 sums of r per bin, so the concentration table
+  (Table 3) is exact (sums of everything above T, plus ties x T's value) at no extra pass.
+* Ties at T are taken in canonical order: tensors by sorted name, then flat index. The live ``Restorer`` and
+  the streaming CLI use that order, so they select identical elements.
+* count = floor(n * k / 100).
 
-A ``Restorer`` works on a live model: ``restore(k)`` writes pre-trained values in place and remembers the
-fine-tuned values it overwrote (memory proportional to k), ``undo()`` puts them back bit for bit. The CLI
-(``restore_cli``) applies the same selection to checkpoints on disk, streaming tensor by tensor.
+Everything streams in chunks of at most ``CHUNK`` elements through reused workspace buffers (a large tensor's
+temporaries stay bounded; reusing buffers also avoids page faults on every allocation, the main cost on CPU).
+
+``Restorer`` works on a live model: ``restore(k)`` writes pre-trained values in place; ``undo()`` gives the
+fine-tuned values back bit for bit. It keeps a 1-bit-per-element mask of what it changed plus either nothing
+(``swap`` mode: the selected elements are *exchanged* with the base tensors, which then hold the fine-tuned
+values until undo swaps them back) or the overwritten fine-tuned values (memory proportional to k).
+The CLI (``restore_cli``) applies the same selection to checkpoints on disk (``sftnb.checkpoints``).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -31,15 +42,18 @@ from .errors import SftnbError
 
 EPS = 1e-8
 REGIONS = ("transformer", "mlp", "attention", "embedding", "all")
+STRATEGIES = ("top", "bottom", "random")
+CHUNK = 1 << 24                     # elements per streamed piece (64 MiB of float32 temporaries)
+FLIP = 0x7FFFFFFF                   # key -> FLIP - key reverses the order ("bottom")
+_HI = 1 << 15                       # keys are < 2^31, so the high 16 bits take 2^15 values
+_LO = 1 << 16
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-# radix digits over the 32 bits of a non-negative float32: (shift, width)
-_DIGITS = ((21, 11), (10, 11), (0, 10))
 MODULE_TYPES = {"mlp.down_proj": "mlp.down", "mlp.up_proj": "mlp.up", "mlp.gate_proj": "mlp.gate",
                 "self_attn.o_proj": "attn.o", "self_attn.q_proj": "attn.q", "self_attn.v_proj": "attn.v",
                 "self_attn.k_proj": "attn.k"}
 
 
-# --------------------------------------------------------------------------------------------- regions
+# ============================================================================================= regions
 def layer_of(name: str) -> int | None:
     m = _LAYER.search(name)
     return int(m.group(1)) if m else None
@@ -55,79 +69,187 @@ def module_type(name: str) -> str:
 def in_region(name: str, region: str) -> bool:
     if region not in REGIONS:
         raise SftnbError(f"unknown region {region!r} (one of {', '.join(REGIONS)})")
-    is_norm = "norm" in name.rsplit(".", 2)[-2] if "." in name else "norm" in name
-    in_layer = layer_of(name) is not None
     if region == "all":
         return True
     if region == "embedding":
-        return "embed_tokens" in name or name.startswith("lm_head")
-    if not in_layer or is_norm:
+        return "embed_tokens" in name or name.split(".")[0] == "lm_head"
+    parts = name.split(".")
+    owner = parts[-2] if len(parts) > 1 else name            # "input_layernorm" in "...input_layernorm.weight"
+    if layer_of(name) is None or "norm" in owner:
         return False
     if region == "mlp":
         return ".mlp." in name
     if region == "attention":
         return ".self_attn." in name
-    return True                                   # transformer: every non-norm parameter of a decoder layer
+    return True                          # transformer: every non-norm parameter of a decoder layer
 
 
 def region_names(names: Iterable[str], region: str) -> list[str]:
-    return [n for n in names if in_region(n, region)]
+    """The region's names in canonical order (sorted): the order that breaks ties."""
+    return sorted(n for n in names if in_region(n, region))
 
 
-def relative_change(tuned: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """|s - p| / (|p| + 1e-8) in float32 (App. B.2)."""
+def relative_change(tuned: torch.Tensor, base: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """|s - p| / (|p| + 1e-8) in float32 (App. B.2); NaN becomes 0. ``out``: a float32 buffer to reuse."""
     s, p = tuned.float(), base.float()
-    return (s - p).abs_().div_(p.abs().add_(EPS))
+    if out is None:
+        out = torch.empty(s.shape, dtype=torch.float32)
+    den = torch.abs(p).add_(EPS)
+    torch.sub(s, p, out=out).abs_().div_(den)
+    return out.nan_to_num_(nan=0.0, posinf=math.inf)
 
 
-# --------------------------------------------------------------------------------------------- selection
-def _bits(x: torch.Tensor) -> torch.Tensor:
-    """int64 keys, monotone in the non-negative float32 values of ``x`` (NaN counts as smallest)."""
-    x = torch.nan_to_num(x.float().reshape(-1), nan=0.0)
-    return x.view(torch.int32).to(torch.int64)
+# ============================================================================================= keys
+class _Workspace:
+    """Reused float32 buffers: a fresh multi-MB allocation per tensor costs page faults that dominate on CPU."""
+
+    def __init__(self):
+        self.buf = torch.empty(0)
+
+    def r(self, n: int) -> torch.Tensor:
+        if self.buf.numel() < n:
+            self.buf = torch.empty(n, dtype=torch.float32)
+        return self.buf[:n]
 
 
-FLIP = 0x7FFFFFFF
+def _chunks(numel: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, max(numel, 1), CHUNK):
+        yield start, min(start + CHUNK, numel)
+
+
+def _rand_generator(seed: int, name: str, start: int) -> torch.Generator:
+    # crc32 of the name (not Python's salted hash) keeps "random" reproducible across processes
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode()) * 131 + start // CHUNK)
+                                         % (1 << 63))
+
+
+def chunk_keys(strategy: str, seed: int, name: str, start: int, tuned: torch.Tensor, base: torch.Tensor,
+               ws: _Workspace) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Selection keys (int32, >= 0, larger = selected first) of one flat chunk, and its r (None for random).
+    The keys may alias the workspace: use them before the next call."""
+    n = tuned.numel()
+    tuned, base = tuned.reshape(-1), base.reshape(-1)
+    if strategy == "random":
+        return torch.rand(n, generator=_rand_generator(seed, name, start)).view(torch.int32), None
+    r = relative_change(tuned, base, out=ws.r(n))
+    keys = r.view(torch.int32)
+    if strategy == "bottom":
+        keys = FLIP - keys
+    return keys, r
 
 
 @dataclass
 class Threshold:
-    """Take every element with key > ``key``, and the first ``ties`` elements with key == ``key``."""
+    """Take every element with key > ``key`` and the first ``ties`` elements (canonical order) with key == ``key``."""
     count: int
     key: int
     ties: int
+    top_sum: float = math.nan            # Σ r over the selected elements (top strategy, when sums were asked)
 
-    def value(self, flipped: bool = False) -> float:
-        k = FLIP - self.key if flipped else self.key
-        return torch.tensor([k], dtype=torch.int32).view(torch.float32).item() if self.count else math.nan
-
-
-def radix_thresholds(keys_of: Callable[[], Iterable[torch.Tensor]], counts: Sequence[int]) -> list[Threshold]:
-    """For each count c, the threshold of the c largest int keys (0 <= key < 2^31) over all tensors that
-    ``keys_of()`` streams; three passes, whatever the number of counts."""
-    state = [[0, c] for c in counts]              # per count: (prefix of fixed high bits, how many still needed)
-    done_bits = 0
-    for shift, width in _DIGITS:
-        hists = [torch.zeros(1 << width, dtype=torch.int64) for _ in counts]
-        for keys in keys_of():
-            digit = (keys >> shift) & ((1 << width) - 1)
-            high = keys >> (shift + width)
-            for i, (prefix, need) in enumerate(state):
-                if need <= 0:
-                    continue
-                sel = digit if done_bits == 0 else digit[high == prefix]
-                hists[i] += torch.bincount(sel, minlength=1 << width)
-        for i, (prefix, need) in enumerate(state):
-            if need <= 0:
-                state[i] = [(prefix << width), need]
-                continue
-            above = hists[i].flip(0).cumsum(0).flip(0) - hists[i]     # elements in higher digits
-            d = int(((above < need) & (above + hists[i] >= need)).nonzero()[-1])
-            state[i] = [(prefix << width) | d, need - int(above[d])]
-        done_bits += width
-    return [Threshold(c, prefix if c else FLIP + 1, need if c else 0) for c, (prefix, need) in zip(counts, state)]
+    def value(self, strategy: str = "top") -> float:
+        """The threshold as a relative change (NaN for random keys or an empty selection)."""
+        if not self.count or strategy == "random":
+            return math.nan
+        k = FLIP - self.key if strategy == "bottom" else self.key
+        return torch.tensor([k], dtype=torch.int32).view(torch.float32).item()
 
 
+def _cut(hist: torch.Tensor, need: int) -> tuple[int, int]:
+    """Digit d holding the need-th largest element, and how many of bin d are taken."""
+    at_least = hist.flip(0).cumsum(0).flip(0)                     # elements with digit >= d
+    d = int((at_least >= need).nonzero()[-1])
+    return d, need - int(at_least[d] - hist[d])
+
+
+@dataclass
+class Pass1:
+    """High-16-bit histogram of every key (and Σ r per bin): shared by every k of a sweep."""
+    hist: torch.Tensor
+    sums: torch.Tensor | None
+    total: int
+
+
+def radix_pass1(key_stream: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor | None]]],
+                with_sums: bool = False) -> Pass1:
+    hist = torch.zeros(_HI, dtype=torch.int64)
+    sums = torch.zeros(_HI, dtype=torch.float64) if with_sums else None
+    for keys, r in key_stream():
+        hi = keys >> 16
+        hist += torch.bincount(hi, minlength=_HI)
+        if with_sums:
+            sums += torch.bincount(hi, weights=r.double(), minlength=_HI)
+    return Pass1(hist, sums, int(hist.sum()))
+
+
+def radix_thresholds(key_stream: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor | None]]],
+                     counts: Sequence[int], pass1: Pass1 | None = None, with_sums: bool = False) -> list[Threshold]:
+    """For each count c, the threshold of the c largest keys over all chunks ``key_stream()`` yields: one pass
+    for the high digits (skipped when ``pass1`` is given) and one for the low digits, whatever len(counts)."""
+    if pass1 is None or (with_sums and pass1.sums is None):
+        pass1 = radix_pass1(key_stream, with_sums)
+    hi_cut = {c: _cut(pass1.hist, c) for c in counts if c > 0}
+    prefixes = sorted({d for d, _ in hi_cut.values()})
+    lo_hist = {d: torch.zeros(_LO, dtype=torch.int64) for d in prefixes}
+    lo_sums = {d: torch.zeros(_LO, dtype=torch.float64) for d in prefixes} if with_sums else {}
+    if prefixes:
+        for keys, r in key_stream():
+            hi = keys >> 16
+            for d in prefixes:
+                m = hi == d
+                lo = keys[m] & 0xFFFF
+                lo_hist[d] += torch.bincount(lo, minlength=_LO)
+                if with_sums:
+                    lo_sums[d] += torch.bincount(lo, weights=r[m].double(), minlength=_LO)
+    out = []
+    for c in counts:
+        if c <= 0:                                    # nothing has a key above FLIP: selects nothing
+            out.append(Threshold(0, FLIP, 0, 0.0))
+            continue
+        d_hi, need = hi_cut[c]
+        d_lo, ties = _cut(lo_hist[d_hi], need)
+        key = (d_hi << 16) | d_lo
+        th = Threshold(c, key, ties)
+        if with_sums:                                 # everything above the threshold, then the ties exactly
+            value = torch.tensor([key], dtype=torch.int32).view(torch.float32).double().item()
+            th.top_sum = (float(pass1.sums[d_hi + 1:].sum()) + float(lo_sums[d_hi][d_lo + 1:].sum())
+                          + ties * value)
+        out.append(th)
+    return out
+
+
+class _TieBreaker:
+    """Turns keys into masks for one threshold, chunk after chunk in canonical order."""
+
+    def __init__(self, th: Threshold):
+        self.th, self.ties_left = th, th.ties
+
+    def mask(self, keys: torch.Tensor) -> torch.Tensor:
+        mask = keys > self.th.key
+        if self.ties_left > 0:
+            eq = (keys == self.th.key).nonzero().squeeze(1)
+            take = eq[: self.ties_left]                # the first ones by flat index
+            mask[take] = True
+            self.ties_left -= take.numel()
+        return mask
+
+
+def percent_counts(total: int, k_percents: Sequence[float]) -> list[int]:
+    for k in k_percents:
+        try:
+            ok = 0 < float(k) <= 100
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise SftnbError(f"k={k}: restoration percent must lie in (0, 100]")
+    return [math.floor(total * k / 100) for k in k_percents]
+
+
+def check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise SftnbError(f"unknown strategy {strategy!r} (top, bottom or random)")
+
+
+# ============================================================================================= results
 @dataclass
 class Selection:
     """What one restoration took: the threshold and how many elements of each tensor."""
@@ -143,158 +265,242 @@ class Selection:
                 "threshold": self.threshold, "per_tensor": self.per_tensor}
 
 
-class _Scorer:
-    """Streams the selection keys of a region's tensors (recomputed on each pass: no copy of all r is kept)."""
-
-    def __init__(self, names: list[str], tuned: Callable[[str], torch.Tensor], base: Callable[[str], torch.Tensor],
-                 strategy: str, seed: int):
-        if strategy not in ("top", "bottom", "random"):
-            raise SftnbError(f"unknown strategy {strategy!r} (top, bottom or random)")
-        self.names, self.tuned, self.base, self.strategy, self.seed = names, tuned, base, strategy, seed
-
-    def keys(self, i: int) -> torch.Tensor:
-        name = self.names[i]
-        if self.strategy == "random":
-            t = self.tuned(name)
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-            return _bits(torch.rand(t.numel(), generator=g))
-        b = _bits(relative_change(self.tuned(name), self.base(name)))
-        return FLIP - b if self.strategy == "bottom" else b
-
-    def stream(self) -> Iterable[torch.Tensor]:
-        return (self.keys(i) for i in range(len(self.names)))
+def distribution(selection: Selection) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tables 9 and 10: the share of the selected elements per decoder layer and per module type."""
+    total = sum(selection.per_tensor.values()) or 1
+    by_layer: dict[int, int] = {}
+    by_module: dict[str, int] = {}
+    for name, n in selection.per_tensor.items():
+        layer = layer_of(name)
+        if layer is not None:
+            by_layer[layer] = by_layer.get(layer, 0) + n
+        mt = module_type(name)
+        by_module[mt] = by_module.get(mt, 0) + n
+    layers = sorted(by_layer)
+    per_layer = pd.DataFrame({"layer": layers, "count": [by_layer[k] for k in layers]})
+    per_layer["share"] = per_layer["count"] / total
+    order = [m for m in [*MODULE_TYPES.values(), "other"] if m in by_module]
+    per_module = pd.DataFrame({"module": order, "count": [by_module[m] for m in order]})
+    per_module["share"] = per_module["count"] / total
+    return per_layer, per_module
 
 
-def _counts(total: int, k_percents: Sequence[float]) -> list[int]:
-    for k in k_percents:
-        if not (0 < k <= 100):
-            raise SftnbError(f"k={k:g}: restoration percent must lie in (0, 100]")
-    return [math.floor(total * k / 100) for k in k_percents]
+# ============================================================================================= 1-bit masks
+_BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 
 
-def _masks(scorer: _Scorer, th: Threshold) -> Iterable[tuple[int, torch.Tensor]]:
-    """Per tensor (in region order): the boolean mask of selected elements."""
-    ties_left = th.ties
-    for i in range(len(scorer.names)):
-        keys = scorer.keys(i)
-        mask = keys > th.key
-        if ties_left > 0:
-            eq = keys == th.key
-            n_eq = int(eq.sum())
-            if n_eq:
-                if n_eq <= ties_left:
-                    mask |= eq
-                else:                            # the first ties_left equal elements, by flat index
-                    mask |= eq & (eq.cumsum(0) <= ties_left)
-                ties_left -= min(n_eq, ties_left)
-        yield i, mask
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """bool[n] -> uint8[ceil(n/8)] (undo memory: 1 bit per element of a touched chunk)."""
+    pad = (-mask.numel()) % 8
+    m = torch.nn.functional.pad(mask.view(torch.uint8), (0, pad)) if pad else mask.view(torch.uint8)
+    return (m.view(-1, 8) * _BITS).sum(1, dtype=torch.uint8)
 
 
-# --------------------------------------------------------------------------------------------- a live model
+def unpack_mask(packed: torch.Tensor, n: int) -> torch.Tensor:
+    return ((packed.unsqueeze(1) & _BITS) != 0).view(-1)[:n]
+
+
+# ============================================================================================= live model
+def _base_getter(base) -> Callable[[str], torch.Tensor]:
+    if isinstance(base, dict):
+        def get(n):
+            if n not in base:
+                raise SftnbError(f"{n}: missing from the pre-trained state")
+            return base[n]
+        return get
+    if isinstance(base, torch.nn.Module):
+        params = dict(base.named_parameters(remove_duplicate=False))
+        return lambda n: _get_param(params, n, "the pre-trained model")
+    from .checkpoints import Checkpoint                # a folder: tensors read on demand (memory-bounded)
+    ckpt = Checkpoint(base)
+    return lambda n: ckpt.read(n) if n in ckpt.meta else _missing(n)
+
+
+def _get_param(params, n, what):
+    if n not in params:
+        raise SftnbError(f"{n}: missing from {what}")
+    return params[n].detach()
+
+
+def _missing(n):
+    raise SftnbError(f"{n}: missing from the pre-trained checkpoint")
+
+
 class Restorer:
-    """Restore / undo on a fine-tuned model in place, against pre-trained weights (a model, a state dict, or a
-    Hugging Face folder read lazily through memory-mapped safetensors)."""
+    """Restore / undo on a fine-tuned model in place, against pre-trained weights.
 
-    def __init__(self, model, base, region: str = "transformer"):
-        self.model = model
-        self.region = region
+    ``base``: a model, a state dict, or a Hugging Face folder (read tensor by tensor, never held whole).
+    ``swap``: None = automatic: when the base tensors are in memory with the model's dtype and device, and not
+    shared, restoring *exchanges* the selected elements with them (no copy of the fine-tuned values is kept;
+    the base tensors hold the fine-tuned values of the selected elements until ``undo``). Otherwise the
+    overwritten fine-tuned values are stored. Either way undo is bit-exact and a 1-bit mask is kept.
+    Statistics (thresholds, histograms) are cached: call ``refresh()`` after changing the weights yourself.
+    """
+
+    def __init__(self, model: torch.nn.Module, base, region: str = "transformer", swap: bool | None = None):
+        self.model, self.region = model, region
         params = dict(model.named_parameters())
         self.names = region_names(params, region)
         if not self.names:
             raise SftnbError(f"region {region!r} holds no parameter of this model")
         self.params = {n: params[n] for n in self.names}
         self._base = _base_getter(base)
+        can_swap = not isinstance(base, (str, bytes)) and not hasattr(base, "__fspath__")
+        seen = set()
         for n in self.names:
-            b = self._base(n)
-            if tuple(b.shape) != tuple(self.params[n].shape):
-                raise SftnbError(f"{n}: shape {tuple(self.params[n].shape)} differs from the pre-trained "
-                                 f"{tuple(b.shape)}")
+            p, b = self.params[n], self._base(n)
+            if tuple(b.shape) != tuple(p.shape):
+                raise SftnbError(f"{n}: shape {tuple(p.shape)} differs from the pre-trained {tuple(b.shape)}")
+            if b.dtype != p.dtype or b.device != p.device or not b.is_contiguous() or b.data_ptr() in seen:
+                can_swap = False
+            seen.add(b.data_ptr())
+        if swap and not can_swap:
+            raise SftnbError("swap=True needs in-memory, unshared base tensors with the model's dtype and device")
+        self.swap = can_swap if swap is None else swap
         self.total = sum(p.numel() for p in self.params.values())
-        self._undo: list[tuple[str, torch.Tensor, torch.Tensor]] | None = None
+        self._ws = _Workspace()
+        self._undo: list[tuple[str, int, int, torch.Tensor | None, torch.Tensor | None]] | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Forget cached statistics (after the fine-tuned weights were changed by something else)."""
+        self.undo()
+        self._pass1: dict[tuple[str, int], Pass1] = {}
         self._thresholds: dict[tuple[str, int, float], Threshold] = {}
 
-    def _scorer(self, strategy="top", seed=0) -> _Scorer:
-        return _Scorer(self.names, lambda n: self.params[n].detach(), self._base, strategy, seed)
+    # ------------------------------------------------------------------------- streaming over the region
+    def _pieces(self) -> Iterator[tuple[str, int, int, torch.Tensor, torch.Tensor]]:
+        """(name, start, stop, tuned flat chunk, base flat chunk) in canonical order."""
+        for name in self.names:
+            t = self.params[name].detach().reshape(-1)
+            b = self._base(name).reshape(-1)
+            for start, stop in _chunks(t.numel()):
+                yield name, start, stop, t[start:stop], b[start:stop]
 
-    # -- statistics
-    def thresholds(self, k_percents: Sequence[float], strategy: str = "top", seed: int = 0) -> list[Threshold]:
-        """Thresholds of several k from one set of passes (cached: a sweep's restores reuse them)."""
-        if self._undo is not None:
-            self.undo()                     # thresholds are of the fine-tuned weights
-        missing = [k for k in dict.fromkeys(k_percents) if (strategy, seed, k) not in self._thresholds]
+    def _key_stream(self, strategy: str, seed: int):
+        def stream():
+            for name, start, _, t, b in self._pieces():
+                yield chunk_keys(strategy, seed, name, start, t, b, self._ws)
+        return stream
+
+    # ------------------------------------------------------------------------- statistics
+    def thresholds(self, k_percents: Sequence[float], strategy: str = "top", seed: int = 0,
+                   with_sums: bool = False) -> list[Threshold]:
+        """Thresholds of several k from (at most) two passes; pass 1 is cached, so later k cost one pass."""
+        check_strategy(strategy)
+        counts = percent_counts(self.total, k_percents)
+        self.undo()                                    # statistics are of the fine-tuned weights
+        key = (strategy, seed if strategy == "random" else 0)
+        missing = [k for k in dict.fromkeys(k_percents)
+                   if (*key, k) not in self._thresholds
+                   or (with_sums and math.isnan(self._thresholds[(*key, k)].top_sum))]
         if missing:
-            found = radix_thresholds(self._scorer(strategy, seed).stream, _counts(self.total, missing))
-            self._thresholds.update({(strategy, seed, k): th for k, th in zip(missing, found)})
-        return [self._thresholds[(strategy, seed, k)] for k in k_percents]
+            stream = self._key_stream(strategy, seed)
+            p1 = self._pass1.get(key)
+            if p1 is None or (with_sums and p1.sums is None):
+                p1 = self._pass1[key] = radix_pass1(stream, with_sums)
+            found = radix_thresholds(stream, percent_counts(self.total, missing), p1, with_sums)
+            self._thresholds.update({(*key, k): th for k, th in zip(missing, found)})
+        out = [self._thresholds[(*key, k)] for k in k_percents]
+        assert [t.count for t in out] == counts
+        return out
 
-    @torch.no_grad()
+    prepare = thresholds          # restorer.prepare(ks): every threshold of a sweep up front, in two passes
+
+    def stats(self, k_percents: Sequence[float] = (1, 3, 5, 10, 20, 40, 60)) -> dict:
+        """n, Σr and, per k, the count, the threshold r and the share of Σr above it (two passes)."""
+        ths = self.thresholds(k_percents, "top", with_sums=True)
+        total_sum = float(self._pass1[("top", 0)].sums.sum())
+        return {"region": self.region, "n": self.total, "sum_r": total_sum,
+                "per_k": [{"k_percent": k, "count": th.count, "threshold": th.value(),
+                           "share": th.top_sum / total_sum if total_sum else math.nan}
+                          for k, th in zip(k_percents, ths)]}
+
     def concentration(self, xs: Sequence[float] = (1, 3, 5, 10, 20, 40, 60)) -> pd.DataFrame:
         """Table 3: the share of Σr held by the top x % of parameters (exact; float64 sums)."""
-        scorer = self._scorer()
-        ths = self.thresholds(xs)
-        sums = [0.0] * len(xs)
-        total = 0.0
-        tie_val = [th.value() for th in ths]
-        for i in range(len(self.names)):
-            r = relative_change(self.params[self.names[i]].detach(), self._base(self.names[i])).reshape(-1)
-            keys = _bits(r)
-            total += float(r.double().sum())
-            for j, th in enumerate(ths):
-                sums[j] += float(r[keys > th.key].double().sum())
-        for j, th in enumerate(ths):
-            if th.count:
-                sums[j] += th.ties * tie_val[j]
-        del scorer
-        return pd.DataFrame({"top_percent": list(xs), "count": [t.count for t in ths],
-                             "threshold": tie_val, "share": [s / total if total else math.nan for s in sums]})
+        st = self.stats(xs)
+        return pd.DataFrame({"top_percent": list(xs), "count": [d["count"] for d in st["per_k"]],
+                             "threshold": [d["threshold"] for d in st["per_k"]],
+                             "share": [d["share"] for d in st["per_k"]]})
 
-    # -- restore / undo
+    # ------------------------------------------------------------------------- restore / undo
     @torch.no_grad()
     def restore(self, k_percent: float, strategy: str = "top", seed: int = 0) -> Selection:
-        if self._undo is not None:
-            self.undo()
-        scorer = self._scorer(strategy, seed)
+        """Set the selected k % of the region to the pre-trained values, in place (undoing any earlier one)."""
         th = self.thresholds([k_percent], strategy, seed)[0]
-        undo, per = [], {}
-        for i, mask in _masks(scorer, th):
-            name = self.names[i]
-            n = int(mask.sum())
-            per[name] = n
-            if not n:
+        ties = _TieBreaker(th)
+        undo, per = [], dict.fromkeys(self.names, 0)
+        for name, start, stop, t, b in self._pieces():
+            keys, _ = chunk_keys(strategy, seed, name, start, t, b, self._ws)
+            mask = ties.mask(keys)
+            idx = mask.nonzero().squeeze(1)
+            if not idx.numel():
                 continue
-            flat = self.params[name].data.view(-1)
-            mask = mask.to(flat.device)
-            undo.append((name, mask, flat[mask].clone()))
-            flat[mask] = self._base(name).reshape(-1).to(device=flat.device, dtype=flat.dtype)[mask]
+            per[name] += idx.numel()
+            undo.append((name, start, stop, pack_mask(mask), self._apply(name, start, stop, idx)))
+            self._undo = undo                       # partial progress is undoable too
         self._undo = undo
-        return Selection(k_percent, strategy, th.count, self.total, th.value(strategy == "bottom"), per)
+        return Selection(k_percent, strategy, th.count, self.total, th.value(strategy), per)
+
+    def _apply(self, name, start, stop, idx) -> torch.Tensor | None:
+        """Write the base values at ``idx`` of one chunk; return what undo needs (None when swapped)."""
+        t = self.params[name].data.view(-1)[start:stop]
+        if self.swap:
+            b = self._base(name).view(-1)[start:stop]
+            tuned_vals = t.index_select(0, idx)
+            t.index_copy_(0, idx, b.index_select(0, idx))
+            b.index_copy_(0, idx, tuned_vals)
+            return None
+        b = self._base(name).reshape(-1)[start:stop]
+        tuned_vals = t.index_select(0, idx)
+        t.index_copy_(0, idx, b.index_select(0, idx).to(device=t.device, dtype=t.dtype))
+        return tuned_vals
 
     @torch.no_grad()
     def restore_layers(self, layers: Iterable[int]) -> Selection:
         """Table 11: every region parameter of the given decoder layers back to pre-trained."""
-        if self._undo is not None:
-            self.undo()
+        self.undo()
         layers = set(layers)
         undo, per = [], {}
         for name in self.names:
-            if layer_of(name) in layers:
-                p = self.params[name].data
-                undo.append((name, None, p.clone()))
-                p.copy_(self._base(name).to(device=p.device, dtype=p.dtype))
-                per[name] = p.numel()
+            if layer_of(name) not in layers:
+                continue
+            t = self.params[name].data
+            if self.swap:
+                b = self._base(name)
+                tmp = t.clone()
+                t.copy_(b)
+                b.copy_(tmp)
+                undo.append((name, 0, t.numel(), None, None))
+            else:
+                undo.append((name, 0, t.numel(), None, t.clone().view(-1)))
+                t.copy_(self._base(name).to(device=t.device, dtype=t.dtype))
+            per[name] = t.numel()
+            self._undo = undo
         self._undo = undo
         count = sum(per.values())
         return Selection(100.0 * count / self.total, "layers", count, self.total, math.nan, per)
 
     @torch.no_grad()
     def undo(self) -> None:
-        """Back to the fine-tuned weights, bit for bit."""
-        for name, mask, values in self._undo or []:
-            p = self.params[name].data
-            if mask is None:
-                p.copy_(values)
+        """Back to the fine-tuned weights (and, in swap mode, the base to the pre-trained ones), bit for bit."""
+        for name, start, stop, packed, values in self._undo or []:
+            t = self.params[name].data.view(-1)[start:stop]
+            idx = None if packed is None else unpack_mask(packed, stop - start).nonzero().squeeze(1)
+            if self.swap:
+                b = self._base(name).view(-1)[start:stop]
+                if idx is None:
+                    tmp = t.clone()
+                    t.copy_(b)
+                    b.copy_(tmp)
+                else:
+                    vals = t.index_select(0, idx)
+                    t.index_copy_(0, idx, b.index_select(0, idx))
+                    b.index_copy_(0, idx, vals)
+            elif idx is None:
+                t.copy_(values)
             else:
-                p.view(-1)[mask] = values
+                t.index_copy_(0, idx, values)
         self._undo = None
 
     @contextlib.contextmanager
@@ -313,42 +519,15 @@ class Restorer:
         finally:
             self.undo()
 
-    # -- where the selection sits
     def distribution(self, selection: Selection) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Tables 9 and 10: the share of the selected elements per layer and per module type."""
+        """Tables 9 and 10 for a selection (see ``distribution``)."""
         return distribution(selection)
 
 
-def distribution(selection: Selection) -> tuple[pd.DataFrame, pd.DataFrame]:
-    total = sum(selection.per_tensor.values()) or 1
-    by_layer: dict[int, int] = {}
-    by_module: dict[str, int] = {}
-    for name, n in selection.per_tensor.items():
-        layer = layer_of(name)
-        if layer is not None:
-            by_layer[layer] = by_layer.get(layer, 0) + n
-        mt = module_type(name)
-        by_module[mt] = by_module.get(mt, 0) + n
-    per_layer = pd.DataFrame({"layer": sorted(by_layer), "count": [by_layer[k] for k in sorted(by_layer)]})
-    per_layer["share"] = per_layer["count"] / total
-    order = [m for m in [*MODULE_TYPES.values(), "other"] if m in by_module]
-    per_module = pd.DataFrame({"module": order, "count": [by_module[m] for m in order]})
-    per_module["share"] = per_module["count"] / total
-    return per_layer, per_module
-
-
-def _base_getter(base) -> Callable[[str], torch.Tensor]:
-    if isinstance(base, dict):
-        return lambda n: base[n]
-    if isinstance(base, torch.nn.Module):
-        params = dict(base.named_parameters())
-        return lambda n: params[n].detach()
-    from .checkpoints import Checkpoint
-    ckpt = Checkpoint(base)
-    return ckpt.get
-
-
-# --------------------------------------------------------------------------------------------- CLI
+# ============================================================================================= CLI
 def restore_cli(args) -> int:
+    """``sftnb restore``: the streaming path over checkpoints on disk (``sftnb.checkpoints``)."""
     from .checkpoints import restore_checkpoints
-    return restore_checkpoints(args)
+    return restore_checkpoints(base=args.base, tuned=args.tuned, k=args.k, out=args.out, strategy=args.strategy,
+                               region=args.region, seed=args.seed, shard_size=args.shard_size,
+                               overwrite=args.overwrite)

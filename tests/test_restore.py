@@ -4,134 +4,171 @@ import json
 import pytest
 import torch
 
+import sftnb.restore as rmod
 from sftnb.cli import main
-from sftnb.restore import Restorer, _bits, radix_thresholds, relative_change
+from sftnb.restore import FLIP, Restorer, radix_thresholds, region_names, relative_change
+
+SHAPES = [(7, 13), (128,), (3, 5, 11), (64, 9), (1,), (200,), (2, 50)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 class Params(torch.nn.Module):
-    """A stand-in model: decoder-layer-named parameters of mixed shapes and one dtype."""
+    """A stand-in model: LLaMA-style decoder-layer names, mixed shapes and (per tensor) mixed dtypes."""
 
-    def __init__(self, shapes, dtype, seed, ties=False):
+    def __init__(self, seed, ties=False, dtypes=DTYPES):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        for i, shape in enumerate(shapes):
+        self.names = []
+        for i, shape in enumerate(SHAPES):
             x = torch.randn(shape, generator=g)
             if ties:                       # few distinct values: many ties at every threshold
                 x = (x * 2).round() / 2 + 3
-            self.register_parameter(f"p{i}", torch.nn.Parameter(x.to(dtype)))
+            self.register_parameter(f"p{i}", torch.nn.Parameter(x.to(dtypes[i % len(dtypes)])))
+            self.names.append(f"model.layers.{i % 3}.mlp.{['up', 'down', 'gate'][i % 3]}_proj.w{i}")
+        self.register_parameter("norm", torch.nn.Parameter(torch.ones(4)))   # outside the region
 
-    def named_parameters(self, *a, **k):   # give them LLaMA-style names so the "transformer" region holds them
-        for i, (n, p) in enumerate(super().named_parameters(*a, **k)):
-            yield f"model.layers.{i % 3}.mlp.{['up', 'down', 'gate'][i % 3]}_proj.w{i}", p
+    def named_parameters(self, *a, **k):   # LLaMA-style names, so the "transformer" region holds them
+        for (n, p) in super().named_parameters(*a, **k):
+            yield (self.names[int(n[1:])] if n != "norm" else "model.layers.0.input_layernorm.weight"), p
 
 
-SHAPES = [(7, 13), (128,), (3, 5, 11), (64, 9), (1,), (200,)]
+def pair(ties, seed=0, dtypes=DTYPES):
+    tuned, base = Params(seed, ties, dtypes), Params(seed + 100, ties, dtypes)
+    if not ties:                           # some untouched elements (r = 0 ties) and some huge changes
+        with torch.no_grad():
+            for (n, p), (_, q) in zip(tuned.named_parameters(), base.named_parameters()):
+                p.view(-1)[::5] = q.view(-1)[::5]
+                q.view(-1)[1::17] = 0
+    base_sd = {n: p.detach().clone() for n, p in base.named_parameters()}
+    return tuned, base_sd, region_names([n for n, _ in tuned.named_parameters()], "transformer")
 
 
-def brute_force(tuned, base, names, k, strategy):
-    r = torch.cat([relative_change(tuned[n], base[n]).reshape(-1) for n in names])
-    count = int(r.numel() * k // 100)
-    keys = _bits(r)
+def brute_force(ft, base, names, k, strategy):
+    """Selected elements as one bool vector over the region in canonical order (sorted names, flat index)."""
+    r = torch.cat([relative_change(ft[n], base[n]).reshape(-1) for n in names])
+    keys = r.view(torch.int32).long()
     if strategy == "bottom":
-        keys = 0x7FFFFFFF - keys
-    # stable sort on (-key, position): ties go to the earliest (tensor order, flat index)
-    order = sorted(range(r.numel()), key=lambda i: (-int(keys[i]), i))[:count]
+        keys = FLIP - keys
+    count = int(r.numel() * k // 100)
+    order = torch.sort(-keys, stable=True).indices[:count]      # stable: ties go to the earliest position
     sel = torch.zeros(r.numel(), dtype=torch.bool)
     sel[order] = True
     return sel
 
 
-def pair(dtype, ties, seed=0):
-    tuned, base = Params(SHAPES, dtype, seed, ties), Params(SHAPES, dtype, seed + 100, ties)
-    names = [n for n, _ in tuned.named_parameters()]
-    return tuned, {n: p.detach().clone() for n, p in base.named_parameters()}, names
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def selected_now(model, ft, names):
+    now = dict(model.named_parameters())
+    return torch.cat([(now[n].detach() != ft[n]).reshape(-1) for n in names])
+
+
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("strategy", ["top", "bottom"])
-def test_selection_equals_brute_force(dtype, ties, strategy):
-    tuned, base, names = pair(dtype, ties)
-    restorer = Restorer(tuned, base)
-    ft = {n: p.detach().clone() for n, p in tuned.named_parameters()}
+@pytest.mark.parametrize("swap", [True, False])
+def test_selection_equals_brute_force(ties, strategy, swap, monkeypatch):
+    monkeypatch.setattr(rmod, "CHUNK", 150)             # larger tensors split: ties cross chunk borders
+    tuned, base, names = pair(ties)
+    base_before = {n: t.clone() for n, t in base.items()}
+    restorer = Restorer(tuned, base, swap=swap)
+    assert restorer.swap is swap
+    ft = snapshot(tuned)
+    differs = torch.cat([(ft[n] != base[n]).reshape(-1) for n in names])
+    restorer.prepare([0.5, 1, 7, 33.3, 50, 99, 100], strategy)
     for k in (0.5, 1, 7, 33.3, 50, 99, 100):
-        want = brute_force(ft, base, names, k, strategy)
+        want = brute_force(ft, base_before, names, k, strategy)
         with restorer.restored(k, strategy) as sel:
-            now = {n: p.detach() for n, p in tuned.named_parameters()}
-            changed = torch.cat([(now[n] != ft[n]).reshape(-1) for n in names])
-            same_anyway = torch.cat([(ft[n] == base[n]).reshape(-1) for n in names])
-            assert sel.count == int(want.sum()) == sum(sel.per_tensor.values())
-            # every selected element now holds its pre-trained value; nothing else moved
-            assert torch.equal(changed, want & ~same_anyway)
-            for n in names:
-                sel_n = want[sum(ft[m].numel() for m in names[:names.index(n)]):][:ft[n].numel()].view(ft[n].shape)
-                assert torch.equal(now[n][sel_n], base[n][sel_n])
+            assert sel.count == int(want.sum()) == sum(sel.per_tensor.values()) == restorer.total * k // 100
+            now = dict(tuned.named_parameters())
+            got = torch.cat([(now[n].detach() == base_before[n]).reshape(-1) for n in names])
+            assert torch.equal(selected_now(tuned, ft, names), want & differs)   # nothing else moved
+            assert bool(got[want].all())                                    # selected = pre-trained values
+            off = 0
+            for n in names:                                                 # per-tensor counts
+                assert sel.per_tensor[n] == int(want[off:off + ft[n].numel()].sum())
+                off += ft[n].numel()
         assert all(torch.equal(p.detach(), ft[n]) for n, p in tuned.named_parameters())   # undo: bit-exact
+        assert all(torch.equal(base[n], base_before[n]) for n in names)                 # base back too
 
 
 def test_k100_gives_pretrained_and_tiny_k_gives_finetuned():
-    tuned, base, names = pair(torch.float32, False)
-    ft = {n: p.detach().clone() for n, p in tuned.named_parameters()}
-    r = Restorer(tuned, base)
+    tuned, base, names = pair(False)
+    ft, pre = snapshot(tuned), {n: t.clone() for n, t in base.items()}
+    r = Restorer(tuned, base)                      # swap mode: ``base`` holds fine-tuned values while restored
     with r.restored(100):
-        assert all(torch.equal(p.detach(), base[n]) for n, p in tuned.named_parameters())
+        for n, p in tuned.named_parameters():
+            assert torch.equal(p.detach(), pre[n] if n in names else ft[n])       # the norm is not in the region
     with r.restored(1e-6) as sel:
         assert sel.count == 0
         assert all(torch.equal(p.detach(), ft[n]) for n, p in tuned.named_parameters())
 
 
-def test_random_is_exact_and_reproducible():
-    tuned, base, names = pair(torch.float32, True)
+def test_random_is_exact_and_reproducible(monkeypatch):
+    monkeypatch.setattr(rmod, "CHUNK", 64)
+    tuned, base, names = pair(False)
     r = Restorer(tuned, base)
-    ft = {n: p.detach().clone() for n, p in tuned.named_parameters()}
+    ft = snapshot(tuned)
+    differs = torch.cat([(ft[n] != base[n]).reshape(-1) for n in names])
 
     def picked(seed):
         with r.restored(25, "random", seed=seed) as sel:
-            got = torch.cat([(p.detach() != ft[n]).reshape(-1) for n, p in tuned.named_parameters()])
-            return sel.count, sel.per_tensor, got
+            return sel.count, sel.per_tensor, selected_now(tuned, ft, names)
     c1, per1, g1 = picked(3)
     c2, per2, g2 = picked(3)
-    _, per3, _ = picked(4)
+    _, per3, g3 = picked(4)
     assert c1 == r.total * 25 // 100 == sum(per1.values())
-    assert per1 == per2 and torch.equal(g1, g2) and per1 != per3
+    assert per1 == per2 and torch.equal(g1, g2) and not torch.equal(g1, g3)
+    assert int(g1.sum()) <= c1 and int((g1 | ~differs).sum()) >= c1
+    other = Restorer(tuned, base)                               # a fresh object draws the same selection
+    assert other.restore(25, "random", seed=3).per_tensor == per1
+    other.undo()
 
 
-def test_concentration_matches_brute_force():
-    tuned, base, names = pair(torch.float32, True)
-    r = torch.cat([relative_change(p.detach(), base[n]).reshape(-1) for n, p in tuned.named_parameters()])
+def test_concentration_and_stats_match_brute_force():
+    tuned, base, names = pair(True)
+    r = torch.cat([relative_change(dict(tuned.named_parameters())[n].detach(), base[n]).reshape(-1) for n in names])
     ranked = r.double().sort(descending=True).values
-    table = Restorer(tuned, base).concentration((1, 10, 60))
-    for x, share in zip(table["top_percent"], table["share"]):
-        want = ranked[: int(r.numel() * x // 100)].sum() / ranked.sum()
-        assert abs(share - float(want)) < 1e-9
+    restorer = Restorer(tuned, base)
+    table = restorer.concentration((1, 10, 33, 60, 100))
+    for x, share, count in zip(table["top_percent"], table["share"], table["count"]):
+        c = int(r.numel() * x // 100)
+        assert count == c and abs(share - float(ranked[:c].sum() / ranked.sum())) < 1e-9
+    st = restorer.stats((5,))
+    assert st["n"] == r.numel() and abs(st["sum_r"] - float(ranked.sum())) < 1e-6 * float(ranked.sum())
+    assert st["per_k"][0]["threshold"] == float(ranked[int(r.numel() * 5 // 100) - 1])
 
 
 def test_radix_thresholds_counts_and_ties():
-    keys = [torch.tensor([5, 5, 5, 1, 9], dtype=torch.int64), torch.tensor([5, 0, 9], dtype=torch.int64)]
-    th = radix_thresholds(lambda: iter(keys), [0, 1, 2, 3, 5, 8])
-    assert [(t.key, t.ties) for t in th[1:]] == [(9, 1), (9, 2), (5, 1), (5, 3), (0, 1)]
-    assert th[0].count == 0
+    chunks = [torch.tensor([5, 5, 5, 1, 9, 70000], dtype=torch.int32), torch.tensor([5, 0, 9], dtype=torch.int32)]
+    th = radix_thresholds(lambda: ((c, None) for c in chunks), [0, 1, 2, 3, 4, 6, 9])
+    assert [(t.key, t.ties) for t in th[1:]] == [(70000, 1), (9, 1), (9, 2), (5, 1), (5, 3), (0, 1)]
+    assert th[0].count == 0 and th[0].ties == 0
 
 
 def test_layer_groups_and_distribution():
     from sftnb.models import tiny_model
     model, _ = tiny_model(seed=0)
     base_model, _ = tiny_model(seed=1)
-    base = {n: p.detach().clone() for n, p in base_model.named_parameters()}
-    ft = {n: p.detach().clone() for n, p in model.named_parameters()}
-    r = Restorer(model, base)
+    base = snapshot(base_model)
+    ft = snapshot(model)
+    r = Restorer(model, base_model)                              # a model as the base: swap mode
+    group = {n for n in r.names if ".layers.0." in n or ".layers.1." in n}
     with r.layers_restored([0, 1]) as sel:
         for n, p in model.named_parameters():
-            layer_group = ".layers.0." in n or ".layers.1." in n
-            if layer_group and "norm" not in n:
-                assert torch.equal(p.detach(), base[n])
-            else:
-                assert torch.equal(p.detach(), ft[n])
-        assert sel.count == sum(base[n].numel() for n in r.names if ".layers.0." in n or ".layers.1." in n)
+            assert torch.equal(p.detach(), base[n] if n in group else ft[n]), n
+        assert sel.count == sum(base[n].numel() for n in group)
+    assert all(torch.equal(p.detach(), ft[n]) for n, p in model.named_parameters())
+    assert all(torch.equal(p.detach(), base[n]) for n, p in base_model.named_parameters())
     with r.restored(20) as sel:
         per_layer, per_module = r.distribution(sel)
-    assert abs(per_layer["share"].sum() - 1) < 1e-9 and abs(per_module["share"].sum() - 1) < 1e-9
-    assert set(per_module["module"]) <= {"mlp.down", "mlp.up", "mlp.gate", "attn.o", "attn.q", "attn.v", "attn.k"}
+    assert abs(per_layer["share"].sum() - 1) < 1e-12 and abs(per_module["share"].sum() - 1) < 1e-12
+    assert list(per_layer["layer"]) == [0, 1, 2, 3]
+    assert set(per_module["module"]) == {"mlp.down", "mlp.up", "mlp.gate", "attn.o", "attn.q", "attn.v", "attn.k"}
+    assert r.names == region_names(r.names, "transformer") and not any("norm" in n for n in r.names)
+    assert region_names(ft, "embedding") == ["lm_head.weight", "model.embed_tokens.weight"]
+    assert all(".mlp." in n for n in region_names(ft, "mlp")) and len(region_names(ft, "attention")) == 16
 
 
 # ----------------------------------------------------------------------------------------------- the CLI
@@ -144,24 +181,35 @@ def model_pair(tmp_path_factory):
     return base, tuned
 
 
-def test_cli_matches_live_restorer(model_pair, tmp_path):
+@pytest.mark.parametrize("strategy,region", [("top", "transformer"), ("random", "all")])
+def test_cli_matches_live_restorer(model_pair, tmp_path, strategy, region):
     from sftnb.models import load_model
     base, tuned = model_pair
     out = tmp_path / "restored"
     assert main(["restore", "--base", str(base), "--tuned", str(tuned), "--k", "5,20", "--out", str(out),
-                 "--shard-size", "300KB"]) == 0
+                 "--shard-size", "300KB", "--strategy", strategy, "--region", region, "--seed", "7"]) == 0
     model, _ = load_model(str(tuned), device="cpu", dtype="float32")
-    base_model, _ = load_model(str(base), device="cpu", dtype="float32")
-    r = Restorer(model, base_model)
+    r = Restorer(model, str(base), region=region)                  # the base read from its folder
+    assert not r.swap
     for k in (5, 20):
-        restored, _ = load_model(str(out / f"k{k}"), device="cpu", dtype="float32")
-        stats = json.loads((out / f"k{k}" / "restore_stats.json").read_text())
-        with r.restored(k) as sel:
+        folder = out / f"k{k}"
+        restored, _ = load_model(str(folder), device="cpu", dtype="float32")
+        stats = json.loads((folder / "restore_stats.json").read_text())
+        with r.restored(k, strategy, seed=7) as sel:
             assert stats["count"] == sel.count and stats["per_tensor"] == sel.per_tensor
             live = dict(model.named_parameters())
             for n, p in restored.named_parameters():
                 assert torch.equal(p, live[n]), n
-        assert (out / f"k{k}" / "tokenizer.json").is_file() or (out / f"k{k}" / "tokenizer_config.json").is_file()
+        assert (folder / "tokenizer_config.json").is_file() and (folder / "config.json").is_file()
+        assert (folder / "restore_stats.csv").read_text().startswith("tensor,numel,restored")
+        assert len(list(folder.glob("*.safetensors"))) > 1 and (folder / "model.safetensors.index.json").is_file()
+    assert (out / "restore_stats.csv").is_file()
+
+
+def _run(argv, capsys):
+    capsys.readouterr()
+    rc = main(["restore", *argv])
+    return rc, capsys.readouterr().err.strip().splitlines()
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -169,33 +217,56 @@ def test_cli_matches_live_restorer(model_pair, tmp_path):
     (["--k", "150"], "(0, 100]"),
     (["--k", "abc"], "expected percents"),
     (["--base", "/nonexistent/folder"], "not found"),
-    (["--strategy", "top", "--shard-size", "lots"], "--shard-size"),
+    (["--shard-size", "lots"], "--shard-size"),
+    (["--base", "NOSAFE"], "not a safetensors checkpoint"),
 ])
 def test_cli_bad_inputs(model_pair, tmp_path, capsys, argv, msg):
     base, tuned = model_pair
+    (tmp_path / "nosafe").mkdir()
+    (tmp_path / "nosafe" / "config.json").write_text("{}")
     args = {"--base": str(base), "--tuned": str(tuned), "--k": "20", "--out": str(tmp_path / "o")}
     for a, v in zip(argv[::2], argv[1::2]):
-        args[a] = v
-    rc = main(["restore", *[x for kv in args.items() for x in kv]])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("sftnb: error:") and msg in err[0]
-    assert not (tmp_path / "o").exists()
+        args[a] = str(tmp_path / "nosafe") if v == "NOSAFE" else v
+    rc, err = _run([x for kv in args.items() for x in kv], capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("sftnb: error:") and msg in err[0], err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
 
 
 def test_cli_refuses_existing_out_and_mismatched_models(model_pair, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
     from sftnb.models import save_tiny_model
     base, tuned = model_pair
     out = tmp_path / "o"
     out.mkdir()
-    assert main(["restore", "--base", str(base), "--tuned", str(tuned), "--k", "20", "--out", str(out)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    other = save_tiny_model(tmp_path / "wide", seed=0, hidden=32)
-    capsys.readouterr()
-    assert main(["restore", "--base", str(other), "--tuned", str(tuned), "--k", "20",
-                 "--out", str(tmp_path / "o2")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "shape" in err[0] and not (tmp_path / "o2").exists()
-    before = sorted(p.name for p in tuned.iterdir())
-    assert main(["restore", "--base", str(base), "--tuned", str(tuned), "--k", "20", "--out", str(out),
-                 "--overwrite"]) == 0
-    assert sorted(p.name for p in tuned.iterdir()) == before          # inputs untouched
+    (out / "keep.txt").write_text("x")
+    rc, err = _run(["--base", str(base), "--tuned", str(tuned), "--k", "20", "--out", str(out)], capsys)
+    assert rc == 2 and len(err) == 1 and "--overwrite" in err[0] and (out / "keep.txt").is_file()
+    wide = save_tiny_model(tmp_path / "wide", seed=0, hidden=32)
+    rc, err = _run(["--base", str(wide), "--tuned", str(tuned), "--k", "20", "--out", str(tmp_path / "o2")], capsys)
+    assert rc == 2 and len(err) == 1 and "shape" in err[0] and not (tmp_path / "o2").exists()
+    half = tmp_path / "half"                                          # same shapes, another dtype
+    shutil_copy(base, half)
+    sd = load_file(str(half / "model.safetensors"))
+    save_file({n: t.half() for n, t in sd.items()}, str(half / "model.safetensors"), metadata={"format": "pt"})
+    rc, err = _run(["--base", str(half), "--tuned", str(tuned), "--k", "20", "--out", str(tmp_path / "o3")], capsys)
+    assert rc == 2 and len(err) == 1 and "dtype" in err[0] and not (tmp_path / "o3").exists()
+    rc, err = _run(["--base", str(base), "--tuned", str(tuned), "--k", "20", "--out", str(tuned / "sub")], capsys)
+    assert rc == 2 and len(err) == 1 and "inside the input" in err[0] and not (tuned / "sub").exists()
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in tuned.iterdir())
+    rc, _ = _run(["--base", str(base), "--tuned", str(tuned), "--k", "100", "--out", str(out), "--overwrite"],
+                 capsys)
+    assert rc == 0 and not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in tuned.iterdir()) == before          # inputs untouched
+    restored, base_sd = load_file(str(out / "model.safetensors")), load_file(str(base / "model.safetensors"))
+    tuned_sd = {}
+    for f in tuned.glob("*.safetensors"):
+        tuned_sd |= load_file(str(f))
+    for n, t in restored.items():                                    # k = 100: the region is pre-trained
+        want = base_sd[n] if n in region_names([n], "transformer") else tuned_sd[n]
+        assert torch.equal(t, want), n
+
+
+def shutil_copy(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
