@@ -127,7 +127,10 @@ class Experiment:
         return model, tok
 
     def base_state(self, mc: ModelConfig | None = None) -> dict[str, torch.Tensor]:
-        self.base(mc)
+        """The pre-trained weights (a CPU/device copy), without touching the loaded model's current weights."""
+        mc = mc or self.cfg.main_model
+        if self._loaded is None or self._loaded[0] != mc.name:
+            self.base(mc)
         return self._loaded[3]
 
     # ------------------------------------------------------------------------------------------- mastery

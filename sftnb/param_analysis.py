@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import torch
 
 from . import mastery
+from .errors import SftnbError
 from .experiment import OOD_SETS, TEST_SETS, Experiment, RunKey
 from .restore import Restorer
 
@@ -34,9 +36,12 @@ def largest_scale(keys: list[RunKey]) -> list[RunKey]:
 
 def _restorer(exp: Experiment, key: RunKey, mc=None):
     exp.run_unit(key, mc)                       # makes sure the grid unit (and its checkpoint) exists
+    base = exp.base_state(mc)
     model, tok, _ = exp.finetune(key, mc)
+    if all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base):
+        raise SftnbError(f"{key.label}: the fine-tuned weights equal the pre-trained ones (checkpoint not loaded?)")
     # swap=False: the base state is the experiment's shared reset point, so it must never hold fine-tuned values
-    return Restorer(model, exp.base_state(mc), region=exp.cfg.restore.region, swap=False), model, tok
+    return Restorer(model, base, region=exp.cfg.restore.region, swap=False), model, tok
 
 
 def _sweep_spec(exp: Experiment, key: RunKey, mc, what: dict) -> dict:

@@ -1,5 +1,6 @@
 """The SFT grid through the store: an interrupted grid resumes without recomputing finished units."""
 import pytest
+import torch
 
 import sftnb.experiment as experiment
 from sftnb.config import load_config
@@ -40,3 +41,26 @@ def test_interrupted_grid_resumes(tmp_path, monkeypatch):
 
     third = Experiment(smoke_config(tmp_path))
     assert third.grid().equals(table) and not [u for u in third.store.computed if u.kind == "sft"]
+
+
+def test_parameter_analyses_use_the_finetuned_weights(tmp_path):
+    """Notebooks 04-06 restore a *fine-tuned* model: k = 100 % must give back the pre-trained scores, and the
+    statistics must see non-zero changes."""
+    import math
+
+    from sftnb.param_analysis import kept_runs, restore_sweep, update_statistics
+    exp = Experiment(smoke_config(tmp_path))
+    runs = kept_runs(exp)
+    assert runs
+    stats = update_statistics(exp, runs[0])
+    shares = stats["concentration"]["share"]
+    assert all(0 < s <= 1 and not math.isnan(s) for s in shares) and shares == sorted(shares)
+    sweep = restore_sweep(exp, runs[0], [100])
+    ref = exp.reference()["per_set"]
+    full = sweep[sweep["k"] == 100].iloc[0]
+    for name, r in ref.items():
+        if r["n"]:
+            assert full[name] == r["accuracy"], name
+    model, _, _ = exp.finetune(runs[0])
+    base = exp.base_state()
+    assert any(not torch.equal(p, base[n]) for n, p in model.named_parameters())
