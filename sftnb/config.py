@@ -295,7 +295,16 @@ def notebook_config(namespace: dict[str, Any]) -> ExperimentConfig:
     The cell sets ``params_file`` (a file of this schema) and may set any section name to a dict; papermill
     injects those (``-f params/x.yaml`` or ``-p grid '{...}'``) and they override the file key by key.
     """
-    overrides = {k: namespace[k] for k in SECTIONS if namespace.get(k) is not None}
+    overrides = {}
+    for k in SECTIONS:
+        v = namespace.get(k)
+        if isinstance(v, str) and k != "run_name":     # `papermill -p grid '{"seeds": [0]}'` passes a string
+            try:
+                v = yaml.safe_load(v)
+            except yaml.YAMLError:
+                raise SftnbError(f"parameter {k!r}: not valid YAML/JSON: {v!r}") from None
+        if v is not None:
+            overrides[k] = v
     return load_config(namespace.get("params_file"), overrides)
 
 

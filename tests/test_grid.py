@@ -64,3 +64,9 @@ def test_parameter_analyses_use_the_finetuned_weights(tmp_path):
     model, _, _ = exp.finetune(runs[0])
     base = exp.base_state()
     assert any(not torch.equal(p, base[n]) for n, p in model.named_parameters())
+
+
+def test_notebook_config_accepts_papermill_strings():
+    from sftnb.config import notebook_config
+    cfg = notebook_config({"params_file": "params/smoke.yaml", "grid": '{"seeds": [0, 1]}', "run": {"progress": False}})
+    assert cfg.grid.seeds == [0, 1] and cfg.run.progress is False and cfg.grid.scales == [4, 8]
