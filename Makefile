@@ -12,7 +12,7 @@ TORCH_SPEC  ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4,$(CPU_
 PARAMS      ?= params/embedded.yaml
 STAMP       := $(VENV)/.sftnb-installed
 
-.PHONY: install reproduce test test-fast clean-runs
+.PHONY: install reproduce test test-fast notebooks clean-runs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest tests -m "not slow" -p no:cacheprovider
+
+# Re-execute the committed notebooks in place on their default (smoke) parameters: the outputs nbval compares.
+# Run it after changing a notebook or what it writes, and commit the result.
+notebooks: install
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace notebooks/0[1-9]_*.ipynb
 
 clean-runs:
 	rm -rf runs/

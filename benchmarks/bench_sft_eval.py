@@ -5,7 +5,12 @@
 SFT: sftnb.sft.train (pre-tokenised, right-padded batches, answer-only loss) vs transformers' Trainer with its
 default collation (the usual first attempt), same data, batch size, precision and steps.
 Evaluation: sftnb's greedy engine (length-sorted, token-budget batches, EOS compaction) vs plain
-`model.generate` one question at a time (as the authors' scripts do), 16 new tokens.
+`model.generate(do_sample=False)` over left-padded batches of --naive-batch questions (the baseline of
+../shared/reference/baselines.md: 4096 per call on an H100) and, for reference, one question at a time (as the
+authors' scripts do); 16 new tokens, bf16 weights for every path, warmed up first.
+
+    python benchmarks/bench_sft_eval.py --samples 64 --questions 256                    # CPU
+    python benchmarks/bench_sft_eval.py --samples 1920 --questions 16384 --naive-batch 4096 --skip-one-by-one   # H100
 """
 from __future__ import annotations
 
@@ -47,9 +52,16 @@ def main():
     ap.add_argument("--questions", type=int, default=128)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16-mixed"])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--naive-batch", type=int, default=None, help="questions per generate call (default: all)")
+    ap.add_argument("--batch-tokens", type=int, default=None, help="engine token budget (default 16384; 2**20 on CUDA)")
+    ap.add_argument("--skip-one-by-one", action="store_true", help="skip the 1-question-per-call reference path")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     model, tok = load_model(a.model, device=a.device, dtype="float32")
     dev = next(model.parameters()).device
+    a.batch_tokens = a.batch_tokens or ((1 << 20) if dev.type == "cuda" else 16384)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     facts = [f for f in load_source("builtin").facts if f.domain == "in"]
     pairs = [(f.question, f.answers[0]) for f in facts[: a.samples]]
@@ -68,21 +80,45 @@ def main():
         del m
     print(f"  SFT  ratio: {timings['naive Trainer'] / timings['sftnb.train']:.2f}x")
 
-    qs = [f.question for f in facts[1000: 1000 + a.questions]]
-    eval_model = model.to(torch.bfloat16)              # inference weights in bf16 for both paths
-    sync(); t = time.perf_counter()
-    for q in qs:
-        ids = torch.tensor([prompt_ids(tok, q)], device=dev)
-        eval_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
-                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    sync(); naive = time.perf_counter() - t
-    sync(); t = time.perf_counter()
-    answer_questions(eval_model, tok, qs, max_new_tokens=16, progress=False)
-    sync(); ours = time.perf_counter() - t
-    print(f"  eval naive generate (1 at a time) {len(qs) / naive:8.1f} questions/s")
-    print(f"  eval sftnb engine                 {len(qs) / ours:8.1f} questions/s")
-    print(f"  eval ratio: {naive / ours:.2f}x   (both bf16 weights)")
+    facts_q = [f for f in load_source("builtin").facts if f.split == "test"]
+    qs = [facts_q[i % len(facts_q)].question for i in range(a.questions)]
+    eval_model = model.to(torch.bfloat16)              # inference weights in bf16 for every path
+    eos = tok.eos_token_id
 
+    def batched_generate(questions):
+        for s in range(0, len(questions), a.naive_batch or len(questions)):
+            chunk = [prompt_ids(tok, q) for q in questions[s:s + (a.naive_batch or len(questions))]]
+            w = max(len(p) for p in chunk)
+            ids = torch.tensor([[tok.pad_token_id] * (w - len(p)) + p for p in chunk], device=dev)
+            mask = torch.tensor([[0] * (w - len(p)) + [1] * len(p) for p in chunk], device=dev)
+            with torch.inference_mode():
+                eval_model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
+                                    pad_token_id=tok.pad_token_id, eos_token_id=eos)
+
+    def one_by_one(questions):
+        for q in questions:
+            ids = torch.tensor([prompt_ids(tok, q)], device=dev)
+            with torch.inference_mode():
+                eval_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
+                                    pad_token_id=tok.pad_token_id, eos_token_id=eos)
+
+    def engine(questions):
+        answer_questions(eval_model, tok, questions, max_new_tokens=16, batch_tokens=a.batch_tokens,
+                         progress=False)
+
+    paths = {"naive generate, batched": batched_generate, "sftnb engine": engine}
+    if not a.skip_one_by_one:
+        paths["naive generate, 1 at a time"] = one_by_one
+    rates = {}
+    for name, fn in paths.items():
+        fn(qs[:8])                                     # warm-up (kernels, allocator)
+        sync(); t = time.perf_counter()
+        fn(qs)
+        sync(); rates[name] = len(qs) / (time.perf_counter() - t)
+        print(f"  eval {name:<28} {rates[name]:9.1f} questions/s")
+    print(f"  eval ratio vs batched generate: {rates['sftnb engine'] / rates['naive generate, batched']:.2f}x"
+          + (f"; vs 1 at a time: {rates['sftnb engine'] / rates['naive generate, 1 at a time']:.2f}x"
+             if "naive generate, 1 at a time" in rates else "") + "   (bf16 weights)")
 
 if __name__ == "__main__":
     main()

@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    pr.add_argument("--batch-tokens", type=int, default=16384)
+    pr.add_argument("--batch-tokens", type=int, default=16384, help="tokens per generation batch (GPU: 2**19)")
+    pr.add_argument("--chunk-facts", type=int, default=1024,
+                    help="facts per saved chunk: an interrupted probe resumes at the first unfinished chunk")
     pr.set_defaults(func=_cmd_probe)
 
     rs = sub.add_parser("restore", help="restore the most-changed parameters of a fine-tuned model (§5)")

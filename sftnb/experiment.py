@@ -144,9 +144,26 @@ class Experiment:
             out[name] = mastery.probe_stored(
                 self.store, lambda: self._infer_model(mc), self.base(mc)[1], model_fingerprint(mc.path),
                 self.sets[name], self.relations, self.cfg.probe, method, self.cfg.run.batch_tokens,
-                self.progress, label=f"{mc.name}-{name}")
+                self.progress, label=f"{mc.name}-{name}", dtype=str(self.infer_dtype))
         self._probes[(mc.name, method)] = out
         return out
+
+    def probe_agreement(self, mc: ModelConfig | None = None) -> dict | None:
+        """The fast estimator against the paper's: ``probe.agreement_facts`` facts of D_train, evenly spaced,
+        probed by sampling too. None unless ``probe.method`` is likelihood and agreement_facts > 0. Returns the
+        category confusion matrix (rows: sampling), Spearman's rho of R, the share of equal categories and n."""
+        mc = mc or self.cfg.main_model
+        n = self.cfg.probe.agreement_facts
+        if self.cfg.probe.method != "likelihood" or not n:
+            return None
+        train = self.sets["train"]
+        subset = train[::max(1, len(train) // n)][:n]
+        sampled = mastery.probe_stored(self.store, lambda: self._infer_model(mc), self.base(mc)[1],
+                                       model_fingerprint(mc.path), subset, self.relations, self.cfg.probe,
+                                       "sampling", self.cfg.run.batch_tokens, self.progress, "agreement",
+                                       dtype=str(self.infer_dtype))
+        conf, rho, exact = mastery.agreement(self.probes(mc)["train"], sampled)
+        return {"confusion": conf, "spearman_rho": rho, "same_category": exact, "facts": len(sampled)}
 
     def _infer_model(self, mc):
         model, _ = self.base(mc)

@@ -83,17 +83,19 @@ def fig_metric_vs_scale(grid: pd.DataFrame, column: str, label: str):
 
 
 def kl_table(grid: pd.DataFrame, category: int = 4) -> tuple[pd.DataFrame, float]:
-    """Per fine-tuned model: mean re-normalised KL and Acc_test-4 (token_kl.category); Spearman's rho between
-    them (Finding 2)."""
+    """Per fine-tuned model: mean re-normalised KL and Acc_test-4 (%, category ``token_kl.category``); Spearman's
+    rho between them over the grid (Finding 2: the further the distribution moves, the worse known facts do)."""
     from scipy.stats import spearmanr
 
     d = _divided(grid)
     acc = f"acc_test-{category}"
-    cols = ["training data", "scale", "seed", "kl", acc]
-    t = d[[c for c in cols if c in d]].reset_index(drop=True)
-    ok = t.dropna(subset=[c for c in ("kl", acc) if c in t])
-    rho = float(spearmanr(ok["kl"], ok[acc]).statistic) if len(ok) > 2 and "kl" in ok else math.nan
-    return t, rho
+    if d.empty or acc not in d or "kl" not in d:
+        return pd.DataFrame(columns=["training data", "scale", "seed", "kl", f"Acc_test-{category} (%)"]), math.nan
+    t = d[["training data", "scale", "seed", "kl", acc]].reset_index(drop=True)
+    ok = t.dropna(subset=["kl", acc])
+    rho = float(spearmanr(ok["kl"], ok[acc]).statistic) if len(ok) > 2 else math.nan
+    t[acc] = 100 * t[acc]
+    return t.rename(columns={acc: f"Acc_test-{category} (%)"}), rho
 
 
 def fig_topk_example(exp, mc, ref):
@@ -131,11 +133,12 @@ def _run_name(key: RunKey) -> str:
     return f"D_train-{key.category}, n={key.scale}"
 
 
-def concentration_table(stats: dict) -> pd.DataFrame:
-    """Table 3: share (%) of the total relative change held by the top x % of parameters."""
+def concentration_table(stats: dict, which: str = "concentration") -> pd.DataFrame:
+    """Table 3: share (%) of the total relative change held by the top x % of parameters, per fine-tuned model.
+    ``which="concentration_nonzero_base"``: the same over the parameters whose pre-trained value is not 0."""
     rows = {}
     for key, s in stats.items():
-        c = pd.DataFrame(s["concentration"])
+        c = pd.DataFrame(s[which])
         rows[_run_name(key)] = {f"top {x:g}%": 100 * v for x, v in zip(c["top_percent"], c["share"])}
     t = pd.DataFrame(rows).T
     t.index.name = "fine-tuned on"
@@ -154,14 +157,21 @@ def distribution_tables(stats: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     return t9, t10
 
 
-def fig_concentration(t3: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+def fig_concentration(t3: pd.DataFrame, t3_nonzero: pd.DataFrame | None = None):
+    """The concentration curve of each fine-tuned model (the paper's definition, solid) and, when given, the
+    same without the pre-trained zeros (dashed, same colour)."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
     xs = [float(c.split()[1].rstrip("%")) for c in t3.columns]
-    for name, row in t3.iterrows():
-        ax.plot(xs, row.values, marker="o", label=name)
+    colours = sns.color_palette(n_colors=max(1, len(t3)))
+    for colour, (name, row) in zip(colours, t3.iterrows()):
+        ax.plot(xs, row.values, marker="o", color=colour, label=name)
+        if t3_nonzero is not None and name in t3_nonzero.index:
+            ax.plot(xs, t3_nonzero.loc[name].values, marker=".", linestyle="--", color=colour,
+                    label=f"{name}, pre-trained zeros excluded")
     ax.plot([0, 100], [0, 100], color="grey", linestyle=":", label="uniform")
     ax.set_xlabel("top x % of parameters (by relative change)")
     ax.set_ylabel("share of total relative change (%)")
+    ax.set_ylim(0, 102)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -176,22 +186,28 @@ def fig_layer_distribution(t9: pd.DataFrame):
     return fig
 
 
+def _restored_label(k: float) -> str:
+    return "0" if k == 0 else f"{k:g}%"
+
+
+def _restore_pivot(rows: list[dict]) -> pd.DataFrame:
+    """The paper's layout for Tables 4 and 6: one block of rows per number of training samples, one row per
+    restored %, one column per training set."""
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).pivot_table(index=["n_train", "restored"], columns="training data", values="acc",
+                                          sort=False)
+
+
 def restore_tables(sweeps: dict) -> dict[str, pd.DataFrame]:
-    """Table 4 (a) in-domain and (b) out-of-domain: accuracy (%) after restoring k % (rows), per fine-tuned
-    model (columns: strategy, scale, training data)."""
+    """Table 4 (a) in-domain and (b) out-of-domain: accuracy (%) after restoring k % of each fine-tuned model.
+    A strategy other than "top" (the paper's) shows as its own column, e.g. "D_train-0 (random)"."""
     out = {}
     for domain in ("test", "testood"):
-        cols = {}
-        for (key, strategy), df in sweeps.items():
-            label = (f"n={key.scale}", f"D_train-{key.category}") if strategy == "top" else \
-                (f"n={key.scale} ({strategy})", f"D_train-{key.category}")
-            cols[label] = pd.Series((100 * df[f"acc_{domain}"]).values,
-                                    index=[("0" if k == 0 else f"{k:g}%") for k in df["k"]])
-        t = pd.DataFrame(cols)
-        if len(t.columns):
-            t.columns = pd.MultiIndex.from_tuples(t.columns, names=["scale", "training data"])
-        t.index.name = "restored"
-        out[domain] = t
+        rows = [{"n_train": key.scale, "restored": _restored_label(k), "acc": 100 * acc,
+                 "training data": f"D_train-{key.category}" + ("" if strategy == "top" else f" ({strategy})")}
+                for (key, strategy), df in sweeps.items() for k, acc in zip(df["k"], df[f"acc_{domain}"])]
+        out[domain] = _restore_pivot(rows)
     return out
 
 
@@ -210,15 +226,9 @@ def fig_restore_curve(sweeps: dict):
 
 def train_restore_table(train_sweeps: dict) -> pd.DataFrame:
     """Table 6: accuracy (%) on each model's own training set after restoring k %."""
-    rows = []
-    for key, df in train_sweeps.items():
-        for _, r in df.iterrows():
-            rows.append({"scale": key.scale, "restored": "0" if r["k"] == 0 else f"{r['k']:g}%",
-                         "training data": f"D_train-{key.category}", "acc": 100 * r["train"]})
-    if not rows:
-        return pd.DataFrame()
-    return pd.DataFrame(rows).pivot_table(index=["scale", "restored"], columns="training data", values="acc",
-                                          sort=False)
+    return _restore_pivot([{"n_train": key.scale, "restored": _restored_label(k), "acc": 100 * acc,
+                            "training data": f"D_train-{key.category}"}
+                           for key, df in train_sweeps.items() for k, acc in zip(df["k"], df["train"])])
 
 
 def strategies_table(exp, mc, grid: pd.DataFrame, sweeps: dict) -> pd.DataFrame:

@@ -134,9 +134,10 @@ def facts_digest(facts: Sequence[Fact]) -> str:
 
 def probe_stored(store, model, tokenizer, model_id: str, facts: Sequence[Fact], relations: dict[str, Relation],
                  cfg: ProbeConfig, method: str | None = None, batch_tokens: int = 16384,
-                 progress: bool = True, label: str = "probe") -> pd.DataFrame:
+                 progress: bool = True, label: str = "probe", dtype: str = "") -> pd.DataFrame:
     """``probe`` in chunks of ``cfg.chunk_facts`` facts, each a store unit: an interrupted probe resumes at the
-    first unfinished chunk. ``model`` may be a zero-argument callable, called only if a chunk must be computed."""
+    first unfinished chunk. ``model`` may be a zero-argument callable, called only if a chunk must be computed.
+    ``dtype`` (the inference dtype, e.g. "torch.bfloat16") is part of each unit's key: it changes the samples."""
     method = method or cfg.method
     frames = []
     spec_cfg = cfg.model_dump(exclude={"chunk_facts", "agreement_facts", "method"})
@@ -144,7 +145,7 @@ def probe_stored(store, model, tokenizer, model_id: str, facts: Sequence[Fact], 
     for ci, chunk in enumerate(chunks):
         spec = {"model": model_id, "method": method, "probe": spec_cfg, "facts": facts_digest(chunk),
                 "templates": {r: relations[r].mapping_templates[:cfg.n_templates]
-                              for r in sorted({f.relation for f in chunk})}}
+                              for r in sorted({f.relation for f in chunk})}, "dtype": dtype}
 
         def compute(tmp, chunk=chunk):
             m = model() if callable(model) and not hasattr(model, "forward") else model
@@ -199,15 +200,20 @@ def agreement(estimate: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.DataF
 
 # --------------------------------------------------------------------------------------------- CLI
 def probe_cli(args) -> int:
-    """``sftnb probe``: probe any facts file or data source, one JSON line per fact."""
+    """``sftnb probe``: probe any facts file or data source, one JSON line per fact.
+
+    Resumable: facts are probed in chunks of ``--chunk-facts``, each saved as a store unit in a hidden folder
+    beside ``--out`` (``.<out name>.units/``) the moment it finishes; rerunning the same command after an
+    interruption reuses every finished chunk. The folder is removed once ``--out`` is written."""
+    import shutil
     from pathlib import Path
 
     from .data import load_facts_file, load_source
-    from .models import load_model
+    from .models import load_model, model_fingerprint
     from .relations import all_relations
-    from .store import atomic_write_text
+    from .store import Store, atomic_write_text
 
-    for name in ("templates", "samples", "max_new_tokens", "batch_tokens"):
+    for name in ("templates", "samples", "max_new_tokens", "batch_tokens", "chunk_facts"):
         if getattr(args, name) < 1:
             raise SftnbError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.temperature > 0:
@@ -228,11 +234,19 @@ def probe_cli(args) -> int:
         raise SftnbError(f"{args.facts}: unknown relation(s) {', '.join(missing)}")
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     cfg = ProbeConfig(method=args.method, n_templates=args.templates, n_samples=args.samples,
-                      temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    df = probe(model, tok, facts, relations, cfg, batch_tokens=args.batch_tokens)
+                      temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                      chunk_facts=args.chunk_facts)
+    work = out.parent / f".{out.name}.units"
+    store = Store(work)
+    done_before = sum(1 for _ in work.glob("probe/*/result.json"))
+    if done_before:
+        print(f"resuming: {done_before} finished chunk(s) of an earlier run in {work}")
+    df = probe_stored(store, model, tok, model_fingerprint(args.model), facts, relations, cfg,
+                      batch_tokens=args.batch_tokens, label="cli", dtype=str(next(model.parameters()).dtype))
     lines = df[["relation", "subject", "answers", "split", "domain", "R", "category",
                 "template_rates"]].to_json(orient="records", lines=True, force_ascii=False)
     atomic_write_text(out, lines)
+    shutil.rmtree(work, ignore_errors=True)
     counts = df["category"].value_counts().reindex(CATEGORIES, fill_value=0).tolist()
     print(f"probed {len(df)} facts ({cfg.method}, {cfg.n_templates} templates x {cfg.n_samples} samples) "
           f"-> {out}; facts per category 0-4: {counts}")

@@ -58,13 +58,17 @@ def update_statistics(exp: Experiment, key: RunKey, mc=None) -> dict:
     def compute(tmp):
         restorer, _, _ = _restorer(exp, key, mc)
         conc = restorer.concentration(CONCENTRATION_XS)
+        # the same without the pre-trained zeros, whose r = |s| / 1e-8 can hold nearly all of Σr by itself
+        conc_nz = restorer.concentration(CONCENTRATION_XS, exclude_zero_base=True)
         sel = restorer.restore(k, "top")
         per_layer, per_module = restorer.distribution(sel)
         restorer.undo()
-        return {"concentration": conc.to_dict(orient="list"), "per_layer": per_layer.to_dict(orient="list"),
-                "per_module": per_module.to_dict(orient="list")}
+        return {"concentration": conc.to_dict(orient="list"),
+                "concentration_nonzero_base": conc_nz.to_dict(orient="list"),
+                "n": restorer.total, "zero_base": restorer.zero_base_count(),
+                "per_layer": per_layer.to_dict(orient="list"), "per_module": per_module.to_dict(orient="list")}
 
-    spec = _sweep_spec(exp, key, mc, {"what": "update_statistics", "k": k})
+    spec = _sweep_spec(exp, key, mc, {"what": "update_statistics", "k": k, "v": 2})
     return exp.store.compute("param_stats", spec, compute, key.label)
 
 

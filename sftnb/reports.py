@@ -12,6 +12,12 @@ from .store import atomic_write_text
 
 
 def save_table(df: pd.DataFrame, folder: Path, name: str, floatfmt: str = ".2f", index: bool = True) -> list[Path]:
+    """``name.csv`` and ``name.md``. Files are flat: a multi-level row index becomes ordinary columns and
+    multi-level column labels are joined with " / ", so no reader ever sees a tuple as a header."""
+    if isinstance(df.columns, pd.MultiIndex):
+        df = df.set_axis([" / ".join(map(str, c)) for c in df.columns], axis=1)
+    if index and isinstance(df.index, pd.MultiIndex):
+        df, index = df.reset_index(), False
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     csv, md = folder / f"{name}.csv", folder / f"{name}.md"

@@ -124,14 +124,18 @@ def _rand_generator(seed: int, name: str, start: int) -> torch.Generator:
 
 
 def chunk_keys(strategy: str, seed: int, name: str, start: int, tuned: torch.Tensor, base: torch.Tensor,
-               ws: _Workspace) -> tuple[torch.Tensor, torch.Tensor | None]:
+               ws: _Workspace, exclude_zero_base: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Selection keys (int32, >= 0, larger = selected first) of one flat chunk, and its r (None for random).
+    ``exclude_zero_base`` counts elements whose pre-trained value is exactly 0 as unchanged (r = 0): there r is
+    |s| / 1e-8, which can dwarf every other change (statistics only, see ``Restorer.stats``).
     The keys may alias the workspace: use them before the next call."""
     n = tuned.numel()
     tuned, base = tuned.reshape(-1), base.reshape(-1)
     if strategy == "random":
         return torch.rand(n, generator=_rand_generator(seed, name, start)).view(torch.int32), None
     r = relative_change(tuned, base, out=ws.r(n))
+    if exclude_zero_base:
+        r.masked_fill_(base == 0, 0.0)
     keys = r.view(torch.int32)
     if strategy == "bottom":
         keys = FLIP - keys
@@ -359,14 +363,16 @@ class Restorer:
         self.swap = can_swap if swap is None else swap
         self.total = sum(p.numel() for p in self.params.values())
         self._ws = _Workspace()
+        self._zero_base: int | None = None
         self._undo: list[tuple[str, int, int, torch.Tensor | None, torch.Tensor | None]] | None = None
         self.refresh()
 
     def refresh(self) -> None:
         """Forget cached statistics (after the fine-tuned weights were changed by something else)."""
         self.undo()
-        self._pass1: dict[tuple[str, int], Pass1] = {}
-        self._thresholds: dict[tuple[str, int, float], Threshold] = {}
+        # keyed by (strategy, seed or 0 when it plays no part, exclude_zero_base) [+ k]
+        self._pass1: dict[tuple[str, int, bool], Pass1] = {}
+        self._thresholds: dict[tuple[str, int, bool, float], Threshold] = {}
 
     # ------------------------------------------------------------------------- streaming over the region
     def _pieces(self) -> Iterator[tuple[str, int, int, torch.Tensor, torch.Tensor]]:
@@ -377,29 +383,40 @@ class Restorer:
             for start, stop in _chunks(t.numel()):
                 yield name, start, stop, t[start:stop], b[start:stop]
 
-    def _key_stream(self, strategy: str, seed: int):
+    def _key_stream(self, strategy: str, seed: int, exclude_zero_base: bool = False):
         def stream():
             for name, start, _, t, b in self._pieces():
-                yield chunk_keys(strategy, seed, name, start, t, b, self._ws)
+                yield chunk_keys(strategy, seed, name, start, t, b, self._ws, exclude_zero_base)
         return stream
+
+    def zero_base_count(self) -> int:
+        """Region elements whose pre-trained value is exactly 0 (where r = |s| / 1e-8); one pass, cached."""
+        if self._zero_base is None:
+            self._zero_base = sum(int((b == 0).sum()) for *_, b in self._pieces())
+        return self._zero_base
 
     # ------------------------------------------------------------------------- statistics
     def thresholds(self, k_percents: Sequence[float], strategy: str = "top", seed: int = 0,
-                   with_sums: bool = False) -> list[Threshold]:
-        """Thresholds of several k from (at most) two passes; pass 1 is cached, so later k cost one pass."""
+                   with_sums: bool = False, exclude_zero_base: bool = False) -> list[Threshold]:
+        """Thresholds of several k from (at most) two passes; pass 1 is cached, so later k cost one pass.
+        With ``exclude_zero_base`` (top/bottom statistics) k is a percent of the elements whose pre-trained value
+        is not 0, and those that are 0 count as unchanged."""
         check_strategy(strategy)
-        counts = percent_counts(self.total, k_percents)
+        if exclude_zero_base and strategy == "random":
+            raise SftnbError("exclude_zero_base applies to the top and bottom strategies only")
+        n = self.total - (self.zero_base_count() if exclude_zero_base else 0)
+        counts = percent_counts(n, k_percents)
         self.undo()                                    # statistics are of the fine-tuned weights
-        key = (strategy, seed if strategy == "random" else 0)
+        key = (strategy, seed if strategy == "random" else 0, exclude_zero_base)
         missing = [k for k in dict.fromkeys(k_percents)
                    if (*key, k) not in self._thresholds
                    or (with_sums and math.isnan(self._thresholds[(*key, k)].top_sum))]
         if missing:
-            stream = self._key_stream(strategy, seed)
+            stream = self._key_stream(strategy, seed, exclude_zero_base)
             p1 = self._pass1.get(key)
             if p1 is None or (with_sums and p1.sums is None):
                 p1 = self._pass1[key] = radix_pass1(stream, with_sums)
-            found = radix_thresholds(stream, percent_counts(self.total, missing), p1, with_sums)
+            found = radix_thresholds(stream, percent_counts(n, missing), p1, with_sums)
             self._thresholds.update({(*key, k): th for k, th in zip(missing, found)})
         out = [self._thresholds[(*key, k)] for k in k_percents]
         assert [t.count for t in out] == counts
@@ -407,18 +424,23 @@ class Restorer:
 
     prepare = thresholds          # restorer.prepare(ks): every threshold of a sweep up front, in two passes
 
-    def stats(self, k_percents: Sequence[float] = (1, 3, 5, 10, 20, 40, 60)) -> dict:
-        """n, Σr and, per k, the count, the threshold r and the share of Σr above it (two passes)."""
-        ths = self.thresholds(k_percents, "top", with_sums=True)
-        total_sum = float(self._pass1[("top", 0)].sums.sum())
-        return {"region": self.region, "n": self.total, "sum_r": total_sum,
+    def stats(self, k_percents: Sequence[float] = (1, 3, 5, 10, 20, 40, 60), exclude_zero_base: bool = False) -> dict:
+        """n, Σr and, per k, the count, the threshold r and the share of Σr above it (two passes).
+        ``exclude_zero_base``: leave out the elements whose pre-trained value is exactly 0 (n and Σr shrink)."""
+        ths = self.thresholds(k_percents, "top", with_sums=True, exclude_zero_base=exclude_zero_base)
+        total_sum = float(self._pass1[("top", 0, exclude_zero_base)].sums.sum())
+        n = self.total - (self.zero_base_count() if exclude_zero_base else 0)
+        return {"region": self.region, "n": n, "sum_r": total_sum, "exclude_zero_base": exclude_zero_base,
                 "per_k": [{"k_percent": k, "count": th.count, "threshold": th.value(),
                            "share": th.top_sum / total_sum if total_sum else math.nan}
                           for k, th in zip(k_percents, ths)]}
 
-    def concentration(self, xs: Sequence[float] = (1, 3, 5, 10, 20, 40, 60)) -> pd.DataFrame:
-        """Table 3: the share of Σr held by the top x % of parameters (exact; float64 sums)."""
-        st = self.stats(xs)
+    def concentration(self, xs: Sequence[float] = (1, 3, 5, 10, 20, 40, 60),
+                      exclude_zero_base: bool = False) -> pd.DataFrame:
+        """Table 3: the share of Σr held by the top x % of parameters (exact; float64 sums). The paper's
+        definition is the default; ``exclude_zero_base`` shows it without the pre-trained zeros, whose r is only
+        bounded by the 1e-8 in the denominator (a quantised checkpoint can have thousands of them)."""
+        st = self.stats(xs, exclude_zero_base)
         return pd.DataFrame({"top_percent": list(xs), "count": [d["count"] for d in st["per_k"]],
                              "threshold": [d["threshold"] for d in st["per_k"]],
                              "share": [d["share"] for d in st["per_k"]]})

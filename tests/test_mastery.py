@@ -64,3 +64,39 @@ def test_probe_cli_writes_one_line_per_fact(tmp_path, capsys):
     assert [r["subject"] for r in rows] == ["France", "Peru"]
     assert all(0 <= r["R"] <= 1 and r["category"] == category(r["R"]) and len(r["template_rates"]) == 2
                for r in rows)
+
+
+def test_probe_cli_resumes_after_an_interruption(tmp_path, capsys, monkeypatch):
+    """Killed after its first chunk, the rerun reuses that chunk and writes what an uninterrupted run writes."""
+    import json
+
+    import sftnb.mastery as mastery
+    facts = tmp_path / "f.jsonl"
+    facts.write_text("".join(json.dumps({"relation": "country_capital", "subject": c, "answers": [a]}) + "\n"
+                             for c, a in [("France", "Paris"), ("Peru", "Lima"), ("Chile", "Santiago"),
+                                          ("Japan", "Tokyo"), ("Kenya", "Nairobi")]))
+    argv = ["probe", "--model", "tiny-random", "--facts", str(facts), "--templates", "2", "--samples", "3",
+            "--max-new-tokens", "4", "--chunk-facts", "2"]
+    clean = tmp_path / "clean.jsonl"
+    assert main([*argv, "--out", str(clean)]) == 0
+    assert not list(tmp_path.glob(".clean.jsonl.units"))                 # the work folder goes once out is written
+
+    real, calls = mastery.probe, []
+
+    def dies_on_second_chunk(*a, **k):
+        calls.append(len(a[2]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*a, **k)
+
+    monkeypatch.setattr(mastery, "probe", dies_on_second_chunk)
+    out = tmp_path / "probe.jsonl"
+    assert main([*argv, "--out", str(out)]) == 130 and not out.exists()
+    assert len(list((tmp_path / ".probe.jsonl.units" / "probe").glob("*/result.json"))) == 1
+    calls.clear()
+    capsys.readouterr()
+    monkeypatch.setattr(mastery, "probe", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "resuming: 1 finished chunk" in capsys.readouterr().out
+    assert calls == [2, 1]                                  # chunks 2 and 3 only: chunk 1 was reused
+    assert out.read_text() == clean.read_text()

@@ -140,6 +140,30 @@ def test_concentration_and_stats_match_brute_force():
     assert st["per_k"][0]["threshold"] == float(ranked[int(r.numel() * 5 // 100) - 1])
 
 
+def test_concentration_without_pretrained_zeros_matches_brute_force(monkeypatch):
+    monkeypatch.setattr(rmod, "CHUNK", 100)
+    tuned, base, names = pair(False)                       # base has exact zeros at [1::17] of every tensor
+    live = dict(tuned.named_parameters())
+    nonzero = torch.cat([(base[n] != 0).reshape(-1) for n in names])
+    r = torch.cat([relative_change(live[n].detach(), base[n]).reshape(-1) for n in names])
+    assert 0 < int((~nonzero).sum()) and float(r[~nonzero].sum()) > 0.9 * float(r.sum())   # zeros dominate Σr
+    kept = r[nonzero].double().sort(descending=True).values
+    restorer = Restorer(tuned, base)
+    assert restorer.zero_base_count() == int((~nonzero).sum())
+    table = restorer.concentration((1, 5, 20, 60, 100), exclude_zero_base=True)
+    for x, share, count in zip(table["top_percent"], table["share"], table["count"]):
+        c = int(kept.numel() * x // 100)
+        assert count == c and abs(share - float(kept[:c].sum() / kept.sum())) < 1e-9
+    st = restorer.stats((5,), exclude_zero_base=True)
+    assert st["n"] == kept.numel() and abs(st["sum_r"] - float(kept.sum())) < 1e-6 * float(kept.sum())
+    paper = restorer.concentration((1,))                   # the paper's definition is unchanged, and cached apart
+    ranked = r.double().sort(descending=True).values
+    assert paper["count"][0] == r.numel() // 100
+    assert abs(paper["share"][0] - float(ranked[:r.numel() // 100].sum() / ranked.sum())) < 1e-9
+    with pytest.raises(rmod.SftnbError):
+        restorer.thresholds([5], "random", exclude_zero_base=True)
+
+
 def test_radix_thresholds_counts_and_ties():
     chunks = [torch.tensor([5, 5, 5, 1, 9, 70000], dtype=torch.int32), torch.tensor([5, 0, 9], dtype=torch.int32)]
     th = radix_thresholds(lambda: ((c, None) for c in chunks), [0, 1, 2, 3, 4, 6, 9])
