@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_probe)
 
     rs = sub.add_parser("restore", help="restore the most-changed parameters of a fine-tuned model (§5)")
-    rs.add_argument("--base", required=True, help="pre-trained model folder (safetensors)")
+    rs.add_argument("--base", required=True, help="pre-trained model folder (safetensors), or smollm2-135m")
     rs.add_argument("--tuned", required=True, help="fine-tuned model folder (safetensors)")
     rs.add_argument("--k", required=True, help="percent(s) of the region to restore, e.g. 20 or 1,5,20")
     rs.add_argument("--out", required=True, help="output folder (one sub-folder per k when several)")

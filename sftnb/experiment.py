@@ -279,10 +279,14 @@ class Experiment:
             raise SftnbError(f"{key.label}: D_train-{key.category} has too few facts for scale {key.scale}")
         unit = self.store.unit("sft", self._run_spec(key, mc, facts) | {"eval": self._eval_spec(mc)}, key.label)
         model, tok = self.base(mc)
-        ckpt = unit.file("model.safetensors")
-        if ckpt.is_file():
+        ckpt = self.checkpoint_dir(key, mc)
+        if ckpt is not None:
             from safetensors.torch import load_file
-            model.load_state_dict(load_file(str(ckpt), device=str(self.device)), strict=False)
+            state = {}
+            for f in sorted(ckpt.glob("*.safetensors")):
+                state |= load_file(str(f), device=str(self.device))
+            # strict=False: a tied output head is saved once (under the embedding's name)
+            model.load_state_dict(state, strict=False)
             return model, tok, None
         pairs = [(f.question, f.answers[0]) for f in facts]
         if key.kind == "lora":
@@ -292,6 +296,17 @@ class Experiment:
             report = train(model, tok, pairs, self.cfg.sft, key.seed, progress=self.progress, desc=key.label)
         return model, tok, report
 
+    def checkpoint_dir(self, key: RunKey, mc: ModelConfig | None = None) -> Path | None:
+        """The kept fine-tuned checkpoint of a grid run (a Hugging Face folder: weights, config, tokenizer, so
+        that ``sftnb restore --tuned`` and ``from_pretrained`` take it as it is), or None if it was not kept."""
+        mc = mc or self.cfg.main_model
+        facts = self.training_facts(key, mc)
+        if facts is None:
+            return None
+        unit = self.store.unit("sft", self._run_spec(key, mc, facts) | {"eval": self._eval_spec(mc)}, key.label)
+        folder = unit.file("checkpoint")
+        return folder if (folder / "config.json").is_file() else None
+
     def _eval_spec(self, mc):
         return {"eval": self.cfg.eval.model_dump(), "infer_dtype": str(self.infer_dtype),
                 "sets": {n: mastery.facts_digest(v) for n, v in self.eval_sets(mc).items()},
@@ -299,8 +314,6 @@ class Experiment:
 
     def run_unit(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
         """Fine-tune, evaluate in and out of domain (and on its training set), first-token KL: one store unit."""
-        from safetensors.torch import save_model
-
         from .generation import first_token_logits
         from .token_kl import renormalized_kl, topk_table
 
@@ -314,7 +327,8 @@ class Experiment:
         def compute(tmp):
             model, tok, report = self.finetune(key, mc)
             if key.scale in self.cfg.grid.keep_checkpoints and key.kind == "divided":
-                save_model(model, str(tmp / "model.safetensors"))
+                model.save_pretrained(tmp / "checkpoint")
+                tok.save_pretrained(tmp / "checkpoint")
             sets = dict(self.eval_sets(mc))
             if self.cfg.eval.train_accuracy:
                 sets["train"] = facts

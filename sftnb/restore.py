@@ -550,6 +550,10 @@ class Restorer:
 def restore_cli(args) -> int:
     """``sftnb restore``: the streaming path over checkpoints on disk (``sftnb.checkpoints``)."""
     from .checkpoints import restore_checkpoints
-    return restore_checkpoints(base=args.base, tuned=args.tuned, k=args.k, out=args.out, strategy=args.strategy,
+    from .models import EMBEDDED, model_folder
+
+    # the embedded default by name: its cached safetensors folder (converted from the GGUF on first use)
+    base, tuned = (model_folder(x) if x == EMBEDDED else x for x in (args.base, args.tuned))
+    return restore_checkpoints(base=base, tuned=tuned, k=args.k, out=args.out, strategy=args.strategy,
                                region=args.region, seed=args.seed, shard_size=args.shard_size,
                                overwrite=args.overwrite)

@@ -66,6 +66,36 @@ def test_parameter_analyses_use_the_finetuned_weights(tmp_path):
     assert any(not torch.equal(p, base[n]) for n, p in model.named_parameters())
 
 
+def test_kept_checkpoint_is_a_folder_sftnb_restore_takes(tmp_path):
+    """A kept grid checkpoint is a whole Hugging Face folder: from_pretrained loads the fine-tuned weights, and
+    `sftnb restore --tuned` on it with k = 100 % gives the pre-trained region back."""
+    from safetensors.torch import load_file
+
+    from sftnb.cli import main
+    from sftnb.models import load_model, save_tiny_model
+    from sftnb.param_analysis import kept_runs
+    from sftnb.restore import in_region
+    exp = Experiment(smoke_config(tmp_path))
+    key = kept_runs(exp)[0]
+    exp.run_unit(key)
+    folder = exp.checkpoint_dir(key)
+    assert folder is not None and (folder / "tokenizer_config.json").is_file()
+    tuned, _ = load_model(str(folder), device="cpu", dtype="float32")
+    live, _, _ = exp.finetune(key)
+    live_sd = dict(live.named_parameters())
+    assert all(torch.equal(p, live_sd[n]) for n, p in tuned.named_parameters())
+    base_dir = save_tiny_model(tmp_path / "base", seed=0)            # the smoke model's pre-trained weights
+    out = tmp_path / "restored"
+    assert main(["restore", "--base", str(base_dir), "--tuned", str(folder), "--k", "100", "--out", str(out)]) == 0
+    restored, pre = load_file(str(out / "model.safetensors")), load_file(str(base_dir / "model.safetensors"))
+    moved = 0
+    for n, t in restored.items():
+        want = pre[n] if in_region(n, "transformer") else live_sd[n].detach()
+        assert torch.equal(t, want), n
+        moved += in_region(n, "transformer") and not torch.equal(live_sd[n].detach(), pre[n])
+    assert moved > 0
+
+
 def test_notebook_config_accepts_papermill_strings():
     from sftnb.config import notebook_config
     cfg = notebook_config({"params_file": "params/smoke.yaml", "grid": '{"seeds": [0, 1]}', "run": {"progress": False}})
