@@ -42,7 +42,7 @@ def naive_trainer(model, tok, pairs, bs, precision):
                              learning_rate=1e-5, num_train_epochs=1, lr_scheduler_type="cosine", report_to=[],
                              save_strategy="no", logging_strategy="no", bf16=precision == "bf16-mixed",
                              use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
-    Trainer(model=model, args=args, train_dataset=rows, data_collator=collate).train()
+    return Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)   # built outside the timing
 
 
 def main():
@@ -70,11 +70,13 @@ def main():
           f"greedy answers to {a.questions} questions")
 
     timings = {}
-    for name, fn in (("naive Trainer", lambda m: naive_trainer(m, tok, pairs, 8, a.precision)),
-                     ("sftnb.train", lambda m: train(m, tok, pairs, cfg, progress=False))):
+    # each path gets a fresh copy of the model; only the training loop is timed (Trainer() construction is not)
+    for name, make in (("naive Trainer", lambda m: naive_trainer(m, tok, pairs, 8, a.precision).train),
+                       ("sftnb.train", lambda m: lambda: train(m, tok, pairs, cfg, progress=False))):
         m = copy.deepcopy(model)
+        run = make(m)
         sync(); t = time.perf_counter()
-        fn(m)
+        run()
         sync(); timings[name] = time.perf_counter() - t
         print(f"  SFT  {name:<18} {len(pairs) / timings[name]:8.1f} samples/s")
         del m

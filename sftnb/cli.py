@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--limit", type=int, default=None, help="probe only the first N facts")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    pr.add_argument("--dtype", default="auto", choices=["auto", "fastest", "float32", "bfloat16", "float16"],
+                    help="auto: bf16 on GPU, fp32 on CPU; fastest: also bf16 on a CPU with native bf16 (AMX ...)")
     pr.add_argument("--batch-tokens", type=int, default=16384, help="tokens per generation batch (GPU: 2**19)")
     pr.add_argument("--chunk-facts", type=int, default=1024,
                     help="facts per saved chunk: an interrupted probe resumes at the first unfinished chunk")

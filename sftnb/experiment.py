@@ -22,7 +22,7 @@ from .data import Fact, load_source, paper_splits
 from .errors import SftnbError
 from .evaluate import evaluate_sets, inference_copy, mean_accuracy
 from .models import load_model, model_fingerprint, resolve_device, resolve_dtype
-from .sft import train, train_lora
+from .sft import resolve_precision, train, train_lora
 from .store import Store
 
 SETS = ("train", "test", "testood")
@@ -265,6 +265,7 @@ class Experiment:
 
     def _run_spec(self, key: RunKey, mc: ModelConfig, facts: list[Fact]) -> dict:
         sft = self.cfg.sft.model_dump()
+        sft["precision"] = resolve_precision(sft["precision"], self.device)   # what ran, not what was asked
         if key.kind != "lora":
             sft.pop("lora")
         return {"model": model_fingerprint(mc.path), "run": key.__dict__, "train": mastery.facts_digest(facts),

@@ -70,7 +70,8 @@ def run_cli(args) -> int:
         before = {p: p.stat().st_mtime for p in figures.glob("*")} if figures.is_dir() else {}
         try:
             pm.execute_notebook(str(nb), str(tmp), parameters=parameters, cwd=str(nb.parent),
-                                kernel_name="python3", progress_bar=False, log_output=False)
+                                kernel_name="python3", progress_bar={"desc": nb.stem, "leave": False},
+                                log_output=False)
         except PapermillExecutionError as e:
             tmp.replace(target) if tmp.exists() else None
             evalue = str(e.evalue).splitlines()[0] if e.evalue else ""

@@ -74,10 +74,17 @@ class TrainReport:
                 "loss_last": self.losses[-1] if self.losses else None, "losses": self.losses}
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16-mixed`` for this device (see ``SFTConfig.precision``)."""
+    if precision in ("auto", "fastest"):
+        from .models import cpu_has_native_bf16
+        fast_cpu = precision == "fastest" and cpu_has_native_bf16()
+        return "bf16-mixed" if device.type == "cuda" or fast_cpu else "fp32"
+    return precision
+
+
 def _autocast(precision: str, device: torch.device):
-    if precision == "auto":
-        precision = "bf16-mixed" if device.type == "cuda" else "fp32"
-    if precision == "bf16-mixed":
+    if resolve_precision(precision, device) == "bf16-mixed":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

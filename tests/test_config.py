@@ -171,3 +171,23 @@ def test_output_folders(tmp_path, monkeypatch):
 def test_project_root_from_a_subfolder(tmp_path):
     assert project_root(ROOT / "sftnb" / "resources") == ROOT
     assert project_root(tmp_path) == tmp_path.resolve()         # outside a project: the folder itself
+
+
+def test_fastest_dtype_follows_the_cpu(monkeypatch):
+    """`fastest` is bf16 only where the CPU computes it natively; `auto` keeps fp32 on any CPU."""
+    import torch
+
+    from sftnb import models
+    from sftnb.sft import resolve_precision
+    assert models.native_bf16_in_cpuinfo("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    assert models.native_bf16_in_cpuinfo("Features\t: fp asimd bf16 i8mm\n")
+    assert not models.native_bf16_in_cpuinfo("flags\t\t: fpu sse2 avx2 fma\nflags\t: avx512_bf16\n")   # first only
+    assert not models.native_bf16_in_cpuinfo("")
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+        assert models.resolve_dtype("fastest", cpu) == (torch.bfloat16 if native else torch.float32)
+        assert models.resolve_dtype("auto", cpu) == torch.float32
+        assert resolve_precision("fastest", cpu) == ("bf16-mixed" if native else "fp32")
+        assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16-mixed", cpu) == "bf16-mixed"
+    assert load_config(SMOKE, {"run": {"inference_dtype": "fastest"}, "sft": {"precision": "fastest"}})
