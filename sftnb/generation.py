@@ -12,6 +12,9 @@ Public API (all work on token-id lists; callers build prompts, BOS included if t
 What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_sequences=n)`` on this workload:
 
 - **prefix sharing**: a batch of B prompts is prefilled once; its KV cache is then repeated to the B*n sample rows;
+- **shared prompt prefixes are prefilled once**: the tokens every prompt of a batch starts with (the
+  ``<|question|>`` marker and template words of QA prompts: ~25 % of the prefill of a length-sorted evaluation
+  batch) go through the model as one row, whose KV cache the batch then shares;
 - **prefill keeps one position's logits** (``logits_to_keep=1``): no [B, L, V] tensor;
 - **preallocated KV cache**: plain full-attention layers write new keys/values in place into a buffer sized for
   prompt + max_new_tokens (``DynamicCache`` re-concatenates the whole cache at every step); other layer kinds
@@ -47,6 +50,7 @@ import torch
 from tqdm.auto import tqdm
 
 CHECK_EVERY = 4            # decode steps between "who finished?" checks (each one is a host sync on a GPU)
+MIN_SHARED = 4             # a batch whose prompts all start with at least this many equal tokens prefills them once
 _BLOCK = 256               # block width of the two-level cumulative sum used for sampling
 _LOGITS_BUDGET = 1 << 25   # continuation_logprobs: at most this many logit entries per batch (~128 MB in fp32)
 
@@ -182,6 +186,21 @@ def _sample(logits: torch.Tensor, temperature: float, u: torch.Tensor | None) ->
     return (b * _BLOCK + j)[:, 0]
 
 
+def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every prompt shares, leaving each at least one token of its own."""
+    limit = min(len(p) for p in prompts) - 1
+    first, n = prompts[0], 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
+def _plain_layers(cache) -> bool:
+    """Only plain full-attention cache layers are shared this way (sliding windows keep their own logic)."""
+    from transformers.cache_utils import DynamicLayer
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
 # ------------------------------------------------------------------------------------ KV cache layer
 def _cache_layer_classes():
     from transformers.cache_utils import DynamicLayer
@@ -272,13 +291,26 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
     from transformers import DynamicCache
 
     dev = _device(model)
-    ids, mask, pos = _left_pad(prompts, pad, dev)
     cache = DynamicCache(config=model.config)
     ckw = _cache_kwarg(model)
+    share = _shared_prefix(prompts)
+    if share >= MIN_SHARED and len(prompts) > 1 and _plain_layers(cache):
+        # the common prefix once (one row), its cache repeated to every prompt, then each prompt's own tokens,
+        # left-padded after it: the padding sits between prefix and suffix, masked out; positions stay exact
+        pre = torch.tensor([prompts[0][:share]], dtype=torch.long, device=dev)
+        model(input_ids=pre, position_ids=torch.arange(share, device=dev)[None], use_cache=True,
+              logits_to_keep=1, **{ckw: cache})
+        for layer in cache.layers:
+            layer.batch_repeat_interleave(len(prompts))
+        ids, smask, spos = _left_pad([p[share:] for p in prompts], pad, dev)
+        mask = torch.cat([smask.new_ones((len(prompts), share)), smask], dim=1)
+        pos = spos + share
+    else:
+        ids, mask, pos = _left_pad(prompts, pad, dev)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                 **{ckw: cache})
     logits = out.logits[:, -1]
-    width = ids.shape[1]
+    width = mask.shape[1]
     _expand_cache(cache, n, width + max_new_tokens)
     if n > 1:
         logits = logits.repeat_interleave(n, 0)

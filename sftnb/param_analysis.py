@@ -75,23 +75,27 @@ def update_statistics(exp: Experiment, key: RunKey, mc=None) -> dict:
 def restore_sweep(exp: Experiment, key: RunKey, ks, strategy: str = "top", on_train: bool = False,
                   mc=None) -> pd.DataFrame:
     """Accuracy after restoring the top (bottom, random) k % for each k, in- and out-of-domain, or on the run's
-    own training set (Table 6). k = 0 is the fine-tuned model itself. The model is restored and undone in place."""
+    own training set (Table 6). k = 0 is the fine-tuned model itself: the grid unit's own evaluation of the same
+    sets, not a second one. The model is restored and undone in place."""
     def compute(tmp):
+        unrestored = exp.run_unit(key, mc)["per_set"]
         restorer, model, tok = _restorer(exp, key, mc)
         sets = {"train": exp.training_facts(key, mc)} if on_train else exp.eval_sets(mc)
         restorer.prepare(ks, strategy, seed=key.seed)      # every k's threshold from one set of passes
         rows = []
         for k in [0, *ks]:
-            if k == 0:
-                res = exp.evaluate(model, tok, sets)
+            if k == 0 and all(n in unrestored for n in sets):
+                acc = {n: unrestored[n]["accuracy"] for n in sets}
+            elif k == 0:                                   # eval.train_accuracy off: the grid has no train score
+                acc = {n: r["accuracy"] for n, r in exp.evaluate(model, tok, sets).items()}
             else:
                 with restorer.restored(k, strategy, seed=key.seed):
-                    res = exp.evaluate(model, tok, sets)
-            rows.append({"k": k, **{n: r["accuracy"] for n, r in res.items()}})
+                    acc = {n: r["accuracy"] for n, r in exp.evaluate(model, tok, sets).items()}
+            rows.append({"k": k, **acc})
         return {"rows": rows}
 
     spec = _sweep_spec(exp, key, mc, {"what": "restore", "ks": list(ks), "strategy": strategy,
-                                      "on_train": on_train})
+                                      "on_train": on_train, "v": 2})
     res = exp.store.compute("restore", spec, compute, f"{key.label}-{strategy}{'-train' if on_train else ''}")
     df = pd.DataFrame(res["rows"])
     if not on_train:
@@ -101,12 +105,13 @@ def restore_sweep(exp: Experiment, key: RunKey, ks, strategy: str = "top", on_tr
 
 
 def layer_restore(exp: Experiment, key: RunKey, mc=None) -> pd.DataFrame:
-    """Table 11: accuracy after restoring every parameter of one group of decoder layers at a time."""
+    """Table 11: in-domain accuracy (Acc_test, the table's one figure per cell) after restoring every parameter of
+    one group of decoder layers at a time."""
     def compute(tmp):
         restorer, model, tok = _restorer(exp, key, mc)
         n_layers = model.config.num_hidden_layers
         size = exp.cfg.restore.layer_group_size
-        sets = exp.eval_sets(mc)
+        sets = {n: facts for n, facts in exp.eval_sets(mc).items() if n in TEST_SETS}
         rows = []
         for start in range(0, n_layers, size):
             group = list(range(start, min(start + size, n_layers)))
@@ -115,10 +120,9 @@ def layer_restore(exp: Experiment, key: RunKey, mc=None) -> pd.DataFrame:
             rows.append({"layers": f"{group[0]}-{group[-1]}", **{n: r["accuracy"] for n, r in res.items()}})
         return {"rows": rows}
 
-    spec = _sweep_spec(exp, key, mc, {"what": "layers", "size": exp.cfg.restore.layer_group_size})
+    spec = _sweep_spec(exp, key, mc, {"what": "layers", "size": exp.cfg.restore.layer_group_size, "v": 2})
     df = pd.DataFrame(exp.store.compute("layer_restore", spec, compute, key.label)["rows"])
     df["acc_test"] = df[[c for c in TEST_SETS if c in df]].mean(axis=1)
-    df["acc_testood"] = df[[c for c in OOD_SETS if c in df]].mean(axis=1)
     return df
 
 

@@ -61,6 +61,32 @@ def test_small_batch_budget_gives_same_greedy(tiny, prompts):
     assert one == many
 
 
+@pytest.fixture(scope="module")
+def qa_prompts(tiny):
+    from sftnb.sft import prompt_ids
+    _, tok = tiny
+    qs = ["Which country is Lyon located in?", "Which country is Porto Alegre located in?",
+          "Which country is Ulm located in?", "What is the capital of Peru?"]
+    return [prompt_ids(tok, q) for q in qs]
+
+
+def test_shared_prefix_prefill_is_exact(tiny, qa_prompts, monkeypatch):
+    """Prompts that start alike are prefilled once for the batch: greedy output still equals Hugging Face's,
+    samples equal those of the unshared path, within a relation and across relations."""
+    model, tok = tiny
+    same_relation = qa_prompts[:3]
+    assert G._shared_prefix(same_relation) > G._shared_prefix(qa_prompts) >= G.MIN_SHARED   # the path runs
+    assert G._shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2                  # each prompt keeps a token of its own
+    for batch in (same_relation, qa_prompts):
+        assert greedy(model, batch, max_new_tokens=10, progress=False) == _hf_greedy(model, batch,
+                                                                                      tok.pad_token_id, 10)
+        kw = dict(n=3, temperature=0.8, max_new_tokens=8, seed=1, progress=False)
+        shared = generate(model, batch, **kw)
+        monkeypatch.setattr(G, "MIN_SHARED", 10 ** 9)
+        assert generate(model, batch, **kw) == shared
+        monkeypatch.undo()
+
+
 # ------------------------------------------------------------------------------------------ sampling
 def test_same_seed_same_samples_other_seed_differs(tiny, prompts):
     model, _ = tiny
