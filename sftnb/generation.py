@@ -23,7 +23,8 @@ What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_
   hash (see *Determinism*), over exp((logits - max)/T) in float32 with a two-level (block) cumulative sum. It is
   exactly a draw from softmax(logits / T), needs no [rows, V] random tensor (Gumbel-max needs one: on this CPU
   drawing it costs ~5x more than the sampling itself) and no ``torch.multinomial``;
-- **finished rows leave the batch**: every ``CHECK_EVERY`` steps rows that emitted an EOS are dropped from the
+- **finished rows leave the batch**: every ``CHECK_EVERY`` steps on a GPU (every step on a CPU, where the check
+  costs no synchronisation) rows that emitted an EOS are dropped from the
   inputs and the cache (the only host synchronisation of the decode loop, so GPUs are not stalled per token);
 - prompts are **sorted by length** (little padding), results are returned in the caller's order.
 
@@ -49,7 +50,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-CHECK_EVERY = 4            # decode steps between "who finished?" checks (each one is a host sync on a GPU)
+CHECK_EVERY = 4            # decode steps between "who finished?" checks on a GPU (each one is a host sync)
 MIN_SHARED = 4             # a batch whose prompts all start with at least this many equal tokens prefills them once
 _BLOCK = 256               # block width of the two-level cumulative sum used for sampling
 _LOGITS_BUDGET = 1 << 25   # continuation_logprobs: at most this many logit entries per batch (~128 MB in fp32)
@@ -184,6 +185,11 @@ def _sample(logits: torch.Tensor, temperature: float, u: torch.Tensor | None) ->
     t = torch.minimum(t, torch.nextafter(inner[:, -1:], zero))                 # rounding guard: stay in block
     j = torch.searchsorted(inner, t, right=True).clamp_max(_BLOCK - 1)        # first token with cum > t (p > 0)
     return (b * _BLOCK + j)[:, 0]
+
+
+def _check_every(device: torch.device) -> int:
+    """Decode steps between EOS compactions: every step on a CPU (nothing to synchronise), CHECK_EVERY on a GPU."""
+    return 1 if device.type == "cpu" else CHECK_EVERY
 
 
 def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
@@ -325,6 +331,7 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
     lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=dev)   # index of the first EOS
     eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
     done = torch.zeros(rows, dtype=torch.bool, device=dev)
+    check_every = _check_every(dev)
     u_all = uniforms.to(dev) if uniforms is not None else None
     for step in range(max_new_tokens):
         nxt = _sample(logits, temperature, u_all[alive, step] if u_all is not None else None)
@@ -335,8 +342,8 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
             done = done | hit
         if step == max_new_tokens - 1:
             break
-        if eos_t is not None and step % CHECK_EVERY == CHECK_EVERY - 1:
-            keep = (~done).nonzero().squeeze(-1)               # host sync, once every CHECK_EVERY steps
+        if eos_t is not None and step % check_every == check_every - 1:
+            keep = (~done).nonzero().squeeze(-1)               # host sync, once every check_every steps
             if keep.numel() == 0:
                 break
             if keep.numel() < done.numel():                    # compact: finished rows leave batch and cache

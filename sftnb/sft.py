@@ -47,16 +47,33 @@ def example_ids(tokenizer, question: str, answer: str) -> tuple[list[int], list[
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch; padding is masked out of attention and loss."""
+    """Left-pad a batch, with explicit position ids (0 at each row's first real token): padding is masked out of
+    attention and loss, and every row's answer ends in the last column (see ``answer_loss``)."""
     width = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, (ids, lab) in enumerate(examples):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        labels[row, :len(lab)] = torch.tensor(lab)
-        mask[row, :len(ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        labels[row, width - len(lab):] = torch.tensor(lab)
+        mask[row, width - len(ids):] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "position_ids": position_ids}
+
+
+def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the labelled (answer) tokens of a ``collate`` batch: what ``model(**batch).loss``
+    computes, but the vocabulary projection runs only on the last columns, the ones that predict an answer token
+    (~4 of ~22 on QA prompts; the head is ~20 % of a 135M model's forward and backward)."""
+    labels = batch["labels"]
+    width = labels.shape[1]
+    first = int((labels != IGNORE).int().argmax(-1).min())      # earliest labelled column of any row
+    keep = min(width, width - first + 1)                          # columns first-1 .. width-1 predict them
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], logits_to_keep=keep).logits
+    targets = labels[:, width - keep + 1:]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                             targets.reshape(-1), ignore_index=IGNORE)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -124,7 +141,7 @@ def train(model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, seed: 
     for batch_idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in batch_idx], pad).items()}
         with _autocast(cfg.precision, device):
-            loss = model(**batch).loss
+            loss = answer_loss(model, batch)
         loss.backward()
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -30,9 +30,33 @@ def test_prompt_format_and_label_masking(tiny):
 
 def test_collate_pads_and_masks():
     batch = collate([([5, 6, 7], [IGNORE, 6, 7]), ([5, 6], [IGNORE, 6])], pad_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 6, 0]]
-    assert batch["labels"].tolist() == [[IGNORE, 6, 7], [IGNORE, 6, IGNORE]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 5, 6]]              # left padding: answers end together
+    assert batch["labels"].tolist() == [[IGNORE, 6, 7], [IGNORE, IGNORE, 6]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
+
+
+def test_answer_loss_equals_the_full_loss_on_a_right_padded_batch(tiny):
+    """Projecting only the answer columns of a left-padded batch gives Hugging Face's loss (and gradients) on the
+    same examples right-padded: same value, nothing lost to padding, no NaN from fully masked pad rows."""
+    from sftnb.sft import answer_loss
+    model, tok = tiny
+    examples = [example_ids(tok, q, a) for q, a in [("What is the capital of Peru?", "Lima"),
+                                                      ("Which country is Porto Alegre located in?", "Brazil"),
+                                                      ("Which continent is Chad in?", "Africa")]]
+    width = max(len(ids) for ids, _ in examples)
+    right = {"input_ids": torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in examples]),
+             "labels": torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in examples]),
+             "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples])}
+    grads = []
+    for fn in (lambda: model(**right).loss, lambda: answer_loss(model, collate(examples, tok.pad_token_id))):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    (ref, g_ref), (ours, g_ours) = grads
+    assert abs(ref - ours) < 1e-5 * abs(ref)
+    assert all(torch.isfinite(g).all() and torch.allclose(g, h, rtol=1e-4, atol=1e-6) for g, h in zip(g_ours, g_ref))
 
 
 def _facts(n_rel=4, per_rel=7):
