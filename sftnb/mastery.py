@@ -193,6 +193,7 @@ def agreement(estimate: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.DataF
                                                   suffixes=("_sampling", "_estimate"))
     conf = pd.crosstab(m["category_sampling"], m["category_estimate"]).reindex(
         index=CATEGORIES, columns=CATEGORIES, fill_value=0)
+    conf.index.name, conf.columns.name = "sampling (rows) / estimate (columns)", None
     rho = float(spearmanr(m["R_sampling"], m["R_estimate"]).statistic) if len(m) > 2 else math.nan
     exact = float((m["category_sampling"] == m["category_estimate"]).mean()) if len(m) else math.nan
     return conf, rho, exact

@@ -100,3 +100,15 @@ def test_notebook_config_accepts_papermill_strings():
     from sftnb.config import notebook_config
     cfg = notebook_config({"params_file": "params/smoke.yaml", "grid": '{"seeds": [0, 1]}', "run": {"progress": False}})
     assert cfg.grid.seeds == [0, 1] and cfg.run.progress is False and cfg.grid.scales == [4, 8]
+
+
+def test_probe_agreement_compares_the_estimator_with_sampling(tmp_path):
+    cfg = load_config("params/smoke.yaml", {
+        "run": {"out_dir": str(tmp_path / "run"), "figures_dir": str(tmp_path / "fig"), "progress": False},
+        "probe": {"method": "likelihood", "agreement_facts": 4}})
+    exp = Experiment(cfg)
+    agr = exp.probe_agreement()
+    assert agr["facts"] == 4 and int(agr["confusion"].to_numpy().sum()) == 4
+    assert list(agr["summary"].index) == ["facts", "Spearman rho of R", "same category"]
+    assert 0 <= agr["same_category"] <= 1
+    assert Experiment(smoke_config(tmp_path)).probe_agreement() is None       # sampling: nothing to compare
