@@ -233,7 +233,7 @@ def train_restore_table(train_sweeps: dict) -> pd.DataFrame:
 
 def strategies_table(exp, mc, grid: pd.DataFrame, sweeps: dict) -> pd.DataFrame:
     """Table 7: the best Acc_test (and its Acc_testood) of each strategy: the instruct model (if configured),
-    SFT on mixed data, SFT on divided data, LoRA, and divided SFT followed by parameter restoration."""
+    SFT on mixed data, SFT on divided data, LoRA, and divided SFT followed by parameter restoration (k > 0)."""
     cols = {}
     if mc.instruct_path:
         inst = exp.instruct_reference(mc)
@@ -250,9 +250,10 @@ def strategies_table(exp, mc, grid: pd.DataFrame, sweeps: dict) -> pd.DataFrame:
         cols[name] = (best["acc_test"], best["acc_testood"])
     best_restore = None
     for (key, strategy), df in sweeps.items():
-        if strategy != "top":
+        restored = df[df["k"] > 0]            # k = 0 is SFT (Divided) itself, already its own column
+        if strategy != "top" or restored.empty:
             continue
-        row = df.loc[df["acc_test"].idxmax()]
+        row = restored.loc[restored["acc_test"].idxmax()]
         if best_restore is None or row["acc_test"] > best_restore[0]:
             best_restore = (row["acc_test"], row["acc_testood"])
     if best_restore:

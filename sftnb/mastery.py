@@ -194,7 +194,9 @@ def agreement(estimate: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.DataF
     conf = pd.crosstab(m["category_sampling"], m["category_estimate"]).reindex(
         index=CATEGORIES, columns=CATEGORIES, fill_value=0)
     conf.index.name, conf.columns.name = "sampling (rows) / estimate (columns)", None
-    rho = float(spearmanr(m["R_sampling"], m["R_estimate"]).statistic) if len(m) > 2 else math.nan
+    # Spearman's rho is undefined for fewer than three facts or a constant column (e.g. all R = 0).
+    defined = len(m) > 2 and m["R_sampling"].nunique() > 1 and m["R_estimate"].nunique() > 1
+    rho = float(spearmanr(m["R_sampling"], m["R_estimate"]).statistic) if defined else math.nan
     exact = float((m["category_sampling"] == m["category_estimate"]).mean()) if len(m) else math.nan
     return conf, rho, exact
 
