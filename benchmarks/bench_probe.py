@@ -12,7 +12,7 @@ temperature ``--temperature``, at most ``--max-new-tokens`` new tokens, stopping
 Both paths are warmed up first (a small call of each), then timed on the same prompts; the figure is
 generations/s = prompts x samples / wall time. Examples::
 
-    python benchmarks/bench_probe.py --prompts 32 --samples 10 --dtype bfloat16          # CPU
+    python benchmarks/bench_probe.py --prompts 32 --samples 10                           # CPU
     python benchmarks/bench_probe.py --prompts 4096 --samples 10 --naive-batch 1024       # H100 (bf16 auto)
 """
 from __future__ import annotations
@@ -90,7 +90,8 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    ap.add_argument("--dtype", default="fastest",
+                    help="fastest (bf16 on a GPU or a CPU with native bf16, else fp32), auto, float32, bfloat16, float16")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-tokens", type=int, default=None,
                     help="engine token budget per batch (default 16384 on CPU, 2**20 on CUDA)")

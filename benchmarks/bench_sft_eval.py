@@ -2,12 +2,13 @@
 
     python benchmarks/bench_sft_eval.py --model smollm2-135m --samples 64 --questions 128
 
-SFT: sftnb.sft.train (pre-tokenised, right-padded batches, answer-only loss) vs transformers' Trainer with its
+SFT: sftnb.sft.train (pre-tokenised, left-padded batches, loss projected only on answer columns) vs transformers' Trainer with its
 default collation (the usual first attempt), same data, batch size, precision and steps.
 Evaluation: sftnb's greedy engine (length-sorted, token-budget batches, EOS compaction) vs plain
 `model.generate(do_sample=False)` over left-padded batches of --naive-batch questions (the baseline of
 ../shared/reference/baselines.md: 4096 per call on an H100) and, for reference, one question at a time (as the
-authors' scripts do); 16 new tokens, bf16 weights for every path, warmed up first.
+authors' scripts do); 16 new tokens, the same inference dtype for every path (``--eval-dtype``, default
+``fastest``: bf16 on a GPU or a CPU with native bf16, fp32 on other CPUs), warmed up first.
 
     python benchmarks/bench_sft_eval.py --samples 64 --questions 256                    # CPU
     python benchmarks/bench_sft_eval.py --samples 1920 --questions 16384 --naive-batch 4096 --skip-one-by-one   # H100
@@ -23,7 +24,7 @@ import torch
 from sftnb.config import SFTConfig
 from sftnb.data import load_source
 from sftnb.evaluate import answer_questions
-from sftnb.models import load_model
+from sftnb.models import load_model, resolve_dtype
 from sftnb.sft import example_ids, prompt_ids, train
 
 
@@ -52,6 +53,8 @@ def main():
     ap.add_argument("--questions", type=int, default=128)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16-mixed"])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--eval-dtype", default="fastest", choices=["auto", "fastest", "float32", "bfloat16", "float16"],
+                    help="inference weights for every evaluation path")
     ap.add_argument("--naive-batch", type=int, default=None, help="questions per generate call (default: all)")
     ap.add_argument("--batch-tokens", type=int, default=None, help="engine token budget (default 16384; 2**20 on CUDA)")
     ap.add_argument("--skip-one-by-one", action="store_true", help="skip the 1-question-per-call reference path")
@@ -84,7 +87,8 @@ def main():
 
     facts_q = [f for f in load_source("builtin").facts if f.split == "test"]
     qs = [facts_q[i % len(facts_q)].question for i in range(a.questions)]
-    eval_model = model.to(torch.bfloat16)              # inference weights in bf16 for every path
+    eval_dtype = resolve_dtype(a.eval_dtype, dev)
+    eval_model = model.to(eval_dtype)                  # the same inference weights for every path
     eos = tok.eos_token_id
 
     def batched_generate(questions):
@@ -120,7 +124,7 @@ def main():
         print(f"  eval {name:<28} {rates[name]:9.1f} questions/s")
     print(f"  eval ratio vs batched generate: {rates['sftnb engine'] / rates['naive generate, batched']:.2f}x"
           + (f"; vs 1 at a time: {rates['sftnb engine'] / rates['naive generate, 1 at a time']:.2f}x"
-             if "naive generate, 1 at a time" in rates else "") + "   (bf16 weights)")
+             if "naive generate, 1 at a time" in rates else "") + f"   ({str(eval_dtype).removeprefix('torch.')} weights)")
 
 if __name__ == "__main__":
     main()
