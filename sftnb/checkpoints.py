@@ -383,7 +383,7 @@ def _write_all(base_ck, tuned_ck, region: set[str], ths, writers, strategy, seed
             keys, _ = chunk_keys(strategy, seed, name, start, t, b, ws)
             for j, w in enumerate(writers):
                 mask = tie[j].mask(keys)
-                per[j][name] += int(mask.sum())
+                per[j][name] += int(torch.count_nonzero(mask))
                 w.write(name, torch.where(mask, b, t))
     return per
 

@@ -17,13 +17,16 @@ of all r:
   the streaming CLI use that order, so they select identical elements.
 * count = floor(n * k / 100).
 
-Everything streams in chunks of at most ``CHUNK`` elements through reused workspace buffers (a large tensor's
-temporaries stay bounded; reusing buffers also avoids page faults on every allocation, the main cost on CPU).
+Everything streams in pieces through reused workspace buffers (a large tensor's temporaries stay bounded;
+reusing buffers also avoids page faults on every allocation, the main cost on CPU): ``CHUNK`` elements per
+piece read from disk by the CLI, ``PIECE`` per piece of a live model.
 
 ``Restorer`` works on a live model: ``restore(k)`` writes pre-trained values in place; ``undo()`` gives the
 fine-tuned values back bit for bit. It keeps a 1-bit-per-element mask of what it changed plus either nothing
 (``swap`` mode: the selected elements are *exchanged* with the base tensors, which then hold the fine-tuned
-values until undo swaps them back) or the overwritten fine-tuned values (memory proportional to k).
+values until undo swaps them back) or the overwritten fine-tuned values (memory proportional to k). The swap is
+a branch-free XOR swap on the tensors' bits (x = (t ^ b) & mask; t ^= x; b ^= x): its cost does not depend on
+k, where indexed copies and ``torch.where`` slow down as the mask gets less predictable.
 The CLI (``restore_cli``) applies the same selection to checkpoints on disk (``sftnb.checkpoints``).
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -43,7 +47,8 @@ from .errors import SftnbError
 EPS = 1e-8
 REGIONS = ("transformer", "mlp", "attention", "embedding", "all")
 STRATEGIES = ("top", "bottom", "random")
-CHUNK = 1 << 24                     # elements per streamed piece (64 MiB of float32 temporaries)
+CHUNK = 1 << 24                     # elements per piece read from disk (CLI), and per block of "random" keys
+PIECE = 1 << 20                     # elements per piece of a live model (16 MiB buffers: bounded, cache-friendly)
 FLIP = 0x7FFFFFFF                   # key -> FLIP - key reverses the order ("bottom")
 _HI = 1 << 15                       # keys are < 2^31, so the high 16 bits take 2^15 values
 _LO = 1 << 16
@@ -89,32 +94,61 @@ def region_names(names: Iterable[str], region: str) -> list[str]:
     return sorted(n for n in names if in_region(n, region))
 
 
-def relative_change(tuned: torch.Tensor, base: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """|s - p| / (|p| + 1e-8) in float32 (App. B.2); NaN becomes 0. ``out``: a float32 buffer to reuse."""
+def relative_change(tuned: torch.Tensor, base: torch.Tensor, out: torch.Tensor | None = None,
+                    scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """|s - p| / (|p| + 1e-8) in float32 (App. B.2); NaN becomes 0. ``out``, ``scratch``: float32 buffers of the
+    same shape to reuse."""
     s, p = tuned.float(), base.float()
     if out is None:
-        out = torch.empty(s.shape, dtype=torch.float32)
-    den = torch.abs(p).add_(EPS)
+        out = torch.empty(s.shape, dtype=torch.float32, device=s.device)
+    den = torch.abs(p, out=scratch) if scratch is not None else torch.abs(p)
+    den.add_(EPS)
     torch.sub(s, p, out=out).abs_().div_(den)
     return out.nan_to_num_(nan=0.0, posinf=math.inf)
 
 
 # ============================================================================================= keys
 class _Workspace:
-    """Reused float32 buffers: a fresh multi-MB allocation per tensor costs page faults that dominate on CPU."""
+    """Reused buffers: a fresh multi-MB allocation per tensor costs page faults that dominate on CPU."""
 
     def __init__(self):
-        self.buf = torch.empty(0)
+        self.bufs: dict[tuple, torch.Tensor] = {}
+        self.rand_block: tuple[tuple, torch.Tensor] | None = None     # the last block of "random" keys
 
-    def r(self, n: int) -> torch.Tensor:
-        if self.buf.numel() < n:
-            self.buf = torch.empty(n, dtype=torch.float32)
-        return self.buf[:n]
+    def get(self, slot: str, n: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+        key = (slot, dtype, str(device))
+        buf = self.bufs.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self.bufs[key] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n]
+
+    def r(self, n: int, device="cpu") -> torch.Tensor:
+        return self.get("r", n, device=device)
 
 
 def _chunks(numel: int) -> Iterator[tuple[int, int]]:
     for start in range(0, max(numel, 1), CHUNK):
         yield start, min(start + CHUNK, numel)
+
+
+def _pieces_of(numel: int) -> Iterator[tuple[int, int]]:
+    """Pieces of at most PIECE elements that never cross a CHUNK border (a "random" key block)."""
+    for lo, hi in _chunks(numel):
+        for start in range(lo, max(hi, lo + 1), PIECE):
+            yield start, min(start + PIECE, hi)
+
+
+def _random_keys(seed: int, name: str, start: int, n: int, numel: int, ws: _Workspace) -> torch.Tensor:
+    """Keys of elements [start, start + n) of a tensor under "random": uniform floats drawn per CHUNK-sized block
+    from a generator seeded by (seed, name, block), so they do not depend on how the tensor is walked."""
+    block = start // CHUNK
+    lo = block * CHUNK
+    if start + n > lo + CHUNK:
+        raise ValueError("a piece must not cross a CHUNK border")
+    ident = (seed, name, block)
+    if ws.rand_block is None or ws.rand_block[0] != ident:
+        ws.rand_block = (ident, torch.rand(min(CHUNK, numel - lo), generator=_rand_generator(seed, name, lo)))
+    return ws.rand_block[1][start - lo:start - lo + n].view(torch.int32)
 
 
 def _rand_generator(seed: int, name: str, start: int) -> torch.Generator:
@@ -124,16 +158,19 @@ def _rand_generator(seed: int, name: str, start: int) -> torch.Generator:
 
 
 def chunk_keys(strategy: str, seed: int, name: str, start: int, tuned: torch.Tensor, base: torch.Tensor,
-               ws: _Workspace, exclude_zero_base: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+               ws: _Workspace, exclude_zero_base: bool = False,
+               numel: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Selection keys (int32, >= 0, larger = selected first) of one flat chunk, and its r (None for random).
     ``exclude_zero_base`` counts elements whose pre-trained value is exactly 0 as unchanged (r = 0): there r is
     |s| / 1e-8, which can dwarf every other change (statistics only, see ``Restorer.stats``).
+    ``numel``: the whole tensor's size (default: this chunk is the rest of the tensor; "random" needs it).
     The keys may alias the workspace: use them before the next call."""
     n = tuned.numel()
     tuned, base = tuned.reshape(-1), base.reshape(-1)
     if strategy == "random":
-        return torch.rand(n, generator=_rand_generator(seed, name, start)).view(torch.int32), None
-    r = relative_change(tuned, base, out=ws.r(n))
+        keys = _random_keys(seed, name, start, n, numel if numel is not None else start + n, ws)
+        return keys.to(tuned.device), None
+    r = relative_change(tuned, base, out=ws.r(n, tuned.device), scratch=ws.get("den", n, device=tuned.device))
     if exclude_zero_base:
         r.masked_fill_(base == 0, 0.0)
     keys = r.view(torch.int32)
@@ -149,6 +186,7 @@ class Threshold:
     key: int
     ties: int
     top_sum: float = math.nan            # Σ r over the selected elements (top strategy, when sums were asked)
+    equal: int = -1                      # how many elements have key == ``key`` (-1: unknown)
 
     def value(self, strategy: str = "top") -> float:
         """The threshold as a relative change (NaN for random keys or an empty selection)."""
@@ -179,9 +217,9 @@ def radix_pass1(key_stream: Callable[[], Iterable[tuple[torch.Tensor, torch.Tens
     sums = torch.zeros(_HI, dtype=torch.float64) if with_sums else None
     for keys, r in key_stream():
         hi = keys >> 16
-        hist += torch.bincount(hi, minlength=_HI)
+        hist += torch.bincount(hi, minlength=_HI).cpu()
         if with_sums:
-            sums += torch.bincount(hi, weights=r.double(), minlength=_HI)
+            sums += torch.bincount(hi, weights=r.double(), minlength=_HI).cpu()
     return Pass1(hist, sums, int(hist.sum()))
 
 
@@ -193,17 +231,23 @@ def radix_thresholds(key_stream: Callable[[], Iterable[tuple[torch.Tensor, torch
         pass1 = radix_pass1(key_stream, with_sums)
     hi_cut = {c: _cut(pass1.hist, c) for c in counts if c > 0}
     prefixes = sorted({d for d, _ in hi_cut.values()})
-    lo_hist = {d: torch.zeros(_LO, dtype=torch.int64) for d in prefixes}
-    lo_sums = {d: torch.zeros(_LO, dtype=torch.float64) for d in prefixes} if with_sums else {}
+    hist2 = torch.zeros(len(prefixes) * _LO, dtype=torch.int64)
+    sums2 = torch.zeros(len(prefixes) * _LO, dtype=torch.float64) if with_sums else None
     if prefixes:
+        # one pass, one bincount per chunk for every k: slot_of maps a high digit to its prefix's slot (or -1)
+        slot_of = torch.full((_HI,), -1, dtype=torch.int32)
+        slot_of[torch.tensor(prefixes)] = torch.arange(len(prefixes), dtype=torch.int32)
         for keys, r in key_stream():
-            hi = keys >> 16
-            for d in prefixes:
-                m = hi == d
-                lo = keys[m] & 0xFFFF
-                lo_hist[d] += torch.bincount(lo, minlength=_LO)
-                if with_sums:
-                    lo_sums[d] += torch.bincount(lo, weights=r[m].double(), minlength=_LO)
+            keys = keys.cpu()
+            slot = slot_of.index_select(0, keys >> 16)
+            idx = (slot >= 0).nonzero().squeeze(1)          # the few elements in a threshold's bucket
+            bins = slot.index_select(0, idx).long() * _LO + (keys.index_select(0, idx) & 0xFFFF)
+            hist2 += torch.bincount(bins, minlength=hist2.numel())
+            if with_sums:
+                sums2 += torch.bincount(bins, weights=r.cpu().index_select(0, idx).double(), minlength=hist2.numel())
+    slot = {d: i for i, d in enumerate(prefixes)}
+    lo_hist = {d: hist2[i * _LO:(i + 1) * _LO] for d, i in slot.items()}
+    lo_sums = {d: sums2[i * _LO:(i + 1) * _LO] for d, i in slot.items()} if with_sums else {}
     out = []
     for c in counts:
         if c <= 0:                                    # nothing has a key above FLIP: selects nothing
@@ -212,7 +256,7 @@ def radix_thresholds(key_stream: Callable[[], Iterable[tuple[torch.Tensor, torch
         d_hi, need = hi_cut[c]
         d_lo, ties = _cut(lo_hist[d_hi], need)
         key = (d_hi << 16) | d_lo
-        th = Threshold(c, key, ties)
+        th = Threshold(c, key, ties, equal=int(lo_hist[d_hi][d_lo]))
         if with_sums:                                 # everything above the threshold, then the ties exactly
             value = torch.tensor([key], dtype=torch.int32).view(torch.float32).double().item()
             th.top_sum = (float(pass1.sums[d_hi + 1:].sum()) + float(lo_sums[d_hi][d_lo + 1:].sum())
@@ -224,11 +268,16 @@ def radix_thresholds(key_stream: Callable[[], Iterable[tuple[torch.Tensor, torch
 class _TieBreaker:
     """Turns keys into masks for one threshold, chunk after chunk in canonical order."""
 
-    def __init__(self, th: Threshold):
-        self.th, self.ties_left = th, th.ties
+    def __init__(self, th: Threshold, ws: "_Workspace | None" = None):
+        self.th, self.ties_left, self.ws = th, th.ties, ws
+        self.all_ties = th.ties > 0 and th.ties == th.equal      # every key == T is taken: no order to keep
 
     def mask(self, keys: torch.Tensor) -> torch.Tensor:
-        mask = keys > self.th.key
+        """The chunk's selection (with a workspace: in a reused buffer, valid until the next call)."""
+        out = self.ws.get("mask", keys.numel(), torch.bool, keys.device) if self.ws is not None else None
+        if self.all_ties:
+            return torch.ge(keys, self.th.key, out=out) if out is not None else keys >= self.th.key
+        mask = torch.gt(keys, self.th.key, out=out) if out is not None else keys > self.th.key
         if self.ties_left > 0:
             eq = (keys == self.th.key).nonzero().squeeze(1)
             take = eq[: self.ties_left]                # the first ones by flat index
@@ -301,7 +350,35 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_mask(packed: torch.Tensor, n: int) -> torch.Tensor:
-    return ((packed.unsqueeze(1) & _BITS) != 0).view(-1)[:n]
+    return ((packed.unsqueeze(1) & _BITS.to(packed.device)) != 0).view(-1)[:n]
+
+
+def _pack(mask: torch.Tensor):
+    """A mask's bits for undo: numpy's packbits on the CPU (fast), ``pack_mask`` elsewhere."""
+    return np.packbits(mask.numpy()) if mask.device.type == "cpu" else pack_mask(mask)
+
+
+def _unpack(packed, n: int) -> torch.Tensor:
+    if isinstance(packed, np.ndarray):
+        return torch.from_numpy(np.unpackbits(packed, count=n).view(np.bool_))
+    return unpack_mask(packed, n)
+
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _xor_swap(t: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, ws: "_Workspace") -> None:
+    """Exchange t and b where ``mask`` is set, bit for bit and without branches: x = (t ^ b) & m; t ^= x; b ^= x
+    (m = all ones where selected). Doing it twice is the identity, so undo is the same call."""
+    it = _INT_OF_SIZE[t.element_size()]
+    ti, bi = t.view(it), b.view(it)
+    n, dev = t.numel(), t.device
+    x = ws.get("x", n, it, dev)
+    m = ws.get("m", n, it, dev)
+    m.copy_(mask).neg_()                      # True -> -1 = all bits set
+    torch.bitwise_xor(ti, bi, out=x).bitwise_and_(m)
+    ti.bitwise_xor_(x)
+    bi.bitwise_xor_(x)
 
 
 # ============================================================================================= live model
@@ -380,13 +457,17 @@ class Restorer:
         for name in self.names:
             t = self.params[name].detach().reshape(-1)
             b = self._base(name).reshape(-1)
-            for start, stop in _chunks(t.numel()):
+            for start, stop in _pieces_of(t.numel()):
                 yield name, start, stop, t[start:stop], b[start:stop]
+
+    def _keys(self, strategy, seed, name, start, t, b, exclude_zero_base=False):
+        return chunk_keys(strategy, seed, name, start, t, b, self._ws, exclude_zero_base,
+                          numel=self.params[name].numel())
 
     def _key_stream(self, strategy: str, seed: int, exclude_zero_base: bool = False):
         def stream():
             for name, start, _, t, b in self._pieces():
-                yield chunk_keys(strategy, seed, name, start, t, b, self._ws, exclude_zero_base)
+                yield self._keys(strategy, seed, name, start, t, b, exclude_zero_base)
         return stream
 
     def zero_base_count(self) -> int:
@@ -450,32 +531,30 @@ class Restorer:
     def restore(self, k_percent: float, strategy: str = "top", seed: int = 0) -> Selection:
         """Set the selected k % of the region to the pre-trained values, in place (undoing any earlier one)."""
         th = self.thresholds([k_percent], strategy, seed)[0]
-        ties = _TieBreaker(th)
+        ties = _TieBreaker(th, self._ws)
         undo, per = [], dict.fromkeys(self.names, 0)
         for name, start, stop, t, b in self._pieces():
-            keys, _ = chunk_keys(strategy, seed, name, start, t, b, self._ws)
+            keys, _ = self._keys(strategy, seed, name, start, t, b)
             mask = ties.mask(keys)
-            idx = mask.nonzero().squeeze(1)
-            if not idx.numel():
+            taken = int(torch.count_nonzero(mask))
+            if not taken:
                 continue
-            per[name] += idx.numel()
-            undo.append((name, start, stop, pack_mask(mask), self._apply(name, start, stop, idx)))
+            per[name] += taken
+            undo.append((name, start, stop, _pack(mask), self._apply(name, start, stop, mask)))
             self._undo = undo                       # partial progress is undoable too
         self._undo = undo
         return Selection(k_percent, strategy, th.count, self.total, th.value(strategy), per)
 
-    def _apply(self, name, start, stop, idx) -> torch.Tensor | None:
-        """Write the base values at ``idx`` of one chunk; return what undo needs (None when swapped)."""
+    def _apply(self, name, start, stop, mask) -> torch.Tensor | None:
+        """Write the base values where ``mask`` is set in one piece; return what undo needs (None when swapped)."""
         t = self.params[name].data.view(-1)[start:stop]
         if self.swap:
-            b = self._base(name).view(-1)[start:stop]
-            tuned_vals = t.index_select(0, idx)
-            t.index_copy_(0, idx, b.index_select(0, idx))
-            b.index_copy_(0, idx, tuned_vals)
+            _xor_swap(t, self._base(name).view(-1)[start:stop], mask, self._ws)
             return None
         b = self._base(name).reshape(-1)[start:stop]
+        idx = mask.nonzero().squeeze(1)
         tuned_vals = t.index_select(0, idx)
-        t.index_copy_(0, idx, b.index_select(0, idx).to(device=t.device, dtype=t.dtype))
+        t.index_copy_(0, idx, b.index_select(0, idx.to(b.device)).to(device=t.device, dtype=t.dtype))
         return tuned_vals
 
     @torch.no_grad()
@@ -508,21 +587,19 @@ class Restorer:
         """Back to the fine-tuned weights (and, in swap mode, the base to the pre-trained ones), bit for bit."""
         for name, start, stop, packed, values in self._undo or []:
             t = self.params[name].data.view(-1)[start:stop]
-            idx = None if packed is None else unpack_mask(packed, stop - start).nonzero().squeeze(1)
+            mask = None if packed is None else _unpack(packed, stop - start).to(t.device)
             if self.swap:
                 b = self._base(name).view(-1)[start:stop]
-                if idx is None:
+                if mask is None:
                     tmp = t.clone()
                     t.copy_(b)
                     b.copy_(tmp)
                 else:
-                    vals = t.index_select(0, idx)
-                    t.index_copy_(0, idx, b.index_select(0, idx))
-                    b.index_copy_(0, idx, vals)
-            elif idx is None:
+                    _xor_swap(t, b, mask, self._ws)
+            elif mask is None:
                 t.copy_(values)
             else:
-                t.index_copy_(0, idx, values)
+                t.index_copy_(0, mask.nonzero().squeeze(1), values)
         self._undo = None
 
     @contextlib.contextmanager

@@ -70,6 +70,7 @@ def selected_now(model, ft, names):
 @pytest.mark.parametrize("swap", [True, False])
 def test_selection_equals_brute_force(ties, strategy, swap, monkeypatch):
     monkeypatch.setattr(rmod, "CHUNK", 150)             # larger tensors split: ties cross chunk borders
+    monkeypatch.setattr(rmod, "PIECE", 40)              # ... and pieces (40, 40, 40, 30 per chunk)
     tuned, base, names = pair(ties)
     base_before = {n: t.clone() for n, t in base.items()}
     restorer = Restorer(tuned, base, swap=swap)
@@ -123,6 +124,11 @@ def test_random_is_exact_and_reproducible(monkeypatch):
     assert int(g1.sum()) <= c1 and int((g1 | ~differs).sum()) >= c1
     other = Restorer(tuned, base)                               # a fresh object draws the same selection
     assert other.restore(25, "random", seed=3).per_tensor == per1
+    other.undo()
+    monkeypatch.setattr(rmod, "PIECE", 24)                      # ... also when it walks smaller pieces
+    small = Restorer(tuned, base)
+    with small.restored(25, "random", seed=3) as sel:
+        assert sel.per_tensor == per1 and torch.equal(selected_now(tuned, ft, names), g1)
     other.undo()
 
 
