@@ -12,7 +12,7 @@ temperature ``--temperature``, at most ``--max-new-tokens`` new tokens, stopping
 Both paths are warmed up first (a small call of each), then timed on the same prompts; the figure is
 generations/s = prompts x samples / wall time. Examples::
 
-    python benchmarks/bench_probe.py --prompts 32 --samples 10                           # CPU
+    python benchmarks/bench_probe.py --prompts 32 --samples 10 --batch-tokens 32768      # CPU: one batch
     python benchmarks/bench_probe.py --prompts 4096 --samples 10 --naive-batch 1024       # H100 (bf16 auto)
 """
 from __future__ import annotations

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("params", help="params/<name>.yaml")
     rn.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,03")
     rn.add_argument("--out", help="folder for executed notebooks and the store (default runs/<run_name>)")
+    rn.add_argument("--force", action="store_true",
+                    help="execute every notebook, also those whose inputs are unchanged since they last succeeded")
     rn.set_defaults(func=_cmd_run)
     return p
 

@@ -3,9 +3,16 @@
 Executed copies go to ``<out>/notebooks/``; the results store under ``<out>`` makes a rerun reuse every finished
 unit. For each notebook it prints the time, how many store units were computed and reused, and the artifacts
 written; a failing notebook stops the run with the notebook, the cell and the error named.
+
+A notebook whose inputs are unchanged since it last succeeded -- the notebook, the params file and papermill
+parameters, the ``sftnb`` package's files and the torch / transformers / peft versions -- and whose artifacts are
+still as it wrote them (size and mtime) is not executed again: a rerun of a finished job takes seconds, not a
+kernel start and a model load per notebook. ``--force`` executes every notebook anyway (e.g. after changing a
+data file that a params file points to, which is not part of the fingerprint).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -13,6 +20,9 @@ from pathlib import Path
 
 from .config import load_config, project_root
 from .errors import SftnbError
+from .store import atomic_write_json
+
+PACKAGE = Path(__file__).resolve().parent
 
 
 def notebooks(root: Path, only: str | None = None) -> list[Path]:
@@ -44,6 +54,41 @@ def _log_events(log: Path, since: float) -> tuple[int, int]:
     return computed, reused
 
 
+def fingerprint(nb: Path, params: Path, parameters: dict) -> str:
+    """What a notebook's outputs depend on, besides the results store (which keys its own units)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    h = hashlib.sha256()
+    files = [nb, params, *sorted(p for p in PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts)]
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for dist in ("torch", "transformers", "peft"):
+        try:
+            h.update(f"{dist}=={version(dist)}".encode())
+        except PackageNotFoundError:
+            pass
+    h.update(json.dumps(parameters, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def up_to_date(record: Path, target: Path, figures: Path, fp: str) -> list[str] | None:
+    """The artifacts of a notebook's last successful execution when nothing it depends on changed, else None."""
+    try:
+        done = json.loads(record.read_text(encoding="utf-8"))
+        if done["fingerprint"] != fp or not target.is_file():
+            return None
+        if any(_stamp(figures / name) != stamp for name, stamp in done["artifacts"].items()):
+            return None
+        return sorted(done["artifacts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run_cli(args) -> int:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -66,6 +111,14 @@ def run_cli(args) -> int:
         parameters = {"params_file": str(params)}
         if run_override:
             parameters["run"] = run_override
+        record = executed / f"{nb.stem}.done.json"
+        fp = fingerprint(nb, params, parameters)
+        kept = None if getattr(args, "force", False) else up_to_date(record, target, figures, fp)
+        if kept is not None:
+            print(f"  {nb.stem:<18} up to date (notebook, params, package unchanged; --force executes it)"
+                  f"   -> {len(kept)} file(s) kept")
+            continue
+        record.unlink(missing_ok=True)
         since, t0 = time.time(), time.perf_counter()
         before = {p: p.stat().st_mtime for p in figures.glob("*")} if figures.is_dir() else {}
         try:
@@ -84,6 +137,8 @@ def run_cli(args) -> int:
         computed, reused = _log_events(out / "units.log.jsonl", since)
         written = sorted(p.name for p in figures.glob("*")
                          if p.is_file() and before.get(p) != p.stat().st_mtime)
+        atomic_write_json(record, {"fingerprint": fp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                   "artifacts": {name: _stamp(figures / name) for name in written}})
         print(f"  {nb.stem:<18} {time.perf_counter() - t0:7.1f} s   units computed {computed:3d}, reused {reused:3d}"
               f"   -> {len(written)} file(s): {', '.join(written) if written else '(all up to date)'}")
     print(f"done in {time.perf_counter() - total:.1f} s; executed notebooks in {executed}; artifacts in {figures}")
