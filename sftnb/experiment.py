@@ -163,10 +163,7 @@ class Experiment:
                                        "sampling", self.cfg.run.batch_tokens, self.progress, "agreement",
                                        dtype=str(self.infer_dtype))
         conf, rho, exact = mastery.agreement(self.probes(mc)["train"], sampled)
-        summary = pd.DataFrame({"value": [f"{len(sampled)}", f"{rho:.3f}", f"{exact:.1%}"]},
-                               index=pd.Index(["facts", "Spearman rho of R", "same category"], name="agreement"))
-        return {"confusion": conf, "summary": summary, "spearman_rho": rho, "same_category": exact,
-                "facts": len(sampled)}
+        return {"confusion": conf, "spearman_rho": rho, "same_category": exact, "facts": len(sampled)}
 
     def _infer_model(self, mc):
         model, _ = self.base(mc)

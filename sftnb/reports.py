@@ -54,6 +54,13 @@ def mean_std(values) -> str:
     return f"{s.mean():.2f}" if len(s) == 1 else f"{s.mean():.2f} ± {s.std(ddof=0):.2f}"
 
 
+def agreement_summary(agreement: dict) -> pd.DataFrame:
+    """``Experiment.probe_agreement``'s numbers as a small table (facts, Spearman's rho of R, same category)."""
+    return pd.DataFrame({"value": [f"{agreement['facts']}", f"{agreement['spearman_rho']:.3f}",
+                                   f"{agreement['same_category']:.1%}"]},
+                        index=pd.Index(["facts", "Spearman rho of R", "same category"], name="agreement"))
+
+
 def artifacts(folder: Path) -> pd.DataFrame:
     """What a run wrote: one row per file."""
     folder = Path(folder)

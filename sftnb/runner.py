@@ -54,21 +54,31 @@ def _log_events(log: Path, since: float) -> tuple[int, int]:
     return computed, reused
 
 
-def fingerprint(nb: Path, params: Path, parameters: dict) -> str:
-    """What a notebook's outputs depend on, besides the results store (which keys its own units)."""
-    from importlib.metadata import PackageNotFoundError, version
-
+def _digest(files) -> str:
     h = hashlib.sha256()
-    files = [nb, params, *sorted(p for p in PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts)]
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def code_digest() -> str:
+    """The ``sftnb`` package's files and the torch / transformers / peft versions (once per run)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = []
     for dist in ("torch", "transformers", "peft"):
         try:
-            h.update(f"{dist}=={version(dist)}".encode())
+            versions.append(f"{dist}=={version(dist)}")
         except PackageNotFoundError:
             pass
-    h.update(json.dumps(parameters, sort_keys=True).encode())
-    return h.hexdigest()
+    files = sorted(p for p in PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return _digest(files) + ";" + ",".join(versions)
+
+
+def fingerprint(nb: Path, params: Path, parameters: dict, code: str) -> str:
+    """What a notebook's outputs depend on, besides the results store (which keys its own units)."""
+    return hashlib.sha256(f"{_digest([nb, params])};{code};{json.dumps(parameters, sort_keys=True)}".encode()
+                          ).hexdigest()
 
 
 def _stamp(path: Path) -> list[int]:
@@ -104,6 +114,7 @@ def run_cli(args) -> int:
     executed = out / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
     print(f"sftnb run {cfg.run_name}: {len(todo)} notebook(s); store {out}; figures {figures}")
+    code = code_digest()
     total = time.perf_counter()
     for nb in todo:
         target = executed / nb.name
@@ -112,8 +123,8 @@ def run_cli(args) -> int:
         if run_override:
             parameters["run"] = run_override
         record = executed / f"{nb.stem}.done.json"
-        fp = fingerprint(nb, params, parameters)
-        kept = None if getattr(args, "force", False) else up_to_date(record, target, figures, fp)
+        fp = fingerprint(nb, params, parameters, code)
+        kept = None if args.force else up_to_date(record, target, figures, fp)
         if kept is not None:
             print(f"  {nb.stem:<18} up to date (notebook, params, package unchanged; --force executes it)"
                   f"   -> {len(kept)} file(s) kept")

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import sftnb.experiment as experiment
+from sftnb import reports
 from sftnb.config import load_config
 from sftnb.experiment import Experiment
 
@@ -109,6 +110,8 @@ def test_probe_agreement_compares_the_estimator_with_sampling(tmp_path):
     exp = Experiment(cfg)
     agr = exp.probe_agreement()
     assert agr["facts"] == 4 and int(agr["confusion"].to_numpy().sum()) == 4
-    assert list(agr["summary"].index) == ["facts", "Spearman rho of R", "same category"]
+    summary = reports.agreement_summary(agr)
+    assert list(summary.index) == ["facts", "Spearman rho of R", "same category"]
+    assert summary.loc["facts", "value"] == "4"
     assert 0 <= agr["same_category"] <= 1
     assert Experiment(smoke_config(tmp_path)).probe_agreement() is None       # sampling: nothing to compare

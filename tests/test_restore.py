@@ -300,3 +300,12 @@ def test_cli_refuses_existing_out_and_mismatched_models(model_pair, tmp_path, ca
 def shutil_copy(src, dst):
     import shutil
     shutil.copytree(src, dst)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 13, 1000])
+def test_pack_mask_is_lsb_first_and_round_trips(n):
+    mask = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.4
+    packed = rmod.pack_mask(mask)
+    padded = torch.nn.functional.pad(mask.to(torch.int64), (0, (-n) % 8)).view(-1, 8)
+    assert torch.equal(packed.long(), (padded << torch.arange(8)).sum(1))      # bit i of byte j = element 8j + i
+    assert torch.equal(rmod.unpack_mask(packed, n), mask)
