@@ -114,7 +114,7 @@ def load_pair(args):
 def run_naive(model, base, ks):
     import torch
 
-    from sftnb.restore import region_names, relative_change
+    from sftnb.select import region_names, relative_change
     params = dict(model.named_parameters())
     names = region_names(params, "transformer")
     counts = []

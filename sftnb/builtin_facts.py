@@ -23,7 +23,7 @@ import hashlib
 from collections import defaultdict
 from functools import lru_cache
 
-from .data import Fact, FactSet
+from .facts import Fact, FactSet
 from .relations import builtin_relations
 
 CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",

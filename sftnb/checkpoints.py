@@ -1,8 +1,8 @@
 """Checkpoints on disk, tensor by tensor: safetensors folders in, atomically published shards out.
 
 ``restore_checkpoints`` is ``sftnb restore``. Pass 1 and 2 stream both checkpoints to find every k's threshold
-(``sftnb.restore.radix_pass1`` / ``radix_thresholds``); pass 3 reads each tensor once more and writes it into
-every k's output at the same time. At most one chunk (``sftnb.restore.CHUNK`` elements) of a tensor pair is in
+(``sftnb.select.radix_pass1`` / ``radix_thresholds``); pass 3 reads each tensor once more and writes it into
+every k's output at the same time. At most one chunk (``sftnb.select.CHUNK`` elements) of a tensor pair is in
 memory, so a pair larger than RAM works.
 
 Reading: the safetensors header is parsed here and tensors are read with positioned reads (``readinto``) into
@@ -10,18 +10,15 @@ fresh tensors. We deliberately do not keep ``safe_open`` memory maps open: every
 was touched counts in the process's resident set, so a streamed 8 GB pair would show 8 GB of RSS.
 Writing: the shard layout (names, dtypes, shapes, offsets) is known before any data is read, so each shard's
 header is written first and tensor bytes are appended as they are produced: no shard is held in memory.
-Everything goes to a hidden temporary folder next to ``--out`` that is renamed into place at the end; the
-input folders are never written to.
+Everything goes to a hidden temporary folder next to ``--out`` that is renamed into place at the end
+(``sftnb.atomic.atomic_folder``); the input folders are never written to.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import struct
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -29,10 +26,10 @@ from typing import Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import atomic_folder, atomic_write_json, atomic_write_text
 from .errors import SftnbError
-from .restore import (CHUNK, Selection, _TieBreaker, _Workspace, _chunks, check_strategy, chunk_keys,
-                      distribution, percent_counts, radix_pass1, radix_thresholds, region_names)
-from .store import atomic_write_json, atomic_write_text
+from .select import (CHUNK, Selection, TieBreaker, Workspace, check_strategy, chunk_keys, chunks, distribution,
+                     percent_counts, radix_pass1, radix_thresholds, region_names)
 
 INDEX = "model.safetensors.index.json"
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -292,10 +289,21 @@ def _check_out(out: Path, inputs: Iterable[Path], overwrite: bool) -> None:
         raise SftnbError(f"--out {out} exists and is not a folder")
 
 
+@dataclass(frozen=True)
+class RestoredK:
+    """What ``restore_checkpoints`` wrote for one k."""
+    k_percent: float
+    count: int                  # elements restored
+    total: int                  # elements in the region
+    threshold: float            # the relative change at the cut (NaN for "random")
+    folder: Path
+
+
 def restore_checkpoints(base: str | Path, tuned: str | Path, k: str | Sequence[float], out: str | Path,
                         strategy: str = "top", region: str = "transformer", seed: int = 0,
-                        shard_size: str = "2GB", overwrite: bool = False, progress: bool = True) -> int:
-    """Write the restored model(s) of a checkpoint pair; see the module docstring. Returns 0."""
+                        shard_size: str = "2GB", overwrite: bool = False, progress: bool = True) -> list[RestoredK]:
+    """Write the restored model(s) of a checkpoint pair (one Hugging Face folder per k under ``out``, or ``out``
+    itself for a single k); see the module docstring."""
     ks = parse_ks(k)
     check_strategy(strategy)
     budget = parse_size(shard_size)
@@ -308,12 +316,11 @@ def restore_checkpoints(base: str | Path, tuned: str | Path, k: str | Sequence[f
         raise SftnbError(f"region {region!r} holds no tensor of {tuned_ck.folder}")
     total = sum(tuned_ck.numel(n) for n in names)
     counts = percent_counts(total, ks)
-    t0 = time.perf_counter()
-    ws = _Workspace()
+    ws = Workspace()
 
     def pieces(desc):
         for name in tqdm(names, desc=desc, leave=False, disable=not progress):
-            for start, stop in _chunks(tuned_ck.numel(name)):
+            for start, stop in chunks(tuned_ck.numel(name)):
                 yield name, start, tuned_ck.read(name, start, stop), base_ck.read(name, start, stop)
 
     def key_stream(desc):
@@ -322,45 +329,37 @@ def restore_checkpoints(base: str | Path, tuned: str | Path, k: str | Sequence[f
     pass1 = radix_pass1(key_stream("pass 1/3 (histogram)"))
     ths = radix_thresholds(key_stream("pass 2/3 (thresholds)"), counts, pass1)
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
     try:
-        folders = [tmp if len(ks) == 1 else tmp / _k_name(kp) for kp in ks]
-        layout = [(n, tuned_ck.meta[n].dtype, tuned_ck.meta[n].shape, tuned_ck.nbytes(n)) for n in tuned_ck.names]
-        writers = []
-        for folder in folders:
-            folder.mkdir(exist_ok=True)
-            writers.append(ShardWriter(folder, layout, budget))
-        per = _write_all(base_ck, tuned_ck, set(names), ths, writers, strategy, seed, ws, progress)
-        summary = []
-        for kp, th, folder, counts_k, w in zip(ks, ths, folders, per, writers):
-            w.close()
-            copy_side_files(tuned_ck.folder, folder)
-            sel = Selection(kp, strategy, th.count, total, th.value(strategy), {n: counts_k[n] for n in names})
-            per_layer, per_module = distribution(sel)
-            stats = sel.to_dict() | {"region": region, "seed": seed, "base": str(base_ck.folder),
-                                     "tuned": str(tuned_ck.folder), "tie_order": "sorted tensor name, flat index",
-                                     "per_layer": per_layer.to_dict(orient="list"),
-                                     "per_module": per_module.to_dict(orient="list")}
-            atomic_write_json(folder / "restore_stats.json", stats)
-            atomic_write_text(folder / "restore_stats.csv", "tensor,numel,restored\n" + "".join(
-                f"{n},{tuned_ck.numel(n)},{counts_k[n]}\n" for n in names))
-            summary.append((kp, th.count, sel.threshold, out / folder.relative_to(tmp)))
-        if len(ks) > 1:
-            atomic_write_text(tmp / "restore_stats.csv", "k_percent,count,total,threshold,folder\n" + "".join(
-                f"{kp:g},{c},{total},{thr!r},{p.name}\n" for kp, c, thr, p in summary))
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(out, if_exists="replace") as tmp:
+            folders = [tmp if len(ks) == 1 else tmp / _k_name(kp) for kp in ks]
+            layout = [(n, tuned_ck.meta[n].dtype, tuned_ck.meta[n].shape, tuned_ck.nbytes(n))
+                      for n in tuned_ck.names]
+            writers = []
+            for folder in folders:
+                folder.mkdir(exist_ok=True)
+                writers.append(ShardWriter(folder, layout, budget))
+            per = _write_all(base_ck, tuned_ck, set(names), ths, writers, strategy, seed, ws, progress)
+            summary = []
+            for kp, th, folder, counts_k, w in zip(ks, ths, folders, per, writers):
+                w.close()
+                copy_side_files(tuned_ck.folder, folder)
+                sel = Selection(kp, strategy, th.count, total, th.value(strategy), {n: counts_k[n] for n in names})
+                per_layer, per_module = distribution(sel)
+                stats = sel.to_dict() | {"region": region, "seed": seed, "base": str(base_ck.folder),
+                                         "tuned": str(tuned_ck.folder), "tie_order": "sorted tensor name, flat index",
+                                         "per_layer": per_layer.to_dict(orient="list"),
+                                         "per_module": per_module.to_dict(orient="list")}
+                atomic_write_json(folder / "restore_stats.json", stats)
+                atomic_write_text(folder / "restore_stats.csv", "tensor,numel,restored\n" + "".join(
+                    f"{n},{tuned_ck.numel(n)},{counts_k[n]}\n" for n in names))
+                summary.append(RestoredK(kp, th.count, total, sel.threshold, out / folder.relative_to(tmp)))
+            if len(ks) > 1:
+                atomic_write_text(tmp / "restore_stats.csv", "k_percent,count,total,threshold,folder\n" + "".join(
+                    f"{r.k_percent:g},{r.count},{total},{r.threshold!r},{r.folder.name}\n" for r in summary))
     finally:
         base_ck.close()
         tuned_ck.close()
-    for kp, c, thr, path in summary:
-        print(f"k={kp:g}%: restored {c:,} of {total:,} {region} parameters ({strategy}"
-              f"{'' if strategy == 'random' else f'; threshold r={thr:.6g}'}) -> {path}")
-    print(f"done in {time.perf_counter() - t0:.1f} s")
-    return 0
+    return summary
 
 
 def _k_name(k: float) -> str:
@@ -370,10 +369,10 @@ def _k_name(k: float) -> str:
 def _write_all(base_ck, tuned_ck, region: set[str], ths, writers, strategy, seed, ws, progress):
     """Pass 3: every tensor once, into every k's output. Region chunks come in canonical (sorted) order, the
     order the tie-breakers expect, because the layout itself is sorted."""
-    tie = [_TieBreaker(th) for th in ths]
+    tie = [TieBreaker(th) for th in ths]
     per = [dict.fromkeys(region, 0) for _ in ths]
     for name in tqdm(tuned_ck.names, desc="pass 3/3 (write)", leave=False, disable=not progress):
-        for start, stop in _chunks(tuned_ck.numel(name)):
+        for start, stop in chunks(tuned_ck.numel(name)):
             t = tuned_ck.read(name, start, stop)
             if name not in region:
                 for w in writers:
@@ -388,16 +387,5 @@ def _write_all(base_ck, tuned_ck, region: set[str], ths, writers, strategy, seed
     return per
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by ``tmp`` with renames (the old output is removed only once the new one is in place)."""
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.rename(out, trash)
-        os.rename(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
-
-
 __all__ = ["Checkpoint", "TensorInfo", "ShardWriter", "check_pair", "copy_side_files", "parse_ks", "parse_size",
-           "read_header", "restore_checkpoints", "CHUNK"]
+           "read_header", "restore_checkpoints", "RestoredK", "CHUNK"]

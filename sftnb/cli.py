@@ -5,14 +5,30 @@
     sftnb restore --base DIR --tuned DIR --k 20[,40,...] --out DIR [--strategy top|bottom|random] [--region R]
     sftnb run     params/<name>.yaml [--only 01,03] [--out runs/<name>]
 
+This module is the only one that parses arguments, prints and picks exit codes; the science modules return
+values. Defaults and choices come from the params schema (``sftnb.config``) and the modules' constants, so the
+command line and a params file can never disagree.
 A bad input (path, file, parameter) prints one line ``sftnb: error: ...`` and exits with status 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import typing
 
+from .config import ProbeConfig, RestoreConfig, RunOptions
 from .errors import SftnbError
+from .models import DTYPE_CHOICES
+from .select import REGIONS, STRATEGIES
+
+
+def _default(section, name: str):
+    """A schema field's default: the one source of every default the command line shares with params files."""
+    return section.model_fields[name].default
+
+
+def _choices(section, name: str) -> tuple:
+    return typing.get_args(section.model_fields[name].annotation)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,13 +55,79 @@ def _cmd_data_summary(args) -> int:
 
 
 def _cmd_probe(args) -> int:
-    from .mastery import probe_cli
-    return probe_cli(args)
+    """Probe any facts file or data source, one JSON line per fact. Resumable: facts are probed in chunks of
+    ``--chunk-facts``, each saved as a store unit in a hidden folder beside ``--out`` (``.<out name>.units/``) the
+    moment it finishes; rerunning the same command after an interruption reuses every finished chunk. The folder
+    is removed once ``--out`` is written."""
+    import shutil
+    from pathlib import Path
+
+    from .atomic import atomic_write_text
+    from .data import facts_from_spec
+    from .mastery import CATEGORIES, probe_stored
+    from .models import load_model, model_fingerprint
+    from .relations import all_relations
+    from .store import Store
+
+    for name in ("templates", "samples", "max_new_tokens", "batch_tokens", "chunk_facts"):
+        if getattr(args, name) < 1:
+            raise SftnbError(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.temperature > 0:
+        raise SftnbError("--temperature must be positive")
+    facts = facts_from_spec(args.facts)
+    if args.limit is not None:
+        facts = facts[:args.limit]
+    if not facts:
+        raise SftnbError(f"{args.facts}: no facts to probe")
+    out = Path(args.out)
+    if out.is_dir():
+        raise SftnbError(f"--out {out} is a folder; give a .jsonl file path")
+    if not out.parent.exists():
+        raise SftnbError(f"--out folder does not exist: {out.parent}")
+    relations = all_relations()
+    missing = sorted({f.relation for f in facts} - set(relations))
+    if missing:
+        raise SftnbError(f"{args.facts}: unknown relation(s) {', '.join(missing)}")
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
+    cfg = ProbeConfig(method=args.method, n_templates=args.templates, n_samples=args.samples,
+                      temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                      chunk_facts=args.chunk_facts)
+    work = out.parent / f".{out.name}.units"
+    store = Store(work)
+    done_before = sum(1 for _ in work.glob("probe/*/result.json"))
+    if done_before:
+        print(f"resuming: {done_before} finished chunk(s) of an earlier run in {work}")
+    df = probe_stored(store, model, tok, model_fingerprint(args.model), facts, relations, cfg,
+                      batch_tokens=args.batch_tokens, label="cli", dtype=str(next(model.parameters()).dtype))
+    lines = df[["relation", "subject", "answers", "split", "domain", "R", "category",
+                "template_rates"]].to_json(orient="records", lines=True, force_ascii=False)
+    atomic_write_text(out, lines)
+    shutil.rmtree(work, ignore_errors=True)
+    counts = df["category"].value_counts().reindex(CATEGORIES, fill_value=0).tolist()
+    print(f"probed {len(df)} facts ({cfg.method}, {cfg.n_templates} templates x {cfg.n_samples} samples) "
+          f"-> {out}; facts per category 0-4: {counts}")
+    return 0
 
 
 def _cmd_restore(args) -> int:
-    from .restore import restore_cli
-    return restore_cli(args)
+    """The streaming path over checkpoints on disk (``sftnb.checkpoints``)."""
+    import time
+
+    from .checkpoints import restore_checkpoints
+    from .models import EMBEDDED, model_folder
+
+    t0 = time.perf_counter()
+    # the embedded default by name: its cached safetensors folder (converted from the GGUF on first use)
+    base, tuned = (model_folder(x) if x == EMBEDDED else x for x in (args.base, args.tuned))
+    written = restore_checkpoints(base=base, tuned=tuned, k=args.k, out=args.out, strategy=args.strategy,
+                                  region=args.region, seed=args.seed, shard_size=args.shard_size,
+                                  overwrite=args.overwrite)
+    for r in written:
+        cut = "" if args.strategy == "random" else f"; threshold r={r.threshold:.6g}"
+        print(f"k={r.k_percent:g}%: restored {r.count:,} of {r.total:,} {args.region} parameters "
+              f"({args.strategy}{cut}) -> {r.folder}")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 def _cmd_run(args) -> int:
@@ -69,18 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--facts", required=True,
                     help="JSONL facts file, or builtin[:split] / entityquestions:PATH[:split]")
     pr.add_argument("--out", required=True, help="output JSONL (one line per fact)")
-    pr.add_argument("--templates", type=int, default=21, help="mapping templates per fact (N_map)")
-    pr.add_argument("--samples", type=int, default=10, help="samples per template (N_sample)")
-    pr.add_argument("--temperature", type=float, default=0.7)
-    pr.add_argument("--max-new-tokens", type=int, default=32)
-    pr.add_argument("--method", choices=["sampling", "likelihood"], default="sampling")
+    pr.add_argument("--templates", type=int, default=_default(ProbeConfig, "n_templates"),
+                    help="mapping templates per fact (N_map)")
+    pr.add_argument("--samples", type=int, default=_default(ProbeConfig, "n_samples"),
+                    help="samples per template (N_sample)")
+    pr.add_argument("--temperature", type=float, default=_default(ProbeConfig, "temperature"))
+    pr.add_argument("--max-new-tokens", type=int, default=_default(ProbeConfig, "max_new_tokens"))
+    pr.add_argument("--method", choices=_choices(ProbeConfig, "method"), default=_default(ProbeConfig, "method"))
     pr.add_argument("--limit", type=int, default=None, help="probe only the first N facts")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--dtype", default="auto", choices=["auto", "fastest", "float32", "bfloat16", "float16"],
+    pr.add_argument("--seed", type=int, default=_default(ProbeConfig, "seed"))
+    pr.add_argument("--device", default=_default(RunOptions, "device"))
+    pr.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                     help="auto: bf16 on GPU, fp32 on CPU; fastest: also bf16 on a CPU with native bf16 (AMX ...)")
-    pr.add_argument("--batch-tokens", type=int, default=16384, help="tokens per generation batch (GPU: 2**19)")
-    pr.add_argument("--chunk-facts", type=int, default=1024,
+    pr.add_argument("--batch-tokens", type=int, default=_default(RunOptions, "batch_tokens"),
+                    help="tokens per generation batch (GPU: 2**19)")
+    pr.add_argument("--chunk-facts", type=int, default=_default(ProbeConfig, "chunk_facts"),
                     help="facts per saved chunk: an interrupted probe resumes at the first unfinished chunk")
     pr.set_defaults(func=_cmd_probe)
 
@@ -89,9 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--tuned", required=True, help="fine-tuned model folder (safetensors)")
     rs.add_argument("--k", required=True, help="percent(s) of the region to restore, e.g. 20 or 1,5,20")
     rs.add_argument("--out", required=True, help="output folder (one sub-folder per k when several)")
-    rs.add_argument("--strategy", choices=["top", "bottom", "random"], default="top")
-    rs.add_argument("--region", choices=["transformer", "mlp", "attention", "embedding", "all"],
-                    default="transformer")
+    rs.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0])
+    rs.add_argument("--region", choices=REGIONS, default=_default(RestoreConfig, "region"))
     rs.add_argument("--seed", type=int, default=0, help="for --strategy random")
     rs.add_argument("--shard-size", default="2GB", help="output shard budget, e.g. 500MB, 2GB")
     rs.add_argument("--overwrite", action="store_true", help="replace an existing --out")

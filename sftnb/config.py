@@ -50,6 +50,9 @@ class ModelConfig(_Section):
     path: str                                  # "smollm2-135m", "tiny-random" or a local Hugging Face folder
     instruct_path: Optional[str] = None        # the matching instruct model, Table 7's first column
     quantization: Optional[Literal["4bit", "8bit"]] = None   # bitsandbytes, CUDA only (probe/eval)
+    # what every prompt starts with: "auto" = the tokenizer's own convention (LLaMA: its BOS; SmolLM2: nothing),
+    # "none", or a token of the vocabulary ("<|endoftext|>"); see sftnb.models.set_prompt_start
+    prompt_start: str = "auto"
 
 
 class ProbeConfig(_Section):
@@ -88,6 +91,12 @@ class SFTConfig(_Section):
 
 
 Scale = Union[int, Literal["all"]]
+
+
+def scale_order(values) -> list[Scale]:
+    """Scales sorted the paper's way: numbers ascending, "all" last (accepts ints or their strings)."""
+    vals = {v if v == "all" else int(v) for v in values}
+    return sorted(vals, key=lambda v: (v == "all", 0 if v == "all" else v))
 
 
 class GridConfig(_Section):

@@ -1,7 +1,6 @@
-"""Closed-book QA facts: typed records and the loaders that make them (paper §3.1).
+"""Closed-book QA facts: the loaders (paper §3.1). Their records, ``Fact`` and ``FactSet``, are in ``sftnb.facts``.
 
-A fact is a (subject, relation, answers) triple with the question that asks for it, the split it comes
-from and its domain. Sources:
+Sources:
 
 * ``entityquestions``: the official EntityQuestions layout ``{train,dev,test}/P<id>.<split>.json`` (or
   ``.jsonl``) at any path. The subject is recovered from each question through its relation's question
@@ -19,62 +18,14 @@ import json
 import random
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import pandas as pd
 
 from .errors import SftnbError
-from .relations import Relation, all_relations, relations_for
-
-SPLITS = ("train", "dev", "test")
-
-
-@dataclass(frozen=True)
-class Fact:
-    relation: str
-    subject: str
-    answers: tuple[str, ...]
-    split: str            # "train" | "dev" | "test"
-    domain: str           # "in" | "out"
-    question: str
-
-    @property
-    def key(self) -> str:
-        """Stable identity of a fact within a data source (used to key probe results)."""
-        return f"{self.relation}\t{self.subject}\t{self.split}"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["answers"] = list(self.answers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Fact":
-        return cls(d["relation"], d["subject"], tuple(d["answers"]), d["split"], d["domain"], d["question"])
-
-
-@dataclass
-class FactSet:
-    """Facts of one source plus the bookkeeping a loader must report."""
-    facts: list[Fact]
-    source: str
-    relations: dict[str, Relation]
-    unmatched: Counter = field(default_factory=Counter)   # (relation, split) -> questions that did not fit
-    unmatched_examples: list[str] = field(default_factory=list)
-
-    def frame(self) -> pd.DataFrame:
-        return facts_frame(self.facts)
-
-    def select(self, split: str, domain: str) -> list[Fact]:
-        return [f for f in self.facts if f.split == split and f.domain == domain]
-
-
-def facts_frame(facts: Iterable[Fact]) -> pd.DataFrame:
-    cols = ["relation", "subject", "answers", "split", "domain", "question"]
-    return pd.DataFrame([f.to_dict() for f in facts], columns=cols)
-
+from .facts import SPLITS, Fact, FactSet
+from .relations import all_relations, relations_for
 
 # --------------------------------------------------------------------------------------------- loaders
 def _read_records(path: Path) -> list[dict]:
@@ -181,6 +132,25 @@ def load_facts_file(path: str | Path, default_split: str = "test") -> FactSet:
     if not facts:
         raise SftnbError(f"{fp}: no facts in file")
     return FactSet(facts, "file", {r: rels[r] for r in {f.relation for f in facts}})
+
+
+def facts_from_spec(spec: str) -> list[Fact]:
+    """The command line's facts argument: ``builtin[:split]``, ``entityquestions:PATH[:split]`` or a JSONL facts
+    file."""
+    if spec == "builtin" or spec.startswith("builtin:"):
+        split = spec.split(":", 1)[1] if ":" in spec else None
+        fs = load_source("builtin")
+    elif spec.startswith("entityquestions:"):
+        rest = spec.split(":", 1)[1]
+        path, split = rest, None
+        if rest.rsplit(":", 1)[-1] in SPLITS:
+            path, split = rest.rsplit(":", 1)
+        fs = load_source("entityquestions", path)
+    else:
+        fs, split = load_facts_file(spec), None
+    if split and split not in SPLITS:
+        raise SftnbError(f"unknown split {split!r} (train, dev or test)")
+    return [f for f in fs.facts if not split or f.split == split]
 
 
 def load_source(source: str, path: str | Path | None = None) -> FactSet:

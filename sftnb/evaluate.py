@@ -12,9 +12,10 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .data import Fact
+from .facts import Fact
 from .generation import decode, generate
 from .matching import answer_in_text
+from .models import encode_prompt, stop_token_ids
 from .sft import prompt_ids
 
 
@@ -33,22 +34,26 @@ def inference_copy(model, dtype: torch.dtype | None):
         del twin
 
 
-def answer_questions(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 16,
-                     batch_tokens: int = 16384, progress: bool = True, desc: str = "eval") -> list[str]:
-    prompts = [prompt_ids(tokenizer, q) for q in questions]
+def _greedy_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_tokens: int,
+                  progress: bool, desc: str) -> list[str]:
     outs = generate(model, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                    eos_token_ids=_eos_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                    eos_token_ids=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
                     batch_tokens=batch_tokens, progress=progress, desc=desc)
     return [texts[0] for texts in decode(tokenizer, outs)]
 
 
-def _eos_ids(tokenizer) -> tuple[int, ...]:
-    ids = {tokenizer.eos_token_id}
-    for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"):
-        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
-        if tid is not None:
-            ids.add(tid)
-    return tuple(sorted(i for i in ids if i is not None))
+def answer_questions(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 16,
+                     batch_tokens: int = 16384, progress: bool = True, desc: str = "eval") -> list[str]:
+    """Greedy answers to questions in the SFT format (``<|question|> ... <|answer|>``)."""
+    return _greedy_texts(model, tokenizer, [prompt_ids(tokenizer, q) for q in questions], max_new_tokens,
+                         batch_tokens, progress, desc)
+
+
+def complete(model, tokenizer, texts: Sequence[str], max_new_tokens: int = 16, batch_tokens: int = 16384,
+             progress: bool = True, desc: str = "complete") -> list[str]:
+    """Greedy completions of raw texts (the §4.1 selection completes mapping templates, not questions)."""
+    return _greedy_texts(model, tokenizer, [encode_prompt(tokenizer, t) for t in texts], max_new_tokens,
+                         batch_tokens, progress, desc)
 
 
 def score(facts: Sequence[Fact], outputs: Sequence[str]) -> list[bool]:

@@ -3,10 +3,15 @@
 Notebooks build an ``Experiment`` from their parameters cell and ask it for what they show; everything that
 takes time is computed once, stored under ``runs/<run-name>/`` keyed by what determines it, and reused by every
 later notebook and rerun.
+
+Who owns a model: ``Experiment`` keeps, per model, its tokenizer and its pre-trained weights on the CPU (one
+read-only copy, ``pretrained_state``). Whoever needs a model to work on asks ``pretrained(mc)`` or
+``finetune(key, mc)`` and gets a fresh one of its own: nothing the experiment does later changes it, and nothing
+the caller does to it changes what anyone else holds.
 """
 from __future__ import annotations
 
-import gc
+import copy
 import random
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,11 +22,12 @@ import pandas as pd
 import torch
 
 from . import mastery
-from .config import ExperimentConfig, ModelConfig, Scale
-from .data import Fact, load_source, paper_splits
+from .config import ExperimentConfig, ModelConfig, Scale, scale_order
+from .data import load_source, paper_splits
 from .errors import SftnbError
 from .evaluate import evaluate_sets, inference_copy, mean_accuracy
-from .models import load_model, model_fingerprint, resolve_device, resolve_dtype
+from .facts import Fact
+from .models import load_model, load_tokenizer, model_fingerprint, resolve_device, resolve_dtype
 from .sft import resolve_precision, train, train_lora
 from .store import Store
 
@@ -77,7 +83,8 @@ class Experiment:
         self.train_dtype = torch.float32 if cfg.run.dtype == "auto" else resolve_dtype(cfg.run.dtype, self.device)
         self.infer_dtype = resolve_dtype(cfg.run.inference_dtype, self.device)
         self.progress = cfg.run.progress
-        self._loaded: tuple[str, object, object, dict] | None = None   # (model name, model, tokenizer, base state)
+        self._tokenizers: dict[str, object] = {}
+        self._templates: dict[str, torch.nn.Module] = {}       # pre-trained model on the CPU, never handed out
         self._probes: dict[tuple[str, str], dict[str, pd.DataFrame]] = {}
 
     # ------------------------------------------------------------------------------------------- data
@@ -102,36 +109,37 @@ class Experiment:
                 raise SftnbError(f"data: {self.cfg.data.source} has no facts for D_{name}")
         return sets
 
-    def model_cfg(self, name: str | None = None) -> ModelConfig:
-        if name is None:
-            return self.cfg.main_model
-        for m in self.cfg.models:
-            if m.name == name:
-                return m
-        raise SftnbError(f"no model named {name!r} in params (have: {', '.join(m.name for m in self.cfg.models)})")
-
     # ------------------------------------------------------------------------------------------- models
-    def base(self, mc: ModelConfig | None = None):
-        """(model, tokenizer) of the pre-trained model, reset to its pre-trained weights; one model in memory."""
+    def tokenizer(self, mc: ModelConfig | None = None):
+        """The model's tokenizer (its prompt start set); no weights are read."""
         mc = mc or self.cfg.main_model
-        if self._loaded is None or self._loaded[0] != mc.name:
-            self._loaded = None
-            gc.collect()
-            model, tok = load_model(mc.path, device=str(self.device), dtype=self.train_dtype,
-                                    quantization=mc.quantization)
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            self._loaded = (mc.name, model, tok, state)
-        _, model, tok, state = self._loaded
-        model.load_state_dict(state)
-        model.eval()
-        return model, tok
+        if mc.name not in self._tokenizers:
+            self._tokenizers[mc.name] = load_tokenizer(mc.path, mc.prompt_start)
+        return self._tokenizers[mc.name]
 
-    def base_state(self, mc: ModelConfig | None = None) -> dict[str, torch.Tensor]:
-        """The pre-trained weights (a CPU/device copy), without touching the loaded model's current weights."""
+    def _template(self, mc: ModelConfig) -> torch.nn.Module:
+        if mc.name not in self._templates:
+            model, _ = load_model(mc.path, device="cpu", dtype=self.train_dtype, prompt_start=mc.prompt_start)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._templates[mc.name] = model.eval()
+        return self._templates[mc.name]
+
+    def pretrained_state(self, mc: ModelConfig | None = None) -> dict[str, torch.Tensor]:
+        """The pre-trained weights on the CPU: one read-only copy per model, shared by every analysis."""
+        return {n: p.detach() for n, p in self._template(mc or self.cfg.main_model).named_parameters()}
+
+    def pretrained(self, mc: ModelConfig | None = None):
+        """(model, tokenizer): a fresh pre-trained model on the run's device, the caller's own."""
         mc = mc or self.cfg.main_model
-        if self._loaded is None or self._loaded[0] != mc.name:
-            self.base(mc)
-        return self._loaded[3]
+        if mc.quantization:                 # bitsandbytes weights are not copyable: load them again
+            model, _ = load_model(mc.path, device=str(self.device), dtype=self.train_dtype,
+                                  quantization=mc.quantization, prompt_start=mc.prompt_start)
+            return model, self.tokenizer(mc)
+        model = copy.deepcopy(self._template(mc)).to(self.device)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model.eval(), self.tokenizer(mc)
 
     # ------------------------------------------------------------------------------------------- mastery
     def probes(self, mc: ModelConfig | None = None, method: str | None = None) -> dict[str, pd.DataFrame]:
@@ -139,14 +147,19 @@ class Experiment:
         method = method or self.cfg.probe.method
         if (mc.name, method) in self._probes:
             return self._probes[(mc.name, method)]
-        out = {}
-        for name in SETS:
-            out[name] = mastery.probe_stored(
-                self.store, lambda: self._infer_model(mc), self.base(mc)[1], model_fingerprint(mc.path),
-                self.sets[name], self.relations, self.cfg.probe, method, self.cfg.run.batch_tokens,
-                self.progress, label=f"{mc.name}-{name}", dtype=str(self.infer_dtype))
+        out = {name: self._probe(mc, self.sets[name], method, f"{mc.name}-{name}") for name in SETS}
         self._probes[(mc.name, method)] = out
         return out
+
+    def _probe(self, mc: ModelConfig, facts: list[Fact], method: str, label: str) -> pd.DataFrame:
+        return mastery.probe_stored(
+            self.store, lambda: self._inference_model(mc), self.tokenizer(mc), model_fingerprint(mc.path), facts,
+            self.relations, self.cfg.probe, method, self.cfg.run.batch_tokens, self.progress, label=label,
+            dtype=str(self.infer_dtype))
+
+    def _inference_model(self, mc: ModelConfig):
+        model, _ = self.pretrained(mc)
+        return model if self.infer_dtype == self.train_dtype else model.to(self.infer_dtype)
 
     def probe_agreement(self, mc: ModelConfig | None = None) -> dict | None:
         """The fast estimator against the paper's: ``probe.agreement_facts`` facts of D_train, evenly spaced,
@@ -158,16 +171,9 @@ class Experiment:
             return None
         train = self.sets["train"]
         subset = train[::max(1, len(train) // n)][:n]
-        sampled = mastery.probe_stored(self.store, lambda: self._infer_model(mc), self.base(mc)[1],
-                                       model_fingerprint(mc.path), subset, self.relations, self.cfg.probe,
-                                       "sampling", self.cfg.run.batch_tokens, self.progress, "agreement",
-                                       dtype=str(self.infer_dtype))
+        sampled = self._probe(mc, subset, "sampling", "agreement")
         conf, rho, exact = mastery.agreement(self.probes(mc)["train"], sampled)
         return {"confusion": conf, "spearman_rho": rho, "same_category": exact, "facts": len(sampled)}
-
-    def _infer_model(self, mc):
-        model, _ = self.base(mc)
-        return model if self.infer_dtype == self.train_dtype else _cast_copy(model, self.infer_dtype)
 
     def categorized(self, mc: ModelConfig | None = None) -> dict[str, dict[int, list[Fact]]]:
         probes = self.probes(mc)
@@ -192,12 +198,31 @@ class Experiment:
         out["acc_testood"] = mean_accuracy(results, OOD_SETS)
         return out
 
+    # ------------------------------------------------------------------------------------------- specs
+    def eval_spec(self, mc: ModelConfig) -> dict:
+        """What an evaluation's result depends on besides the model."""
+        return {"eval": self.cfg.eval.model_dump(), "infer_dtype": str(self.infer_dtype),
+                "sets": {n: mastery.facts_digest(v) for n, v in self.eval_sets(mc).items()},
+                "token_kl": self.cfg.token_kl.model_dump()}
+
+    def unit_spec(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
+        """The store spec of a grid unit (its fine-tuning and evaluation); None when its category has too few
+        facts. Every unit derived from a fine-tuned model (restoration sweeps ...) extends this spec."""
+        mc = mc or self.cfg.main_model
+        facts = self.training_facts(key, mc)
+        if facts is None:
+            return None
+        sft = self.cfg.sft.model_dump()
+        sft["precision"] = resolve_precision(sft["precision"], self.device)   # what ran, not what was asked
+        if key.kind != "lora":
+            sft.pop("lora")
+        return {"model": model_fingerprint(mc.path), "run": key.__dict__, "train": mastery.facts_digest(facts),
+                "sft": sft, "dtype": str(self.train_dtype), "eval": self.eval_spec(mc)}
+
     # ------------------------------------------------------------------------------------------- reference
     def reference(self, mc: ModelConfig | None = None) -> dict:
         """The pre-trained model's own scores, the §4.1 KL examples, and its first-token logits on them."""
-        from .generation import first_token_logits
-        from .matching import answer_position
-        from .token_kl import renormalized_kl  # noqa: F401  (imported for its checks' side effects only)
+        from .token_kl import first_token_logits_of, select_examples
 
         mc = mc or self.cfg.main_model
         sets = self.eval_sets(mc)
@@ -209,31 +234,35 @@ class Experiment:
                 "best": best, "dtype": str(self.infer_dtype)}
 
         def compute(tmp):
-            model, tok = self.base(mc)
+            model, tok = self.pretrained(mc)
             res = self.evaluate(model, tok, sets)
-            # §4.1: D_test-4 (token_kl.category), the best template per relation, kept if the base completion
-            # starts with the answer
-            cands = sets[f"test-{tk.category}"]
-            texts = [self.relations[f.relation].mapping(best.get(f.relation, 0), f.subject) for f in cands]
             with inference_copy(model, self.infer_dtype) as m:
-                outs = _complete(m, tok, texts, self.cfg.eval.max_new_tokens, self.cfg.run.batch_tokens,
-                                 self.progress)
-                keep = [i for i, (f, o) in enumerate(zip(cands, outs))
-                        if (pos := answer_position(f.answers, o)) is not None and pos <= tk.answer_within_words]
-                if tk.max_examples:
-                    keep = keep[: tk.max_examples]
-                prompts = [mastery._with_bos(tok, texts[i]) for i in keep]
-                logits = first_token_logits(m, prompts, batch_tokens=self.cfg.run.batch_tokens) if prompts \
-                    else torch.zeros(0, model.config.vocab_size)
+                examples = select_examples(m, tok, sets[f"test-{tk.category}"], self.relations, best,
+                                           tk.answer_within_words, tk.max_examples, self.cfg.eval.max_new_tokens,
+                                           self.cfg.run.batch_tokens, self.progress)
+                logits = first_token_logits_of(m, tok, [e["prompt"] for e in examples], self.cfg.run.batch_tokens)
             torch.save(logits.float(), tmp / "base_first_logits.pt")
-            return {"metrics": self.summarize(res), "per_set": _strip(res),
-                    "kl_examples": [{"key": cands[i].key, "prompt": texts[i], "answers": list(cands[i].answers),
-                                     "base_output": outs[i]} for i in keep]}
+            return {"metrics": self.summarize(res), "per_set": _without_correct(res), "kl_examples": examples}
 
         unit = self.store.unit("reference", spec, f"{mc.name}")
         result = unit.compute(compute)
         result["base_logits_path"] = str(unit.file("base_first_logits.pt"))
         return result
+
+    def kl_example(self, mc: ModelConfig | None = None) -> tuple[pd.DataFrame, dict] | None:
+        """Figure 3's data: the first §4.1 example under the first divided model (largest kept scale, first seed)
+        that has one: (its top-k table, the example). None when there is no KL example."""
+        mc = mc or self.cfg.main_model
+        ref = self.reference(mc)
+        if not ref["kl_examples"]:
+            return None
+        g = self.cfg.grid
+        scale = scale_order([s for s in g.keep_checkpoints if s in g.scales] or g.scales)[-1]
+        for cat in g.categories:
+            res = self.run_unit(RunKey("divided", cat, scale, g.seeds[0]), mc)
+            if res is not None and res.get("fig3_example"):
+                return pd.DataFrame(res["fig3_example"]), ref["kl_examples"][0]
+        return None
 
     def instruct_reference(self, mc: ModelConfig) -> dict:
         """Table 7's first column: the matching instruct model, evaluated like every fine-tuned model."""
@@ -242,10 +271,10 @@ class Experiment:
                 "sets": {n: mastery.facts_digest(v) for n, v in sets.items()}, "dtype": str(self.infer_dtype)}
 
         def compute(tmp):
-            model, tok = load_model(mc.instruct_path, device=str(self.device), dtype=self.infer_dtype)
+            model, tok = load_model(mc.instruct_path, device=str(self.device), dtype=self.infer_dtype,
+                                    prompt_start=mc.prompt_start)
             res = self.evaluate(model, tok, sets)
-            del model
-            return {"metrics": self.summarize(res), "per_set": _strip(res)}
+            return {"metrics": self.summarize(res), "per_set": _without_correct(res)}
 
         return self.store.compute("instruct", spec, compute, f"{mc.name}-instruct")["metrics"]
 
@@ -263,23 +292,23 @@ class Experiment:
         pool = self.sets["train"] if key.category is None else self.categorized(mc)["train"][key.category]
         return balanced_sample(pool, key.scale, key.seed)
 
-    def _run_spec(self, key: RunKey, mc: ModelConfig, facts: list[Fact]) -> dict:
-        sft = self.cfg.sft.model_dump()
-        sft["precision"] = resolve_precision(sft["precision"], self.device)   # what ran, not what was asked
-        if key.kind != "lora":
-            sft.pop("lora")
-        return {"model": model_fingerprint(mc.path), "run": key.__dict__, "train": mastery.facts_digest(facts),
-                "sft": sft, "dtype": str(self.train_dtype)}
+    def checkpoint_dir(self, key: RunKey, mc: ModelConfig | None = None) -> Path | None:
+        """The kept fine-tuned checkpoint of a grid run (a Hugging Face folder: weights, config, tokenizer, so
+        that ``sftnb restore --tuned`` and ``from_pretrained`` take it as it is), or None if it was not kept."""
+        spec = self.unit_spec(key, mc)
+        if spec is None:
+            return None
+        folder = self.store.unit("sft", spec, key.label).file("checkpoint")
+        return folder if (folder / "config.json").is_file() else None
 
     def finetune(self, key: RunKey, mc: ModelConfig | None = None):
-        """(fine-tuned model, tokenizer, train report): the kept checkpoint if there is one, else re-trained from
-        its seed (deterministic), starting from the pre-trained weights."""
+        """(fine-tuned model, tokenizer, train report): a fresh model of the caller's own, from the kept checkpoint
+        if there is one, else re-trained from its seed (deterministic) starting from the pre-trained weights."""
         mc = mc or self.cfg.main_model
         facts = self.training_facts(key, mc)
         if facts is None:
             raise SftnbError(f"{key.label}: D_train-{key.category} has too few facts for scale {key.scale}")
-        unit = self.store.unit("sft", self._run_spec(key, mc, facts) | {"eval": self._eval_spec(mc)}, key.label)
-        model, tok = self.base(mc)
+        model, tok = self.pretrained(mc)
         ckpt = self.checkpoint_dir(key, mc)
         if ckpt is not None:
             from safetensors.torch import load_file
@@ -291,45 +320,27 @@ class Experiment:
             return model, tok, None
         pairs = [(f.question, f.answers[0]) for f in facts]
         if key.kind == "lora":
-            model, report = train_lora(model, tok, pairs, self.cfg.sft, key.seed, self.progress)
-            self._loaded = (mc.name, model, tok, self._loaded[3])     # the merged model replaces the wrapped one
-        else:
-            report = train(model, tok, pairs, self.cfg.sft, key.seed, progress=self.progress, desc=key.label)
+            merged, report = train_lora(model, tok, pairs, self.cfg.sft, key.seed, self.progress)
+            return merged, tok, report
+        report = train(model, tok, pairs, self.cfg.sft, key.seed, progress=self.progress, desc=key.label)
         return model, tok, report
-
-    def checkpoint_dir(self, key: RunKey, mc: ModelConfig | None = None) -> Path | None:
-        """The kept fine-tuned checkpoint of a grid run (a Hugging Face folder: weights, config, tokenizer, so
-        that ``sftnb restore --tuned`` and ``from_pretrained`` take it as it is), or None if it was not kept."""
-        mc = mc or self.cfg.main_model
-        facts = self.training_facts(key, mc)
-        if facts is None:
-            return None
-        unit = self.store.unit("sft", self._run_spec(key, mc, facts) | {"eval": self._eval_spec(mc)}, key.label)
-        folder = unit.file("checkpoint")
-        return folder if (folder / "config.json").is_file() else None
-
-    def _eval_spec(self, mc):
-        return {"eval": self.cfg.eval.model_dump(), "infer_dtype": str(self.infer_dtype),
-                "sets": {n: mastery.facts_digest(v) for n, v in self.eval_sets(mc).items()},
-                "token_kl": self.cfg.token_kl.model_dump()}
 
     def run_unit(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
         """Fine-tune, evaluate in and out of domain (and on its training set), first-token KL: one store unit."""
-        from .generation import first_token_logits
-        from .token_kl import renormalized_kl, topk_table
+        from .token_kl import first_token_logits_of, renormalized_kl, topk_table
 
         mc = mc or self.cfg.main_model
-        facts = self.training_facts(key, mc)
-        if facts is None:
+        spec = self.unit_spec(key, mc)
+        if spec is None:
             return None
         ref = self.reference(mc)
-        spec = self._run_spec(key, mc, facts) | {"eval": self._eval_spec(mc)}
 
         def compute(tmp):
             model, tok, report = self.finetune(key, mc)
             if key.scale in self.cfg.grid.keep_checkpoints and key.kind == "divided":
                 model.save_pretrained(tmp / "checkpoint")
                 tok.save_pretrained(tmp / "checkpoint")
+            facts = self.training_facts(key, mc)
             sets = dict(self.eval_sets(mc))
             if self.cfg.eval.train_accuracy:
                 sets["train"] = facts
@@ -337,15 +348,14 @@ class Experiment:
             kl_mean, kl_rows, fig3 = float("nan"), [], None
             ex = ref["kl_examples"]
             if ex:
-                prompts = [mastery._with_bos(tok, e["prompt"]) for e in ex]
                 with inference_copy(model, self.infer_dtype) as m:
-                    ft = first_token_logits(m, prompts, batch_tokens=self.cfg.run.batch_tokens)
+                    ft = first_token_logits_of(m, tok, [e["prompt"] for e in ex], self.cfg.run.batch_tokens)
                 base = torch.load(ref["base_logits_path"])
                 kl = renormalized_kl(ft, base, k=self.cfg.token_kl.k)
                 kl_mean, kl_rows = float(kl.mean()), [round(float(x), 6) for x in kl]
                 fig3 = topk_table(ft[0], base[0], tok, k=self.cfg.token_kl.k).to_dict(orient="list")
-            return {"metrics": self.summarize(res) | {"kl": kl_mean}, "per_set": _strip(res), "kl": kl_rows,
-                    "fig3_example": fig3, "train": report.to_dict() if report else None,
+            return {"metrics": self.summarize(res) | {"kl": kl_mean}, "per_set": _without_correct(res),
+                    "kl": kl_rows, "fig3_example": fig3, "train": report.to_dict() if report else None,
                     "n_train": len(facts)}
 
         return self.store.unit("sft", spec, key.label).compute(compute)
@@ -359,13 +369,11 @@ class Experiment:
         for key in tqdm(self.run_keys(), desc=f"grid {mc.name}", disable=not self.progress):
             res = self.run_unit(key, mc)
             row = {"model": mc.name, "kind": key.kind, "category": pd.NA if key.category is None else key.category,
-                   "scale": str(key.scale),
-                   "seed": key.seed}
+                   "scale": str(key.scale), "seed": key.seed}
             if res is None:
                 row["status"] = "too few facts"
             else:
-                row.update(status="done", n_train=res["n_train"], **res["metrics"],
-                           seconds=res.get("_seconds"))
+                row.update(status="done", n_train=res["n_train"], **res["metrics"], seconds=res.get("_seconds"))
             rows.append(row)
         df = pd.DataFrame(rows)
         df["category"] = df["category"].astype("Int64")
@@ -373,22 +381,5 @@ class Experiment:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _cast_copy(model, dtype):
-    import copy
-    return copy.deepcopy(model).to(dtype)
-
-
-def _strip(results: dict[str, dict]) -> dict:
+def _without_correct(results: dict[str, dict]) -> dict:
     return {n: {k: v for k, v in r.items() if k != "correct"} for n, r in results.items()}
-
-
-def _complete(model, tok, texts, max_new_tokens, batch_tokens, progress) -> list[str]:
-    """Greedy completions of raw texts (the §4.1 selection uses the mapping templates, not the QA format)."""
-    from .evaluate import _eos_ids
-    from .generation import decode, generate
-
-    prompts = [mastery._with_bos(tok, t) for t in texts]
-    outs = generate(model, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                    eos_token_ids=_eos_ids(tok), pad_token_id=tok.pad_token_id, batch_tokens=batch_tokens,
-                    progress=progress, desc="complete")
-    return [t[0] for t in decode(tok, outs)]

@@ -1,5 +1,6 @@
-"""The paper's tables and figures from stored results: pure functions of DataFrames (and the experiment, where a
-table needs one more evaluation). Notebooks call these and save what they return through ``sftnb.reports``."""
+"""The paper's tables and figures from stored results: pure functions of DataFrames and dicts that the notebooks get
+from ``Experiment`` / ``sftnb.param_analysis``; nothing here computes or loads a model. Notebooks save what these
+return through ``sftnb.reports``."""
 from __future__ import annotations
 
 import math
@@ -8,13 +9,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from .config import scale_order
 from .experiment import OOD_SETS, TEST_SETS, RunKey
 from .reports import mean_std
 
 
 def _scale_order(values) -> list[str]:
-    vals = sorted({str(v) for v in values}, key=lambda s: (s == "all", int(s) if s.isdigit() else 0))
-    return vals
+    return [str(v) for v in scale_order(values)]
 
 
 def _divided(df: pd.DataFrame) -> pd.DataFrame:
@@ -98,34 +99,20 @@ def kl_table(grid: pd.DataFrame, category: int = 4) -> tuple[pd.DataFrame, float
     return t.rename(columns={acc: f"Acc_test-{category} (%)"}), rho
 
 
-def fig_topk_example(exp, mc, ref):
-    """Figure 3 from real data: for the first KL example, the fine-tuned model's top-k tokens with both models'
-    probabilities over the whole vocabulary and after re-normalisation over those k tokens."""
-    if not ref["kl_examples"]:
-        return None, pd.DataFrame()
-    g = exp.cfg.grid
-    scale = _scale_order([s for s in g.keep_checkpoints if s in g.scales] or g.scales)[-1]
-    scale = scale if scale == "all" else int(scale)
-    res = None
-    for cat in g.categories:
-        res = exp.run_unit(RunKey("divided", cat, scale, g.seeds[0]), mc)
-        if res is not None and res.get("fig3_example"):
-            break
-    if res is None or not res.get("fig3_example"):
-        return None, pd.DataFrame()
-    t = pd.DataFrame(res["fig3_example"])
-    ex = ref["kl_examples"][0]
+def fig_topk_example(table: pd.DataFrame, prompt: str, answer: str):
+    """Figure 3 from real data (``Experiment.kl_example``): the fine-tuned model's top-k tokens for one question,
+    with both models' probabilities over the whole vocabulary and after re-normalisation over those k tokens."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=False)
     for ax, (a, b), title in zip(axes, (("p_finetuned", "p_pretrained"), ("p_finetuned_renorm", "p_pretrained_renorm")),
                                  ("whole vocabulary", "re-normalised over the top-k")):
-        long = t.melt(id_vars="token", value_vars=[a, b], var_name="model", value_name="p")
+        long = table.melt(id_vars="token", value_vars=[a, b], var_name="model", value_name="p")
         long["model"] = long["model"].map({a: "fine-tuned", b: "pre-trained"})
         sns.barplot(long, x="token", y="p", hue="model", ax=ax)
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=60)
-    fig.suptitle(f"{ex['prompt']!r} (answer: {ex['answers'][0]})", fontsize=10)
+    fig.suptitle(f"{prompt!r} (answer: {answer})", fontsize=10)
     fig.tight_layout()
-    return fig, t
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ §5 (notebooks 04-06)
@@ -231,15 +218,15 @@ def train_restore_table(train_sweeps: dict) -> pd.DataFrame:
                            for key, df in train_sweeps.items() for k, acc in zip(df["k"], df["train"])])
 
 
-def strategies_table(exp, mc, grid: pd.DataFrame, sweeps: dict) -> pd.DataFrame:
-    """Table 7: the best Acc_test (and its Acc_testood) of each strategy: the instruct model (if configured),
-    SFT on mixed data, SFT on divided data, LoRA, and divided SFT followed by parameter restoration (k > 0)."""
+def strategies_table(grid: pd.DataFrame, sweeps: dict, no_sft: dict, model_name: str,
+                     instruct: dict | None = None) -> pd.DataFrame:
+    """Table 7: the best Acc_test (and its Acc_testood) of each strategy: the instruct model (its metrics, if
+    params name one), the pre-trained model (``no_sft``), SFT on mixed data, SFT on divided data, LoRA, and
+    divided SFT followed by parameter restoration (k > 0)."""
     cols = {}
-    if mc.instruct_path:
-        inst = exp.instruct_reference(mc)
-        cols[f"{mc.name}-Instruct"] = (inst["acc_test"], inst["acc_testood"])
-    ref = exp.reference(mc)["metrics"]
-    cols[f"{mc.name} (no SFT)"] = (ref["acc_test"], ref["acc_testood"])
+    if instruct is not None:
+        cols[f"{model_name}-Instruct"] = (instruct["acc_test"], instruct["acc_testood"])
+    cols[f"{model_name} (no SFT)"] = (no_sft["acc_test"], no_sft["acc_testood"])
     done = grid[grid["status"] == "done"]
     for kind, name in (("mixed", "SFT (Mixed)"), ("divided", "SFT (Divided)"), ("lora", "LoRA")):
         d = done[done["kind"] == kind]
@@ -277,9 +264,3 @@ def fig_layer_heatmap(t11: pd.DataFrame):
     sns.heatmap(t11, annot=True, fmt=".1f", cmap="viridis", ax=ax, cbar_kws={"label": "Acc_test (%)"})
     fig.tight_layout()
     return fig
-
-
-def extra_task_table(exp, mc, runs, task) -> pd.DataFrame:
-    """Table 5: a further task (JSONL prompt/reference) scored after restoring k % of each kept model."""
-    from .param_analysis import extra_task_sweep
-    return pd.DataFrame({_run_name(k): extra_task_sweep(exp, k, task, mc) for k in runs})

@@ -87,8 +87,9 @@ def _check_prompts(prompts) -> None:
             raise ValueError(f"prompt {i} is empty (the engine needs at least one token, e.g. BOS)")
 
 
-def _left_pad(seqs: Sequence[Sequence[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention_mask and position_ids (0 at the first real token) of a left-padded batch."""
+def left_pad(seqs: Sequence[Sequence[int]], pad: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and position_ids (0 at the first real token) of a left-padded batch: every
+    row's last token sits in the last column (what generation and the answer-only SFT loss both rely on)."""
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), pad, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
@@ -308,11 +309,11 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
               logits_to_keep=1, **{ckw: cache})
         for layer in cache.layers:
             layer.batch_repeat_interleave(len(prompts))
-        ids, smask, spos = _left_pad([p[share:] for p in prompts], pad, dev)
+        ids, smask, spos = left_pad([p[share:] for p in prompts], pad, dev)
         mask = torch.cat([smask.new_ones((len(prompts), share)), smask], dim=1)
         pos = spos + share
     else:
-        ids, mask, pos = _left_pad(prompts, pad, dev)
+        ids, mask, pos = left_pad(prompts, pad, dev)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                 **{ckw: cache})
     logits = out.logits[:, -1]
@@ -420,7 +421,7 @@ def first_token_logits(model, prompts: Sequence[Sequence[int]], batch_tokens: in
     out: torch.Tensor | None = None
     bar = tqdm(total=len(prompts), desc="logits", disable=not progress, leave=False)
     for batch in _batches(order, lambda rows, i: rows * lengths[i], batch_tokens):
-        ids, mask, pos = _left_pad([prompts[i] for i in batch], pad, _device(model))
+        ids, mask, pos = left_pad([prompts[i] for i in batch], pad, _device(model))
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
                        logits_to_keep=1).logits[:, -1].float().cpu()
         if out is None:
@@ -466,7 +467,7 @@ def continuation_logprobs(model, prompts: Sequence[Sequence[int]], continuations
         step = max(1, _LOGITS_BUDGET // per_row)
         for s in range(0, len(big), step):
             batch = big[s:s + step]
-            ids, mask, pos = _left_pad([seqs[i] for i in batch], pad, dev)
+            ids, mask, pos = left_pad([seqs[i] for i in batch], pad, dev)
             keep = max(len(conts[i]) for i in batch) + 1
             keep = min(keep, ids.shape[1])
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from .config import ProbeConfig
-from .data import Fact
+from .facts import Fact
 from .errors import SftnbError
 from .generation import continuation_logprobs, decode, generate
 from .matching import answer_in_text, expand_answers, normalize
+from .models import encode_prompt, stop_token_ids
 from .relations import Relation
 
 CATEGORIES = (0, 1, 2, 3, 4)
@@ -38,11 +39,6 @@ def category(r: float) -> int:
 
 def probe_texts(relation: Relation, subject: str, n_templates: int) -> list[str]:
     return [relation.mapping(t, subject) for t in range(min(n_templates, len(relation.mapping_templates)))]
-
-
-def _with_bos(tokenizer, text: str) -> list[int]:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
 
 
 def minimal_aliases(answers: Sequence[str]) -> list[str]:
@@ -62,7 +58,7 @@ def _rates_sampling(model, tokenizer, facts, relations, cfg: ProbeConfig, batch_
     prompts, owners = [], []
     for fi, f in enumerate(facts):
         for text in probe_texts(relations[f.relation], f.subject, cfg.n_templates):
-            prompts.append(_with_bos(tokenizer, text))
+            prompts.append(encode_prompt(tokenizer, text))
             owners.append(fi)
     outs = generate(model, prompts, n=cfg.n_samples, temperature=cfg.temperature,
                     max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos_ids, pad_token_id=tokenizer.pad_token_id,
@@ -81,7 +77,7 @@ def _rates_likelihood(model, tokenizer, facts, relations, cfg: ProbeConfig, batc
         cands = [tokenizer.encode(" " + a, add_special_tokens=False) for a in minimal_aliases(f.answers)]
         cands = [c[:cfg.max_new_tokens] for c in cands if c]
         for text in probe_texts(relations[f.relation], f.subject, cfg.n_templates):
-            prompts.append(_with_bos(tokenizer, text))
+            prompts.append(encode_prompt(tokenizer, text))
             conts.append(cands)
             owners.append(fi)
     logps = continuation_logprobs(model, prompts, conts, temperature=cfg.temperature, batch_tokens=batch_tokens,
@@ -104,9 +100,8 @@ def probe(model, tokenizer, facts: Sequence[Fact], relations: dict[str, Relation
     if missing:
         raise SftnbError(f"no mapping templates for relation(s) {', '.join(sorted(missing))}")
     if method == "sampling":
-        from .evaluate import _eos_ids
         rates = _rates_sampling(model, tokenizer, facts, relations, cfg, batch_tokens, progress,
-                                tuple(eos_ids or _eos_ids(tokenizer)))
+                                tuple(eos_ids or stop_token_ids(tokenizer)))
         grid = None
     elif method == "likelihood":
         rates = _rates_likelihood(model, tokenizer, facts, relations, cfg, batch_tokens, progress)
@@ -199,79 +194,3 @@ def agreement(estimate: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.DataF
     rho = float(spearmanr(m["R_sampling"], m["R_estimate"]).statistic) if defined else math.nan
     exact = float((m["category_sampling"] == m["category_estimate"]).mean()) if len(m) else math.nan
     return conf, rho, exact
-
-
-# --------------------------------------------------------------------------------------------- CLI
-def probe_cli(args) -> int:
-    """``sftnb probe``: probe any facts file or data source, one JSON line per fact.
-
-    Resumable: facts are probed in chunks of ``--chunk-facts``, each saved as a store unit in a hidden folder
-    beside ``--out`` (``.<out name>.units/``) the moment it finishes; rerunning the same command after an
-    interruption reuses every finished chunk. The folder is removed once ``--out`` is written."""
-    import shutil
-    from pathlib import Path
-
-    from .data import load_facts_file, load_source
-    from .models import load_model, model_fingerprint
-    from .relations import all_relations
-    from .store import Store, atomic_write_text
-
-    for name in ("templates", "samples", "max_new_tokens", "batch_tokens", "chunk_facts"):
-        if getattr(args, name) < 1:
-            raise SftnbError(f"--{name.replace('_', '-')} must be at least 1")
-    if not args.temperature > 0:
-        raise SftnbError("--temperature must be positive")
-    facts = _facts_from_arg(args.facts, load_facts_file, load_source)
-    if args.limit is not None:
-        facts = facts[:args.limit]
-    if not facts:
-        raise SftnbError(f"{args.facts}: no facts to probe")
-    out = Path(args.out)
-    if out.is_dir():
-        raise SftnbError(f"--out {out} is a folder; give a .jsonl file path")
-    if not out.parent.exists():
-        raise SftnbError(f"--out folder does not exist: {out.parent}")
-    relations = all_relations()
-    missing = sorted({f.relation for f in facts} - set(relations))
-    if missing:
-        raise SftnbError(f"{args.facts}: unknown relation(s) {', '.join(missing)}")
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
-    cfg = ProbeConfig(method=args.method, n_templates=args.templates, n_samples=args.samples,
-                      temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                      chunk_facts=args.chunk_facts)
-    work = out.parent / f".{out.name}.units"
-    store = Store(work)
-    done_before = sum(1 for _ in work.glob("probe/*/result.json"))
-    if done_before:
-        print(f"resuming: {done_before} finished chunk(s) of an earlier run in {work}")
-    df = probe_stored(store, model, tok, model_fingerprint(args.model), facts, relations, cfg,
-                      batch_tokens=args.batch_tokens, label="cli", dtype=str(next(model.parameters()).dtype))
-    lines = df[["relation", "subject", "answers", "split", "domain", "R", "category",
-                "template_rates"]].to_json(orient="records", lines=True, force_ascii=False)
-    atomic_write_text(out, lines)
-    shutil.rmtree(work, ignore_errors=True)
-    counts = df["category"].value_counts().reindex(CATEGORIES, fill_value=0).tolist()
-    print(f"probed {len(df)} facts ({cfg.method}, {cfg.n_templates} templates x {cfg.n_samples} samples) "
-          f"-> {out}; facts per category 0-4: {counts}")
-    return 0
-
-
-def _facts_from_arg(spec: str, load_facts_file, load_source) -> list[Fact]:
-    """``builtin[:split]``, ``entityquestions:PATH[:split]`` or a JSONL facts file."""
-    if spec == "builtin" or spec.startswith("builtin:"):
-        split = spec.split(":", 1)[1] if ":" in spec else None
-        fs = load_source("builtin")
-    elif spec.startswith("entityquestions:"):
-        rest = spec.split(":", 1)[1]
-        path, split = rest, None
-        if rest.rsplit(":", 1)[-1] in ("train", "dev", "test"):
-            path, split = rest.rsplit(":", 1)
-        fs = load_source("entityquestions", path)
-    else:
-        fs, split = load_facts_file(spec), None
-    facts = fs.facts
-    if split:
-        if split not in ("train", "dev", "test"):
-            raise SftnbError(f"unknown split {split!r} (train, dev or test)")
-        facts = [f for f in facts if f.split == split]
-    return facts

@@ -23,18 +23,18 @@ from __future__ import annotations
 import importlib.util
 import os
 from functools import lru_cache
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_folder
 from .errors import SftnbError
 
 EMBEDDED = "smollm2-135m"
 TINY = "tiny-random"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", "fastest", *_DTYPES)    # what every dtype option accepts (see resolve_dtype)
 
 
 def cache_dir() -> Path:
@@ -130,8 +130,9 @@ def embedded_checkpoint() -> Path:
 
 # -------------------------------------------------------------------------------------- tiny test model
 def tiny_tokenizer(vocab_size: int = 384):
-    """A byte-level BPE tokenizer trained offline on the relations' templates (deterministic)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer trained offline on the relations' templates (deterministic); like LLaMA's, it
+    prepends BOS when asked for special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     from .relations import all_relations
@@ -147,6 +148,8 @@ def tiny_tokenizer(vocab_size: int = 384):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus, trainer)
+    # LLaMA's convention: encoding with special tokens prepends BOS (what the prompt start "auto" follows)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
@@ -178,6 +181,51 @@ def save_tiny_model(path: str | Path, seed: int = 0, max_shard_size: str | None 
     return path
 
 
+# ------------------------------------------------------------------------------------------- the prompt start
+PROMPT_START_AUTO, PROMPT_START_NONE = "auto", "none"
+
+
+def set_prompt_start(tokenizer, start: str = PROMPT_START_AUTO) -> None:
+    """Fix the token(s) every prompt of this model starts with (``models[].prompt_start`` in the params).
+
+    ``auto`` follows the model's own convention: what its tokenizer prepends when asked to add special tokens
+    (LLaMA-2/3 prepend their BOS; SmolLM2's tokenizer prepends nothing, its ``bos_token`` being the chat marker
+    ``<|im_start|>``). ``none`` prepends nothing; any other value is a token of the vocabulary (``<|endoftext|>``).
+    The paper's template writes ``bos_token`` first: for LLaMA, ``auto`` is exactly that."""
+    if start == PROMPT_START_AUTO:
+        with_special = tokenizer.encode("a", add_special_tokens=True)
+        plain = tokenizer.encode("a", add_special_tokens=False)
+        ids = with_special[:len(with_special) - len(plain)] if with_special[-len(plain):] == plain else []
+    elif start == PROMPT_START_NONE:
+        ids = []
+    else:
+        tid = tokenizer.convert_tokens_to_ids(start) if start in tokenizer.get_vocab() else None
+        if tid is None:
+            raise SftnbError(f"prompt_start {start!r} is not a token of this tokenizer (use auto, none or a token)")
+        ids = [int(tid)]
+    tokenizer.sftnb_prompt_start = tuple(ids)
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a prompt: the model's prompt start (``set_prompt_start``; ``auto`` if never set), then
+    ``text`` without special tokens. Every prompt the package builds (probe, SFT, evaluation, §4) goes through
+    here."""
+    if not hasattr(tokenizer, "sftnb_prompt_start"):
+        set_prompt_start(tokenizer)
+    return [*tokenizer.sftnb_prompt_start, *tokenizer.encode(text, add_special_tokens=False)]
+
+
+def stop_token_ids(tokenizer) -> tuple[int, ...]:
+    """Token ids that end a completion: the tokenizer's EOS plus the usual end-of-turn / end-of-text markers of
+    chat models (an instruct model's EOS is often its end-of-turn token, and it may still write the other)."""
+    ids = {tokenizer.eos_token_id}
+    vocab = tokenizer.get_vocab()
+    for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"):
+        if tok in vocab:
+            ids.add(tokenizer.convert_tokens_to_ids(tok))
+    return tuple(sorted(i for i in ids if i is not None))
+
+
 # ------------------------------------------------------------------------------------------------ load
 def model_folder(path: str) -> Path | None:
     """The local folder behind a model path (None for tiny-random)."""
@@ -193,20 +241,23 @@ def model_folder(path: str) -> Path | None:
     return folder
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, prompt_start: str = PROMPT_START_AUTO):
+    """The tokenizer alone (no weights are read), with its prompt start set (``set_prompt_start``)."""
     from transformers import AutoTokenizer
 
     folder = model_folder(path)
     if folder is None:
-        return tiny_tokenizer()
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tok = tiny_tokenizer()
+    else:
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    set_prompt_start(tok, prompt_start)
     return tok
 
 
 def load_model(path: str, device: str = "auto", dtype: str | torch.dtype = "auto",
-               quantization: str | None = None, seed: int = 0):
+               quantization: str | None = None, seed: int = 0, prompt_start: str = PROMPT_START_AUTO):
     """Return ``(model, tokenizer)`` in eval mode on ``device`` (see module docstring for ``path``)."""
     from transformers import AutoModelForCausalLM
 
@@ -218,10 +269,10 @@ def load_model(path: str, device: str = "auto", dtype: str | torch.dtype = "auto
         if dev.type != "cuda":
             raise SftnbError(f"{quantization} loading uses bitsandbytes and needs a CUDA GPU; none is available")
     folder = model_folder(path)
+    tok = load_tokenizer(path, prompt_start)
     if folder is None:
-        model, tok = tiny_model(seed=seed)
+        model, _ = tiny_model(seed=seed, tokenizer=tok)
         return model.to(device=dev, dtype=torch_dtype).eval(), tok
-    tok = load_tokenizer(path)
     kwargs = {"dtype": torch_dtype, "local_files_only": True}
     if quantization:
         from transformers import BitsAndBytesConfig

@@ -6,15 +6,14 @@ and on the SFT grid's kept checkpoints. Every sweep is one store unit per fine-t
 """
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import torch
 
-from . import mastery
+from .config import scale_order
 from .errors import SftnbError
 from .experiment import OOD_SETS, TEST_SETS, Experiment, RunKey
 from .restore import Restorer
+from .select import region_names
 
 CONCENTRATION_XS = (1, 3, 5, 10, 20, 40, 60)
 
@@ -30,24 +29,27 @@ def largest_scale(keys: list[RunKey]) -> list[RunKey]:
     """The runs at the largest scale among ``keys`` ("all" counts as largest)."""
     if not keys:
         return []
-    top = max(keys, key=lambda k: float("inf") if k.scale == "all" else k.scale).scale
+    top = scale_order(k.scale for k in keys)[-1]
     return [k for k in keys if k.scale == top]
 
 
 def _restorer(exp: Experiment, key: RunKey, mc=None):
+    """A Restorer on a fresh fine-tuned model of this key. Where the model lives with the pre-trained weights (a
+    CPU run), it gets a private copy of the pre-trained region to swap with (fast, cost independent of k); on a
+    GPU the pre-trained weights stay on the host and restoring copies from them."""
     exp.run_unit(key, mc)                       # makes sure the grid unit (and its checkpoint) exists
-    base = exp.base_state(mc)
+    base = exp.pretrained_state(mc)
     model, tok, _ = exp.finetune(key, mc)
-    if all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base):
+    if all(torch.equal(p, base[n].to(p.device)) for n, p in model.named_parameters() if n in base):
         raise SftnbError(f"{key.label}: the fine-tuned weights equal the pre-trained ones (checkpoint not loaded?)")
-    # swap=False: the base state is the experiment's shared reset point, so it must never hold fine-tuned values
-    return Restorer(model, base, region=exp.cfg.restore.region, swap=False), model, tok
+    names = region_names(base, exp.cfg.restore.region)
+    if exp.device.type == base[names[0]].device.type:
+        base = {n: base[n].clone() for n in names}              # private: swap mode may write into it
+    return Restorer(model, base, region=exp.cfg.restore.region), model, tok
 
 
 def _sweep_spec(exp: Experiment, key: RunKey, mc, what: dict) -> dict:
-    facts = exp.training_facts(key, mc)
-    spec = exp._run_spec(key, mc or exp.cfg.main_model, facts)
-    return spec | {"eval": exp._eval_spec(mc or exp.cfg.main_model), "region": exp.cfg.restore.region} | what
+    return exp.unit_spec(key, mc) | {"region": exp.cfg.restore.region} | what
 
 
 def update_statistics(exp: Experiment, key: RunKey, mc=None) -> dict:
@@ -147,7 +149,6 @@ def read_task(path) -> list[dict]:
     from pathlib import Path
 
     from .config import _resolve
-    from .errors import SftnbError
 
     p = _resolve(path)
     if not p.is_file():
@@ -168,8 +169,7 @@ def read_task(path) -> list[dict]:
 
 def extra_task_sweep(exp: Experiment, key: RunKey, task, mc=None) -> dict:
     """Table 5: the task's mean score (%) after restoring each k % of one fine-tuned model (k = 0: none)."""
-    from .evaluate import inference_copy
-    from .experiment import _complete
+    from .evaluate import complete, inference_copy
 
     rows = read_task(task.path)
 
@@ -179,8 +179,8 @@ def extra_task_sweep(exp: Experiment, key: RunKey, task, mc=None) -> dict:
         for k in [0, *exp.cfg.restore.k_percents]:
             ctx = restorer.restored(k, "top") if k else _nullcontext()
             with ctx, inference_copy(model, exp.infer_dtype) as m:
-                outs = _complete(m, tok, [r["prompt"] for r in rows], task.max_new_tokens,
-                                 exp.cfg.run.batch_tokens, exp.progress)
+                outs = complete(m, tok, [r["prompt"] for r in rows], task.max_new_tokens,
+                                exp.cfg.run.batch_tokens, exp.progress)
             scores["0" if k == 0 else f"{k:g}%"] = 100 * sum(
                 _task_score(task.metric, o, r["reference"]) for o, r in zip(outs, rows)) / len(rows)
         return {"scores": scores}
@@ -195,14 +195,4 @@ def _nullcontext():
     return contextlib.nullcontext()
 
 
-def best(values) -> float:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return max(vals) if vals else math.nan
-
-
-def category_name(c: int | None) -> str:
-    return "mixed" if c is None else f"D_train-{c}"
-
-
-__all__ = ["kept_runs", "update_statistics", "restore_sweep", "layer_restore", "CONCENTRATION_XS",
-           "category_name", "best", "mastery"]
+__all__ = ["kept_runs", "update_statistics", "restore_sweep", "layer_restore", "CONCENTRATION_XS"]

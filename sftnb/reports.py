@@ -3,12 +3,11 @@ or ``figNN_*`` (PNG), written atomically so an interrupted notebook never leaves
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from .store import atomic_write_text
+from .atomic import atomic_write_bytes, atomic_write_text
 
 
 def save_table(df: pd.DataFrame, folder: Path, name: str, floatfmt: str = ".2f", index: bool = True) -> list[Path]:
@@ -34,16 +33,9 @@ def save_figure(fig, folder: Path, name: str, dpi: int = 130) -> Path:
     path = folder / f"{name}.png"
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
     plt.close(fig)
     return path
-
-
-def pct(x: float) -> float:
-    """Accuracy in percent, as the paper prints it."""
-    return math.nan if x is None or (isinstance(x, float) and math.isnan(x)) else round(100.0 * x, 2)
 
 
 def mean_std(values) -> str:
@@ -59,10 +51,3 @@ def agreement_summary(agreement: dict) -> pd.DataFrame:
     return pd.DataFrame({"value": [f"{agreement['facts']}", f"{agreement['spearman_rho']:.3f}",
                                    f"{agreement['same_category']:.1%}"]},
                         index=pd.Index(["facts", "Spearman rho of R", "same category"], name="agreement"))
-
-
-def artifacts(folder: Path) -> pd.DataFrame:
-    """What a run wrote: one row per file."""
-    folder = Path(folder)
-    rows = [{"file": p.name, "bytes": p.stat().st_size} for p in sorted(folder.glob("*")) if p.is_file()]
-    return pd.DataFrame(rows, columns=["file", "bytes"])

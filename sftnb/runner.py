@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 from .config import load_config, project_root
 from .errors import SftnbError
-from .store import atomic_write_json
+from .atomic import atomic_write_json, temp_sibling
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -118,7 +117,7 @@ def run_cli(args) -> int:
     total = time.perf_counter()
     for nb in todo:
         target = executed / nb.name
-        tmp = executed / f".tmp-{os.getpid()}-{nb.name}"
+        tmp = temp_sibling(target, keep_suffix=True)
         parameters = {"params_file": str(params)}
         if run_override:
             parameters["run"] = run_override

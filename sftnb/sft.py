@@ -1,6 +1,7 @@
 """Supervised fine-tuning on closed-book QA (paper §3.3, App. A).
 
-Every example is ``<bos><|question|> {question} <|answer|> {answer}<eos>``; the markers are plain text (no new
+Every example is ``<start><|question|> {question} <|answer|> {answer}<eos>`` (App. A's template, whose
+``bos_token`` is the model's prompt start: ``sftnb.models.encode_prompt``); the markers are plain text (no new
 tokens) and the loss covers the answer tokens only (prompt tokens carry label -100). Prompt and answer are
 tokenised separately so that evaluation, which feeds the prompt alone, sees exactly the training prompt ids.
 """
@@ -16,6 +17,8 @@ from tqdm.auto import tqdm
 
 from .config import LoraConfig, SFTConfig
 from .errors import SftnbError
+from .generation import left_pad
+from .models import encode_prompt
 
 IGNORE = -100
 
@@ -25,39 +28,24 @@ def qa_prompt(question: str) -> str:
     return f"<|question|> {question} <|answer|>"
 
 
-def special_ids(tokenizer) -> tuple[int | None, int]:
-    """(bos, eos) ids; a tokenizer without BOS gets none (Qwen-style), one without EOS is an error."""
-    if tokenizer.eos_token_id is None:
-        raise SftnbError("the tokenizer has no EOS token; SFT needs one to end answers")
-    return tokenizer.bos_token_id, tokenizer.eos_token_id
-
-
 def prompt_ids(tokenizer, question: str) -> list[int]:
-    bos, _ = special_ids(tokenizer)
-    ids = tokenizer.encode(qa_prompt(question), add_special_tokens=False)
-    return ([bos] if bos is not None else []) + ids
+    return encode_prompt(tokenizer, qa_prompt(question))
 
 
 def example_ids(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one training example; labels are -100 over the prompt."""
-    _, eos = special_ids(tokenizer)
+    if tokenizer.eos_token_id is None:
+        raise SftnbError("the tokenizer has no EOS token; SFT needs one to end answers")
     prompt = prompt_ids(tokenizer, question)
-    target = tokenizer.encode(" " + answer, add_special_tokens=False) + [eos]
+    target = tokenizer.encode(" " + answer, add_special_tokens=False) + [tokenizer.eos_token_id]
     return prompt + target, [IGNORE] * len(prompt) + target
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad a batch, with explicit position ids (0 at each row's first real token): padding is masked out of
-    attention and loss, and every row's answer ends in the last column (see ``answer_loss``)."""
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (ids, lab) in enumerate(examples):
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        labels[row, width - len(lab):] = torch.tensor(lab)
-        mask[row, width - len(ids):] = 1
-    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    """Left-pad a batch (``sftnb.generation.left_pad``): padding is masked out of attention and loss, and every
+    row's answer ends in the last column (see ``answer_loss``)."""
+    input_ids, mask, position_ids = left_pad([ids for ids, _ in examples], pad_id)
+    labels, _, _ = left_pad([lab for _, lab in examples], IGNORE)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "position_ids": position_ids}
 
 

@@ -17,10 +17,11 @@ import json
 import os
 import shutil
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from .atomic import atomic_folder, atomic_write_json, temp_owner_pid
 
 STORE_VERSION = 1
 
@@ -31,26 +32,6 @@ def canonical_json(obj: Any) -> str:
 
 def spec_hash(kind: str, spec: dict) -> str:
     return hashlib.sha256(canonical_json({"kind": kind, "v": STORE_VERSION, "spec": spec}).encode()).hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False, default=str) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -83,22 +64,11 @@ class Unit:
     @contextmanager
     def writing(self) -> Iterator[Path]:
         """Yield a temporary directory; on normal exit it becomes the unit (atomically), else it is removed."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        # "keep": if a concurrent writer published the same unit first, its copy stays and ours is dropped
+        with atomic_folder(self.path, if_exists="keep") as tmp:
             yield tmp
             if not (tmp / "result.json").is_file():
                 raise RuntimeError(f"unit {self.kind}/{self.path.name} wrote no result.json")
-            try:
-                os.rename(tmp, self.path)
-            except OSError:
-                if not self.done:        # a concurrent writer did not win either: a real error
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def compute(self, fn: Callable[[Path], dict]) -> dict:
         """Return the stored result, or run ``fn(tmpdir) -> result`` and publish it."""
@@ -142,10 +112,9 @@ class Store:
     def clean_stale(self) -> int:
         """Delete temporary directories left by processes that died mid-unit."""
         n = 0
-        for tmp in self.root.glob("*/.*.tmp-*"):
-            try:
-                pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
-            except (IndexError, ValueError):
+        for tmp in self.root.glob("*/.*"):
+            pid = temp_owner_pid(tmp)
+            if pid is None:
                 continue
             if not _pid_alive(pid) or pid == os.getpid():
                 shutil.rmtree(tmp, ignore_errors=True)

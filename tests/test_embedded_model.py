@@ -2,7 +2,7 @@
 import pytest
 
 from sftnb.config import ProbeConfig
-from sftnb.data import Fact
+from sftnb.facts import Fact
 from sftnb.mastery import probe
 from sftnb.relations import builtin_relations
 

@@ -31,15 +31,6 @@ def test_restore_tables_use_the_papers_layout_and_files_are_flat(tmp_path):
     assert "(" not in md.read_text().splitlines()[2] and "'" not in md.read_text()      # no tuple headers
 
 
-class _Exp:
-    def reference(self, mc):
-        return {"metrics": {"acc_test": 0.30, "acc_testood": 0.10}}
-
-
-class _MC:
-    name, instruct_path = "M", None
-
-
 def test_table7_restoration_column_compares_restored_models_only():
     grid = pd.DataFrame([
         {"kind": "divided", "category": 1, "scale": "240", "seed": 0, "status": "done", "acc_test": 0.60,
@@ -48,7 +39,7 @@ def test_table7_restoration_column_compares_restored_models_only():
          "acc_testood": 0.57}])
     # the unrestored model (k = 0) is the best row, yet restoration must report its best *restored* model
     sweeps = {(KEY1, "top"): _sweep([0.60, 0.58, 0.55]), (KEY0, "top"): _sweep([0.50, 0.56, 0.53])}
-    t7 = strategies_table(_Exp(), _MC(), grid, sweeps)
+    t7 = strategies_table(grid, sweeps, {"acc_test": 0.30, "acc_testood": 0.10}, "M")
     assert t7.loc["Acc_test", "SFT (Divided)"] == 60.0
     assert math.isclose(t7.loc["Acc_test", "Parameter Restoration"], 58.0)
     assert math.isclose(t7.loc["Acc_testood", "Parameter Restoration"], 48.0)       # the same model's

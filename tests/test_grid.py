@@ -63,7 +63,7 @@ def test_parameter_analyses_use_the_finetuned_weights(tmp_path):
         if r["n"]:
             assert full[name] == r["accuracy"], name
     model, _, _ = exp.finetune(runs[0])
-    base = exp.base_state()
+    base = exp.pretrained_state()
     assert any(not torch.equal(p, base[n]) for n, p in model.named_parameters())
 
 
@@ -75,7 +75,7 @@ def test_kept_checkpoint_is_a_folder_sftnb_restore_takes(tmp_path):
     from sftnb.cli import main
     from sftnb.models import load_model, save_tiny_model
     from sftnb.param_analysis import kept_runs
-    from sftnb.restore import in_region
+    from sftnb.select import in_region
     exp = Experiment(smoke_config(tmp_path))
     key = kept_runs(exp)[0]
     exp.run_unit(key)

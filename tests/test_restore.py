@@ -5,8 +5,10 @@ import pytest
 import torch
 
 import sftnb.restore as rmod
+import sftnb.select as smod
 from sftnb.cli import main
-from sftnb.restore import FLIP, Restorer, radix_thresholds, region_names, relative_change
+from sftnb.restore import Restorer
+from sftnb.select import FLIP, radix_thresholds, region_names, relative_change
 
 SHAPES = [(7, 13), (128,), (3, 5, 11), (64, 9), (1,), (200,), (2, 50)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -69,8 +71,8 @@ def selected_now(model, ft, names):
 @pytest.mark.parametrize("strategy", ["top", "bottom"])
 @pytest.mark.parametrize("swap", [True, False])
 def test_selection_equals_brute_force(ties, strategy, swap, monkeypatch):
-    monkeypatch.setattr(rmod, "CHUNK", 150)             # larger tensors split: ties cross chunk borders
-    monkeypatch.setattr(rmod, "PIECE", 40)              # ... and pieces (40, 40, 40, 30 per chunk)
+    monkeypatch.setattr(smod, "CHUNK", 150)             # larger tensors split: ties cross chunk borders
+    monkeypatch.setattr(smod, "PIECE", 40)              # ... and pieces (40, 40, 40, 30 per chunk)
     tuned, base, names = pair(ties)
     base_before = {n: t.clone() for n, t in base.items()}
     restorer = Restorer(tuned, base, swap=swap)
@@ -107,7 +109,7 @@ def test_k100_gives_pretrained_and_tiny_k_gives_finetuned():
 
 
 def test_random_is_exact_and_reproducible(monkeypatch):
-    monkeypatch.setattr(rmod, "CHUNK", 64)
+    monkeypatch.setattr(smod, "CHUNK", 64)
     tuned, base, names = pair(False)
     r = Restorer(tuned, base)
     ft = snapshot(tuned)
@@ -125,7 +127,7 @@ def test_random_is_exact_and_reproducible(monkeypatch):
     other = Restorer(tuned, base)                               # a fresh object draws the same selection
     assert other.restore(25, "random", seed=3).per_tensor == per1
     other.undo()
-    monkeypatch.setattr(rmod, "PIECE", 24)                      # ... also when it walks smaller pieces
+    monkeypatch.setattr(smod, "PIECE", 24)                      # ... also when it walks smaller pieces
     small = Restorer(tuned, base)
     with small.restored(25, "random", seed=3) as sel:
         assert sel.per_tensor == per1 and torch.equal(selected_now(tuned, ft, names), g1)
@@ -147,7 +149,7 @@ def test_concentration_and_stats_match_brute_force():
 
 
 def test_concentration_without_pretrained_zeros_matches_brute_force(monkeypatch):
-    monkeypatch.setattr(rmod, "CHUNK", 100)
+    monkeypatch.setattr(smod, "CHUNK", 100)
     tuned, base, names = pair(False)                       # base has exact zeros at [1::17] of every tensor
     live = dict(tuned.named_parameters())
     nonzero = torch.cat([(base[n] != 0).reshape(-1) for n in names])

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sftnb.config import SFTConfig
-from sftnb.data import Fact
+from sftnb.facts import Fact
 from sftnb.evaluate import evaluate_sets
 from sftnb.experiment import balanced_sample
 from sftnb.models import tiny_model

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sftnb.store import Store, atomic_write_json, atomic_write_text, canonical_json, spec_hash
+from sftnb.atomic import atomic_write_json, atomic_write_text
+from sftnb.store import Store, canonical_json, spec_hash
 
 SPEC = {"model": "tiny-random", "scale": 60, "seed": 0, "lr": 1e-5}
 
@@ -225,12 +226,12 @@ def test_atomic_write_json_failing_mid_write_keeps_the_old_file(tmp_path):
 
 KILL_MID_WRITE = """
     import os, sys, time
-    from sftnb import store
+    from sftnb import atomic
     def stall(fd):                                   # the data is written, the rename has not happened
         print("READY", flush=True)
         time.sleep(120)
-    store.os.fsync = stall
-    store.atomic_write_json(sys.argv[1], {"v": 2, "pad": "y" * 1_000_000})
+    atomic.os.fsync = stall
+    atomic.atomic_write_json(sys.argv[1], {"v": 2, "pad": "y" * 1_000_000})
 """
 
 
