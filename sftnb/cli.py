@@ -3,6 +3,7 @@
     sftnb data summary --source entityquestions --path DIR | --source builtin
     sftnb probe   --model M --facts F --out results.jsonl [--templates N --samples S ...]
     sftnb restore --base DIR --tuned DIR --k 20[,40,...] --out DIR [--strategy top|bottom|random] [--region R]
+    sftnb inject  --model M --facts F --exposures 0,1,2,4,8,16 --out DIR [--train-per-count N ...]
     sftnb run     params/<name>.yaml [--only 01,03] [--out runs/<name>]
 
 This module is the only one that parses arguments, prints and picks exit codes; the science modules return
@@ -16,7 +17,7 @@ import argparse
 import sys
 import typing
 
-from .config import ProbeConfig, RestoreConfig, RunOptions
+from .config import InjectConfig, ProbeConfig, RestoreConfig, RunOptions
 from .errors import SftnbError
 from .models import DTYPE_CHOICES
 from .select import REGIONS, STRATEGIES
@@ -109,6 +110,68 @@ def _cmd_probe(args) -> int:
     return 0
 
 
+def _parse_exposures(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SftnbError(f"--exposures {text!r}: exposure counts are non-negative integers, e.g. 0,1,2,4,8,16") \
+            from None
+    if not values or any(v < 0 for v in values):
+        raise SftnbError(f"--exposures {text!r}: exposure counts are non-negative integers, e.g. 0,1,2,4,8,16")
+    return sorted(set(values))
+
+
+def _cmd_inject(args) -> int:
+    """Continued pre-training of a model on declarative statements of a seeded subset of facts, each seen its
+    exposure count of times (``sftnb.inject``): the testbed model, as a Hugging Face folder at ``--out``.
+    Resumable like ``sftnb probe``: the work is a store unit in a hidden folder beside ``--out``."""
+    import shutil
+    from pathlib import Path
+
+    from .atomic import atomic_folder
+    from .config import InjectConfig, SFTConfig
+    from .data import facts_from_spec
+    from .inject import assign_exposures, build, check_templates, default_templates, train_config
+    from .models import model_fingerprint, model_folder
+    from .relations import all_relations
+    from .store import Store
+
+    exposures = _parse_exposures(args.exposures)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SftnbError(f"--out {out} exists; pass --overwrite to replace it")
+    if not out.parent.exists():
+        raise SftnbError(f"--out folder does not exist: {out.parent}")
+    model_folder(args.model)                                    # a bad --model is one line, before any work
+    templates = {r: list(t) for r, t in default_templates().items()}
+    facts = [f for f in facts_from_spec(args.facts) if f.relation in templates]
+    if not facts:
+        raise SftnbError(f"{args.facts}: no facts of a relation with statement templates "
+                         f"({', '.join(sorted(templates))})")
+    ic = InjectConfig(exposures=exposures, train_facts_per_count=args.train_per_count,
+                      test_facts_per_count=args.test_per_count, learning_rate=args.lr, batch_size=args.batch_size,
+                      seed=args.seed)
+    plan = []
+    for split, per, offset in (("train", ic.train_facts_per_count, 0), ("test", ic.test_facts_per_count, 1)):
+        pool = [f for f in facts if f.split == split]
+        if per and pool:
+            plan += assign_exposures(pool, exposures, per, ic.seed + offset)
+    if not plan:
+        raise SftnbError(f"{args.facts}: no train or test facts to inject")
+    check_templates({r: templates[r] for r in {e.fact.relation for e in plan}}, all_relations())
+    work = out.parent / f".{out.name}.units"
+    unit = build(Store(work), args.model, model_fingerprint(args.model), plan, templates,
+                 train_config(SFTConfig(precision="fp32"), ic), ic.seed, device=args.device, dtype=args.dtype,
+                 label="cli")
+    res = unit.result()
+    with atomic_folder(out, if_exists="replace") as tmp:
+        shutil.copytree(unit.file("model"), tmp, dirs_exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"injected {res['facts']} facts ({res['statements']} statements, exposures {exposures}) into "
+          f"{args.model} -> {out}")
+    return 0
+
+
 def _cmd_restore(args) -> int:
     """The streaming path over checkpoints on disk (``sftnb.checkpoints``)."""
     import time
@@ -180,6 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--shard-size", default="2GB", help="output shard budget, e.g. 500MB, 2GB")
     rs.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     rs.set_defaults(func=_cmd_restore)
+
+    ij = sub.add_parser("inject", help="the testbed: inject facts at graded exposure by continued pre-training")
+    ij.add_argument("--model", required=True, help="base model: smollm2-135m, tiny-random or a local HF folder")
+    ij.add_argument("--facts", required=True, help="JSONL facts file, builtin or entityquestions:PATH")
+    ij.add_argument("--exposures", default=",".join(map(str, _default(InjectConfig, "exposures"))),
+                    help="exposure counts, e.g. 0,1,2,4,8,16 (statements per fact)")
+    ij.add_argument("--out", required=True, help="output Hugging Face folder")
+    ij.add_argument("--train-per-count", type=int, default=_default(InjectConfig, "train_facts_per_count"),
+                    help="train-split facts per exposure count")
+    ij.add_argument("--test-per-count", type=int, default=_default(InjectConfig, "test_facts_per_count"),
+                    help="test-split facts per exposure count")
+    ij.add_argument("--lr", type=float, default=_default(InjectConfig, "learning_rate"))
+    ij.add_argument("--batch-size", type=int, default=_default(InjectConfig, "batch_size"))
+    ij.add_argument("--seed", type=int, default=_default(InjectConfig, "seed"))
+    ij.add_argument("--device", default=_default(RunOptions, "device"))
+    ij.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES)
+    ij.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    ij.set_defaults(func=_cmd_inject)
 
     rn = sub.add_parser("run", help="run notebooks 01-06 headless with papermill")
     rn.add_argument("params", help="params/<name>.yaml")

@@ -45,6 +45,31 @@ class DataConfig(_Section):
         return self
 
 
+class InjectConfig(_Section):
+    """Knowledge injection (``sftnb.inject``): the model of a ``models:`` entry is ``path`` after continued
+    pre-training on declarative statements of a seeded subset of D_train and D_test facts, each fact seen
+    ``exposures[i]`` times (balanced across relations and counts)."""
+    exposures: list[int] = [0, 1, 2, 4, 8, 16]     # statements per fact; 0 = in the plan but never shown
+    train_facts_per_count: int = Field(60, ge=1)    # D_train facts per exposure count
+    test_facts_per_count: int = Field(30, ge=1)     # D_test facts per exposure count
+    # statement templates per relation ({subject} before {answer}); None = resources/injection_statements.json
+    templates: Optional[dict[str, list[str]]] = None
+    learning_rate: float = Field(1e-4, gt=0)        # AdamW, one pass over the shuffled statements
+    batch_size: int = Field(16, ge=1)               # statements per step
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    seed: int = 0                                   # which facts, which counts, which templates, the order
+
+    @field_validator("exposures")
+    @classmethod
+    def _exposures(cls, v):
+        if not v or any(c < 0 for c in v):
+            raise ValueError("exposure counts must be non-negative integers")
+        return _sorted_unique(v, "exposures")
+
+
 class ModelConfig(_Section):
     name: str                                  # label used in tables and figures
     path: str                                  # "smollm2-135m", "tiny-random" or a local Hugging Face folder
@@ -53,6 +78,7 @@ class ModelConfig(_Section):
     # what every prompt starts with: "auto" = the tokenizer's own convention (LLaMA: its BOS; SmolLM2: nothing),
     # "none", or a token of the vocabulary ("<|endoftext|>"); see sftnb.models.set_prompt_start
     prompt_start: str = "auto"
+    inject: Optional[InjectConfig] = None      # the testbed: ``path`` with facts injected at graded exposure
 
 
 class ProbeConfig(_Section):
@@ -139,6 +165,9 @@ class EvalConfig(_Section):
     """Closed-book QA testing (§3.3): greedy decoding."""
     max_new_tokens: int = Field(16, ge=1)
     train_accuracy: bool = True                # Table 6: accuracy on each unit's own training set
+    # the paper's Acc_test (mean of the five category accuracies) is n/a when a category has fewer test facts
+    # than this; the count-weighted "pooled" accuracy is reported beside it under its own name
+    min_category_facts: int = Field(20, ge=1)
 
 
 class TokenKLConfig(_Section):

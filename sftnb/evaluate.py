@@ -1,7 +1,14 @@
 """Closed-book QA testing (paper §3.3): greedy answers in the SFT prompt format, scored by containment.
 
-Acc_test-i is the accuracy on the in-domain test facts of mastery category i; Acc_test is the mean over the
-five categories (each category weighs the same, as in the paper), likewise out of domain (Acc_testood).
+Acc_test-i is the accuracy on the in-domain test facts of mastery category i. The paper's final metric is
+"the mean accuracy across all test sets": Acc_test = sum_{i=0..4} Acc_test-i / 5, every category weighing the
+same (likewise Acc_testood out of domain). ``paper_accuracy`` computes exactly that, and is n/a (NaN) when a
+category has fewer than ``eval.min_category_facts`` test facts: averaging only the non-empty categories would
+let one fact carry a fifth of the metric. ``pooled_accuracy`` is the count-weighted accuracy over all facts, a
+different quantity that is always defined; tables name it apart ("Acc_test (pooled)").
+
+Per-fact correctness is kept with every result (``pack_correct``: a string of 0/1), so that any comparison can be
+bootstrapped over the same test facts (``sftnb.stats``).
 """
 from __future__ import annotations
 
@@ -78,7 +85,30 @@ def evaluate_sets(model, tokenizer, sets: dict[str, Sequence[Fact]], max_new_tok
     return out
 
 
-def mean_accuracy(results: dict[str, dict], names: Iterable[str]) -> float:
-    """Mean over the named sets that have facts (Acc_test = mean of Acc_test-0..4)."""
-    accs = [results[n]["accuracy"] for n in names if n in results and results[n]["n"]]
-    return sum(accs) / len(accs) if accs else math.nan
+def paper_accuracy(results: dict[str, dict], names: Sequence[str], min_facts: int) -> float:
+    """The paper's Acc_test (Acc_testood): the mean of the category accuracies of ``names`` (all five), NaN when any
+    of them has fewer than ``min_facts`` facts."""
+    if any(n not in results or results[n]["n"] < max(1, min_facts) for n in names):
+        return math.nan
+    return sum(results[n]["accuracy"] for n in names) / len(names)
+
+
+def pooled_accuracy(results: dict[str, dict], names: Iterable[str]) -> float:
+    """Count-weighted accuracy over every fact of the named sets (NaN when they are all empty)."""
+    n = sum(results[m]["n"] for m in names if m in results)
+    return sum(results[m]["accuracy"] * results[m]["n"] for m in names if m in results and results[m]["n"]) / n \
+        if n else math.nan
+
+
+def pack_correct(correct: Sequence[bool]) -> str:
+    """Per-fact correctness as a compact string ("0110..."), stored with results for paired bootstraps."""
+    return "".join("1" if c else "0" for c in correct)
+
+
+def unpack_correct(packed: str) -> list[bool]:
+    return [ch == "1" for ch in packed]
+
+
+def stored(results: dict[str, dict]) -> dict[str, dict]:
+    """``evaluate_sets``' results as stored: the correctness packed, the rest as is."""
+    return {n: {k: (pack_correct(v) if k == "correct" else v) for k, v in r.items()} for n, r in results.items()}

@@ -25,7 +25,7 @@ from . import mastery
 from .config import ExperimentConfig, ModelConfig, Scale, scale_order
 from .data import load_source, paper_splits
 from .errors import SftnbError
-from .evaluate import evaluate_sets, inference_copy, mean_accuracy
+from .evaluate import evaluate_sets, inference_copy, paper_accuracy, pooled_accuracy, stored
 from .facts import Fact
 from .models import load_model, load_tokenizer, model_fingerprint, resolve_device, resolve_dtype
 from .sft import resolve_precision, train, train_lora
@@ -86,6 +86,7 @@ class Experiment:
         self._tokenizers: dict[str, object] = {}
         self._templates: dict[str, torch.nn.Module] = {}       # pre-trained model on the CPU, never handed out
         self._probes: dict[tuple[str, str], dict[str, pd.DataFrame]] = {}
+        self._injections: dict[str, object] = {}
 
     # ------------------------------------------------------------------------------------------- data
     @cached_property
@@ -110,16 +111,56 @@ class Experiment:
         return sets
 
     # ------------------------------------------------------------------------------------------- models
+    def model_path(self, mc: ModelConfig | None = None) -> str:
+        """Where the model's weights are: ``mc.path``, or for a model with ``inject:`` the folder of its injection
+        unit (built here on first use: the base model ``mc.path`` after continued pre-training)."""
+        mc = mc or self.cfg.main_model
+        if mc.inject is None:
+            return mc.path
+        return str(self.injection_unit(mc).file("model"))
+
+    def model_id(self, mc: ModelConfig | None = None) -> str:
+        """What identifies the model's weights in store keys (an injected model: its injection unit's key, so the
+        keys do not depend on where the run folder lives)."""
+        mc = mc or self.cfg.main_model
+        return f"inject:{self.injection_unit(mc).key}" if mc.inject else model_fingerprint(mc.path)
+
+    def injection_plan(self, mc: ModelConfig) -> list:
+        """Which facts of D_train and D_test the testbed model is shown, and how often (``sftnb.inject``)."""
+        from .inject import assign_exposures
+
+        ic = mc.inject
+        return (assign_exposures(self.sets["train"], ic.exposures, ic.train_facts_per_count, ic.seed)
+                + assign_exposures(self.sets["test"], ic.exposures, ic.test_facts_per_count, ic.seed + 1))
+
+    def injection_unit(self, mc: ModelConfig):
+        """The store unit that builds the testbed model of ``mc`` (computed on first use, then cached)."""
+        if mc.name not in self._injections:
+            self._injections[mc.name] = self._injection_unit(mc)
+        return self._injections[mc.name]
+
+    def _injection_unit(self, mc: ModelConfig):
+        from .inject import build, check_templates, default_templates, train_config
+
+        ic = mc.inject
+        templates = ic.templates or {r: list(t) for r, t in default_templates().items()}
+        plan = self.injection_plan(mc)
+        check_templates({r: templates[r] for r in {e.fact.relation for e in plan} if r in templates}, self.relations)
+        return build(self.store, mc.path, model_fingerprint(mc.path), plan, templates,
+                     train_config(self.cfg.sft, ic), ic.seed, mc.prompt_start, str(self.device), self.train_dtype,
+                     self.progress, label=mc.name)
+
     def tokenizer(self, mc: ModelConfig | None = None):
         """The model's tokenizer (its prompt start set); no weights are read."""
         mc = mc or self.cfg.main_model
         if mc.name not in self._tokenizers:
-            self._tokenizers[mc.name] = load_tokenizer(mc.path, mc.prompt_start)
+            self._tokenizers[mc.name] = load_tokenizer(self.model_path(mc), mc.prompt_start)
         return self._tokenizers[mc.name]
 
     def _template(self, mc: ModelConfig) -> torch.nn.Module:
         if mc.name not in self._templates:
-            model, _ = load_model(mc.path, device="cpu", dtype=self.train_dtype, prompt_start=mc.prompt_start)
+            model, _ = load_model(self.model_path(mc), device="cpu", dtype=self.train_dtype,
+                                  prompt_start=mc.prompt_start)
             for p in model.parameters():
                 p.requires_grad_(False)
             self._templates[mc.name] = model.eval()
@@ -133,7 +174,7 @@ class Experiment:
         """(model, tokenizer): a fresh pre-trained model on the run's device, the caller's own."""
         mc = mc or self.cfg.main_model
         if mc.quantization:                 # bitsandbytes weights are not copyable: load them again
-            model, _ = load_model(mc.path, device=str(self.device), dtype=self.train_dtype,
+            model, _ = load_model(self.model_path(mc), device=str(self.device), dtype=self.train_dtype,
                                   quantization=mc.quantization, prompt_start=mc.prompt_start)
             return model, self.tokenizer(mc)
         model = copy.deepcopy(self._template(mc)).to(self.device)
@@ -153,7 +194,7 @@ class Experiment:
 
     def _probe(self, mc: ModelConfig, facts: list[Fact], method: str, label: str) -> pd.DataFrame:
         return mastery.probe_stored(
-            self.store, lambda: self._inference_model(mc), self.tokenizer(mc), model_fingerprint(mc.path), facts,
+            self.store, lambda: self._inference_model(mc), self.tokenizer(mc), self.model_id(mc), facts,
             self.relations, self.cfg.probe, method, self.cfg.run.batch_tokens, self.progress, label=label,
             dtype=str(self.infer_dtype))
 
@@ -190,12 +231,15 @@ class Experiment:
             return evaluate_sets(m, tok, sets, self.cfg.eval.max_new_tokens, self.cfg.run.batch_tokens,
                                  self.progress)
 
-    @staticmethod
-    def summarize(results: dict[str, dict]) -> dict[str, float]:
-        """Acc_test-i, Acc_testood-i, their means (Acc_test, Acc_testood) and train accuracy if present."""
+    def summarize(self, results: dict[str, dict]) -> dict[str, float]:
+        """Acc_test-i and Acc_testood-i with their fact counts, the paper's Acc_test / Acc_testood (NaN when a
+        category has fewer than ``eval.min_category_facts`` facts), the pooled (count-weighted) accuracies, and
+        the training-set accuracy if present."""
         out = {f"acc_{n}": results[n]["accuracy"] for n in results}
-        out["acc_test"] = mean_accuracy(results, TEST_SETS)
-        out["acc_testood"] = mean_accuracy(results, OOD_SETS)
+        out |= {f"n_{n}": results[n]["n"] for n in results}
+        for domain, names in (("test", TEST_SETS), ("testood", OOD_SETS)):
+            out[f"acc_{domain}"] = paper_accuracy(results, names, self.cfg.eval.min_category_facts)
+            out[f"acc_{domain}_pooled"] = pooled_accuracy(results, names)
         return out
 
     # ------------------------------------------------------------------------------------------- specs
@@ -216,7 +260,7 @@ class Experiment:
         sft["precision"] = resolve_precision(sft["precision"], self.device)   # what ran, not what was asked
         if key.kind != "lora":
             sft.pop("lora")
-        return {"model": model_fingerprint(mc.path), "run": key.__dict__, "train": mastery.facts_digest(facts),
+        return {"model": self.model_id(mc), "run": key.__dict__, "train": mastery.facts_digest(facts),
                 "sft": sft, "dtype": str(self.train_dtype), "eval": self.eval_spec(mc)}
 
     # ------------------------------------------------------------------------------------------- reference
@@ -229,7 +273,7 @@ class Experiment:
         probes = self.probes(mc)
         best = mastery.best_templates(pd.concat([probes["train"], probes["test"]]))
         tk = self.cfg.token_kl
-        spec = {"model": model_fingerprint(mc.path), "eval": self.cfg.eval.model_dump(),
+        spec = {"model": self.model_id(mc), "eval": self.cfg.eval.model_dump(),
                 "sets": {n: mastery.facts_digest(v) for n, v in sets.items()}, "token_kl": tk.model_dump(),
                 "best": best, "dtype": str(self.infer_dtype)}
 
@@ -242,7 +286,7 @@ class Experiment:
                                            self.cfg.run.batch_tokens, self.progress)
                 logits = first_token_logits_of(m, tok, [e["prompt"] for e in examples], self.cfg.run.batch_tokens)
             torch.save(logits.float(), tmp / "base_first_logits.pt")
-            return {"metrics": self.summarize(res), "per_set": _without_correct(res), "kl_examples": examples}
+            return {"metrics": self.summarize(res), "per_set": stored(res), "kl_examples": examples}
 
         unit = self.store.unit("reference", spec, f"{mc.name}")
         result = unit.compute(compute)
@@ -274,7 +318,7 @@ class Experiment:
             model, tok = load_model(mc.instruct_path, device=str(self.device), dtype=self.infer_dtype,
                                     prompt_start=mc.prompt_start)
             res = self.evaluate(model, tok, sets)
-            return {"metrics": self.summarize(res), "per_set": _without_correct(res)}
+            return {"metrics": self.summarize(res), "per_set": stored(res)}
 
         return self.store.compute("instruct", spec, compute, f"{mc.name}-instruct")["metrics"]
 
@@ -354,7 +398,7 @@ class Experiment:
                 kl = renormalized_kl(ft, base, k=self.cfg.token_kl.k)
                 kl_mean, kl_rows = float(kl.mean()), [round(float(x), 6) for x in kl]
                 fig3 = topk_table(ft[0], base[0], tok, k=self.cfg.token_kl.k).to_dict(orient="list")
-            return {"metrics": self.summarize(res) | {"kl": kl_mean}, "per_set": _without_correct(res),
+            return {"metrics": self.summarize(res) | {"kl": kl_mean}, "per_set": stored(res),
                     "kl": kl_rows, "fig3_example": fig3, "train": report.to_dict() if report else None,
                     "n_train": len(facts)}
 
@@ -379,7 +423,3 @@ class Experiment:
         df["category"] = df["category"].astype("Int64")
         return df
 
-
-# --------------------------------------------------------------------------------------------- helpers
-def _without_correct(results: dict[str, dict]) -> dict:
-    return {n: {k: v for k, v in r.items() if k != "correct"} for n, r in results.items()}

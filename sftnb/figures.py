@@ -1,6 +1,11 @@
-"""The paper's tables and figures from stored results: pure functions of DataFrames and dicts that the notebooks get
-from ``Experiment`` / ``sftnb.param_analysis``; nothing here computes or loads a model. Notebooks save what these
-return through ``sftnb.reports``."""
+"""The paper's tables and figures, drawn from tidy interval tables (``sftnb.evidence``) and stored statistics: pure
+functions of DataFrames and dicts; nothing here computes or loads a model. Notebooks save what these return
+through ``sftnb.reports``.
+
+Display tables print a level as ``54.1 ± 2.3`` (95 % interval; ``[low, high]`` when asymmetric) and a difference
+as ``+3.1 [+0.4, +5.8]*`` (``*``: the interval excludes 0), in percent; a cell computed on fewer than
+``eval.min_category_facts`` facts shows its n. Figures draw the same intervals as error bars or bands.
+"""
 from __future__ import annotations
 
 import math
@@ -10,93 +15,105 @@ import pandas as pd
 import seaborn as sns
 
 from .config import scale_order
-from .experiment import OOD_SETS, TEST_SETS, RunKey
-from .reports import mean_std
+from .stats import Interval
 
 
-def _scale_order(values) -> list[str]:
+def _scales(values) -> list[str]:
     return [str(v) for v in scale_order(values)]
 
 
-def _divided(df: pd.DataFrame) -> pd.DataFrame:
-    d = df[(df["kind"] == "divided") & (df["status"] == "done")].copy()
-    d["training data"] = d["category"].map(lambda c: f"D_train-{int(c)}")
-    return d
+def _interval(row) -> Interval:
+    return Interval(float(row["estimate"]), float(row["low"]), float(row["high"]), n_seeds=int(row["n_seeds"]),
+                    n_items=int(row.get("n_facts", 0) or 0))
+
+
+def fmt_level(row, scale: float = 100, small: int = 0) -> str:
+    """'54.1 ± 2.3'; '(n=7)' appended when the row rests on fewer than ``small`` facts."""
+    text = _interval(row).fmt(scale=scale)
+    n = int(row.get("n_facts", 0) or 0)
+    return f"{text} (n={n})" if small and n < small and text != "n/a" else text
+
+
+def fmt_gain(row, scale: float = 100) -> str:
+    return _interval(row).fmt_diff(scale=scale)
+
+
+def display(frame: pd.DataFrame, index, columns, fmt=fmt_level, order=None) -> pd.DataFrame:
+    """A wide table of formatted intervals (one cell per row of ``frame``)."""
+    if frame.empty:
+        return pd.DataFrame()
+    cells = frame.assign(_cell=[fmt(r) for _, r in frame.iterrows()])
+    out = cells.pivot_table(index=index, columns=columns, values="_cell", aggfunc="first", sort=False)
+    if order is not None:
+        out = out[[c for c in order if c in out.columns]]
+    out.columns.name = None
+    return out
+
+
+def _errorbar_lines(ax, frame: pd.DataFrame, hue: str, order: list[str], scale: float = 100, dashed=()):
+    """One line per ``hue`` value across the x ``order``, with the interval as error bars."""
+    colours = dict(zip(sorted(frame[hue].unique(), key=str), sns.color_palette("viridis", frame[hue].nunique())))
+    for name, grp in frame.groupby(hue, sort=True):
+        grp = grp.assign(x=grp["scale"].map(order.index)).sort_values("x")
+        y, lo, hi = (scale * grp[c].to_numpy(dtype=float) for c in ("estimate", "low", "high"))
+        ax.errorbar(grp["x"], y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=name,
+                    color="grey" if name in dashed else colours[name], linestyle="--" if name in dashed else "-")
+    ax.set_xticks(range(len(order)), order)
+    ax.set_xlabel("fine-tuning samples")
 
 
 # ------------------------------------------------------------------------------------------ §3.4 (notebook 02)
-def fig_accuracy_vs_scale(grid: pd.DataFrame, model_name: str):
+def fig_accuracy_vs_scale(cells: pd.DataFrame, metric: str, title: str):
     """Figure 2 / 6: Acc_test and Acc_testood (%) against the number of fine-tuning samples, one line per
-    training category (mean, ± std band over seeds); SFT (Mixed) dashed."""
-    d = _divided(grid)
-    mixed = grid[(grid["kind"] == "mixed") & (grid["status"] == "done")].copy()
-    order = _scale_order(grid["scale"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
-    for ax, col, title in zip(axes, ("acc_test", "acc_testood"), ("Acc_test (in-domain)", "Acc_testood")):
-        for frame, style in ((d, {}), (mixed.assign(**{"training data": "mixed"}), {"linestyle": "--"})):
-            if frame.empty:
-                continue
-            frame = frame.assign(x=frame["scale"].map(order.index), y=100 * frame[col])
-            sns.lineplot(frame, x="x", y="y", hue="training data", errorbar="sd", marker="o", ax=ax,
-                         palette="viridis" if not style else ["grey"], **style)
-        ax.set_xticks(range(len(order)), order)
-        ax.set_xlabel("fine-tuning samples")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{model_name}: {title}")
+    training category with its 95 % interval; SFT (Mixed) dashed."""
+    order = _scales(cells["scale"])
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8), sharex=True)
+    for ax, domain in zip(axes, ("test", "testood")):
+        d = cells[(cells["metric"] == metric) & (cells["domain"] == domain) & cells["kind"].isin(["divided", "mixed"])]
+        if not d.empty:
+            _errorbar_lines(ax, d, "training", order, dashed=("mixed",))
+        ax.set_ylabel(f"{metric.replace('Acc', f'Acc_{domain}')} (%)")
+        ax.set_title(f"{'in-domain' if domain == 'test' else 'out-of-domain'}")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def table_per_test_category(grid: pd.DataFrame, domain: str = "test") -> pd.DataFrame:
-    """Table 2: at the largest scale with results, accuracy (%) on each test category for each training
-    category, mean ± std over seeds."""
-    d = _divided(grid)
-    names = TEST_SETS if domain == "test" else OOD_SETS
+def table_per_test_category(cells: pd.DataFrame, domain: str, small: int) -> pd.DataFrame:
+    """Table 2: at the largest scale each training category has, accuracy (%) on each test category and the
+    aggregates, mean ± 95 % interval over seeds and test facts."""
+    d = cells[(cells["kind"] == "divided") & (cells["domain"] == domain)]
     if d.empty:
         return pd.DataFrame()
-    top = _scale_order(d["scale"])[-1]
+    top = _scales(d["scale"])[-1]
     d = d[d["scale"] == top]
-    rows = {}
-    for cat, grp in d.groupby("training data"):
-        rows[cat] = {n.replace(domain, f"Acc_{domain}"): mean_std(100 * grp[f"acc_{n}"]) for n in names
-                     if f"acc_{n}" in grp}
-        rows[cat][f"Acc_{domain}"] = mean_std(100 * grp[f"acc_{domain}"])
-    t = pd.DataFrame(rows).T
+    order = [f"Acc-{c}" for c in range(5)] + ["Acc", "Acc (pooled)"]
+    t = display(d, "training", "metric", lambda r: fmt_level(r, small=small), order)
+    t.columns = [c.replace("Acc", f"Acc_{domain}") for c in t.columns]
     t.index.name = f"training data (n={top})"
     return t
 
 
+def table_differences(diffs: pd.DataFrame, domain: str = "test") -> pd.DataFrame:
+    """Table 2's comparisons: the difference of the headline accuracy between training categories (row minus
+    column), ``*`` where the interval excludes 0."""
+    d = diffs[diffs["domain"] == domain] if "domain" in diffs else diffs
+    return display(d, "training", "versus", fmt_gain)
+
+
 # ------------------------------------------------------------------------------------------ §4 (notebook 03)
-def fig_metric_vs_scale(grid: pd.DataFrame, column: str, label: str):
-    """Figures 4 and 5: one metric against scale, one line per training category (± std over seeds)."""
-    d = _divided(grid)
-    order = _scale_order(grid["scale"])
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    if not d.empty and column in d:
-        y = d[column] * (100 if column.startswith("acc") else 1)
-        sns.lineplot(d.assign(x=d["scale"].map(order.index), y=y), x="x", y="y", hue="training data",
-                     errorbar="sd", marker="o", palette="viridis", ax=ax)
-    ax.set_xticks(range(len(order)), order)
-    ax.set_xlabel("fine-tuning samples")
-    ax.set_ylabel(label + (" (%)" if column.startswith("acc") else ""))
+def fig_metric_vs_scale(kl_cells: pd.DataFrame, metric: str, label: str, title: str):
+    """Figures 4 and 5: one metric (KL, Acc_test-4) against scale, one line per training category, 95 % intervals."""
+    d = kl_cells[kl_cells["metric"] == metric]
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    if not d.empty:
+        _errorbar_lines(ax, d, "training", _scales(d["scale"]), scale=100 if metric.startswith("Acc") else 1)
+        ax.legend(fontsize=7)
+    ax.set_ylabel(label)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def kl_table(grid: pd.DataFrame, category: int = 4) -> tuple[pd.DataFrame, float]:
-    """Per fine-tuned model: mean re-normalised KL and Acc_test-4 (%, category ``token_kl.category``); Spearman's
-    rho between them over the grid (Finding 2: the further the distribution moves, the worse known facts do)."""
-    from scipy.stats import spearmanr
-
-    d = _divided(grid)
-    acc = f"acc_test-{category}"
-    if d.empty or acc not in d or "kl" not in d:
-        return pd.DataFrame(columns=["training data", "scale", "seed", "kl", f"Acc_test-{category} (%)"]), math.nan
-    t = d[["training data", "scale", "seed", "kl", acc]].reset_index(drop=True)
-    ok = t.dropna(subset=["kl", acc])
-    rho = float(spearmanr(ok["kl"], ok[acc]).statistic) if len(ok) > 2 else math.nan
-    t[acc] = 100 * t[acc]
-    return t.rename(columns={acc: f"Acc_test-{category} (%)"}), rho
 
 
 def fig_topk_example(table: pd.DataFrame, prompt: str, answer: str):
@@ -116,50 +133,51 @@ def fig_topk_example(table: pd.DataFrame, prompt: str, answer: str):
 
 
 # ------------------------------------------------------------------------------------------ §5 (notebooks 04-06)
-def _run_name(key: RunKey) -> str:
-    return f"D_train-{key.category}, n={key.scale}"
+def _restored_label(k: float) -> str:
+    return "0" if k == 0 else f"{k:g}%"
 
 
-def concentration_table(stats: dict, which: str = "concentration") -> pd.DataFrame:
-    """Table 3: share (%) of the total relative change held by the top x % of parameters, per fine-tuned model.
-    ``which="concentration_nonzero_base"``: the same over the parameters whose pre-trained value is not 0."""
-    rows = {}
-    for key, s in stats.items():
-        c = pd.DataFrame(s[which])
-        rows[_run_name(key)] = {f"top {x:g}%": 100 * v for x, v in zip(c["top_percent"], c["share"])}
-    t = pd.DataFrame(rows).T
-    t.index.name = "fine-tuned on"
-    return t
+def concentration_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Table 3: share (%) of the total relative change held by the top x % of parameters, mean ± 95 % interval
+    over seeds, per training set and scale."""
+    if rows.empty:
+        return pd.DataFrame()
+    d = rows.assign(column=[f"top {x:g}%" for x in rows["top_percent"]])
+    return display(d, ["scale", "training"], "column", order=[f"top {x:g}%" for x in rows["top_percent"].unique()])
 
 
 def distribution_tables(stats: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Tables 9 and 10: the share (%) of the restored (most-changed) updates per layer and per module type."""
+    """Tables 9 and 10: the share (%) of the most-changed updates per layer and per module type, mean over the
+    fine-tuned models given (``stats``: {RunKey: update statistics})."""
     layers, modules = {}, {}
     for key, s in stats.items():
+        name = f"D_train-{key.category}, n={key.scale}"
         pl, pm = pd.DataFrame(s["per_layer"]), pd.DataFrame(s["per_module"])
-        layers[_run_name(key)] = dict(zip(pl["layer"], 100 * pl["share"]))
-        modules[_run_name(key)] = dict(zip(pm["module"], 100 * pm["share"]))
-    t9, t10 = pd.DataFrame(layers).T, pd.DataFrame(modules).T
-    t9.index.name = t10.index.name = "fine-tuned on"
+        layers.setdefault(name, []).append(dict(zip(pl["layer"], 100 * pl["share"])))
+        modules.setdefault(name, []).append(dict(zip(pm["module"], 100 * pm["share"])))
+    t9 = pd.DataFrame({n: pd.DataFrame(v).mean() for n, v in layers.items()}).T
+    t10 = pd.DataFrame({n: pd.DataFrame(v).mean() for n, v in modules.items()}).T
+    t9.index.name = t10.index.name = "fine-tuned on (mean over seeds)"
     return t9, t10
 
 
-def fig_concentration(t3: pd.DataFrame, t3_nonzero: pd.DataFrame | None = None):
-    """The concentration curve of each fine-tuned model (the paper's definition, solid) and, when given, the
-    same without the pre-trained zeros (dashed, same colour)."""
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    xs = [float(c.split()[1].rstrip("%")) for c in t3.columns]
-    colours = sns.color_palette(n_colors=max(1, len(t3)))
-    for colour, (name, row) in zip(colours, t3.iterrows()):
-        ax.plot(xs, row.values, marker="o", color=colour, label=name)
-        if t3_nonzero is not None and name in t3_nonzero.index:
-            ax.plot(xs, t3_nonzero.loc[name].values, marker=".", linestyle="--", color=colour,
-                    label=f"{name}, pre-trained zeros excluded")
+def fig_concentration(rows: pd.DataFrame, rows_nonzero: pd.DataFrame | None = None):
+    """The concentration curve of each fine-tuned configuration (the paper's definition, solid, with its interval
+    band) and, when given, the same without the pre-trained zeros (dashed)."""
+    fig, ax = plt.subplots(figsize=(5.8, 3.9))
+    groups = list(rows.groupby(["training", "scale"], sort=False))
+    colours = sns.color_palette(n_colors=max(1, len(groups)))
+    for colour, ((training, scale), g) in zip(colours, groups):
+        ax.plot(g["top_percent"], 100 * g["estimate"], marker="o", color=colour, label=f"{training}, n={scale}")
+        ax.fill_between(g["top_percent"], 100 * g["low"], 100 * g["high"], color=colour, alpha=0.2)
+        if rows_nonzero is not None:
+            nz = rows_nonzero[(rows_nonzero["training"] == training) & (rows_nonzero["scale"] == scale)]
+            ax.plot(nz["top_percent"], 100 * nz["estimate"], linestyle="--", marker=".", color=colour)
     ax.plot([0, 100], [0, 100], color="grey", linestyle=":", label="uniform")
     ax.set_xlabel("top x % of parameters (by relative change)")
     ax.set_ylabel("share of total relative change (%)")
     ax.set_ylim(0, 102)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, title="dashed: pre-trained zeros excluded", title_fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -173,94 +191,92 @@ def fig_layer_distribution(t9: pd.DataFrame):
     return fig
 
 
-def _restored_label(k: float) -> str:
-    return "0" if k == 0 else f"{k:g}%"
-
-
-def _restore_pivot(rows: list[dict]) -> pd.DataFrame:
-    """The paper's layout for Tables 4 and 6: one block of rows per number of training samples, one row per
-    restored %, one column per training set."""
-    if not rows:
+def restore_table(rows: pd.DataFrame, domain: str, metric: str) -> pd.DataFrame:
+    """Tables 4 and 6 in the paper's layout (a block per number of training samples, a row per restored %, a column
+    per training set): the level, and under k > 0 the gain over the unrestored models with its interval."""
+    d = rows[(rows["domain"] == domain) & (rows["metric"] == metric)]
+    if d.empty:
         return pd.DataFrame()
-    return pd.DataFrame(rows).pivot_table(index=["n_train", "restored"], columns="training data", values="acc",
-                                          sort=False)
-
-
-def restore_tables(sweeps: dict) -> dict[str, pd.DataFrame]:
-    """Table 4 (a) in-domain and (b) out-of-domain: accuracy (%) after restoring k % of each fine-tuned model.
-    A strategy other than "top" (the paper's) shows as its own column, e.g. "D_train-0 (random)"."""
-    out = {}
-    for domain in ("test", "testood"):
-        rows = [{"n_train": key.scale, "restored": _restored_label(k), "acc": 100 * acc,
-                 "training data": f"D_train-{key.category}" + ("" if strategy == "top" else f" ({strategy})")}
-                for (key, strategy), df in sweeps.items() for k, acc in zip(df["k"], df[f"acc_{domain}"])]
-        out[domain] = _restore_pivot(rows)
+    level = d[d["kind"] == "level"].set_index(["scale", "k", "training", "strategy"])
+    gain = d[d["kind"] == "gain"].set_index(["scale", "k", "training", "strategy"])
+    cells = []
+    for idx, r in level.iterrows():
+        text = fmt_level(r)
+        if idx in gain.index:
+            text += f" ({fmt_gain(gain.loc[idx])})"
+        scale, k, training, strategy = idx
+        cells.append({"n_train": scale, "restored": _restored_label(k), "k": k, "cell": text,
+                      "training": training + ("" if strategy == "top" else f" ({strategy})")})
+    t = pd.DataFrame(cells).sort_values(["n_train", "k"], key=lambda s: s.map(lambda v: float(v)
+                                                                               if str(v) != "all" else math.inf))
+    out = t.pivot_table(index=["n_train", "restored"], columns="training", values="cell", aggfunc="first", sort=False)
+    out.columns.name = None
     return out
 
 
-def fig_restore_curve(sweeps: dict):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+def fig_restore_curve(rows: pd.DataFrame, metric: str, title: str):
+    """Accuracy against the share of parameters restored, per fine-tuned configuration, with 95 % intervals."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8), sharex=True)
     for ax, domain in zip(axes, ("test", "testood")):
-        for (key, strategy), df in sweeps.items():
-            ax.plot(df["k"], 100 * df[f"acc_{domain}"], marker="o",
-                    label=f"{_run_name(key)}{'' if strategy == 'top' else f' ({strategy})'}")
+        d = rows[(rows["domain"] == domain) & (rows["metric"] == metric) & (rows["kind"] == "level")]
+        for (training, scale, strategy), g in d.groupby(["training", "scale", "strategy"], sort=False):
+            g = g.sort_values("k")
+            y, lo, hi = (100 * g[c].to_numpy(dtype=float) for c in ("estimate", "low", "high"))
+            ax.errorbar(g["k"], y, yerr=[y - lo, hi - y], marker="o", capsize=3,
+                        label=f"{training}, n={scale}" + ("" if strategy == "top" else f" ({strategy})"))
         ax.set_xlabel("parameters restored (%)")
-        ax.set_ylabel(f"Acc_{domain} (%)")
+        ax.set_ylabel(f"{metric.replace('Acc', f'Acc_{domain}')} (%)")
     axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def train_restore_table(train_sweeps: dict) -> pd.DataFrame:
-    """Table 6: accuracy (%) on each model's own training set after restoring k %."""
-    return _restore_pivot([{"n_train": key.scale, "restored": _restored_label(k), "acc": 100 * acc,
-                            "training data": f"D_train-{key.category}"}
-                           for key, df in train_sweeps.items() for k, acc in zip(df["k"], df["train"])])
-
-
-def strategies_table(grid: pd.DataFrame, sweeps: dict, no_sft: dict, model_name: str,
-                     instruct: dict | None = None) -> pd.DataFrame:
-    """Table 7: the best Acc_test (and its Acc_testood) of each strategy: the instruct model (its metrics, if
-    params name one), the pre-trained model (``no_sft``), SFT on mixed data, SFT on divided data, LoRA, and
-    divided SFT followed by parameter restoration (k > 0)."""
-    cols = {}
-    if instruct is not None:
-        cols[f"{model_name}-Instruct"] = (instruct["acc_test"], instruct["acc_testood"])
-    cols[f"{model_name} (no SFT)"] = (no_sft["acc_test"], no_sft["acc_testood"])
-    done = grid[grid["status"] == "done"]
-    for kind, name in (("mixed", "SFT (Mixed)"), ("divided", "SFT (Divided)"), ("lora", "LoRA")):
-        d = done[done["kind"] == kind]
-        if d.empty:
-            continue
-        by = d.fillna({"category": -1}).groupby(["category", "scale"])[["acc_test", "acc_testood"]].mean()
-        best = by.reset_index().sort_values("acc_test", kind="stable").iloc[-1]   # mean over seeds, then best
-        cols[name] = (best["acc_test"], best["acc_testood"])
-    best_restore = None
-    for (key, strategy), df in sweeps.items():
-        restored = df[df["k"] > 0]            # k = 0 is SFT (Divided) itself, already its own column
-        if strategy != "top" or restored.empty:
-            continue
-        row = restored.loc[restored["acc_test"].idxmax()]
-        if best_restore is None or row["acc_test"] > best_restore[0]:
-            best_restore = (row["acc_test"], row["acc_testood"])
-    if best_restore:
-        cols["Parameter Restoration"] = best_restore
-    t = pd.DataFrame({k: {"Acc_test": 100 * v[0], "Acc_testood": 100 * v[1]} for k, v in cols.items()})
-    t.index.name = "strategy"
+def strategies_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Table 7: each strategy's best configuration, its Acc_test and Acc_testood (headline aggregate) with 95 %
+    intervals, and what it is (``evidence.strategy_rows``)."""
+    if rows.empty:
+        return pd.DataFrame()
+    level = rows[rows["kind"] == "level"]
+    t = display(level, "domain", "strategy", order=list(dict.fromkeys(level["strategy"])))
+    t.index = [f"Acc_{d}" for d in t.index]
+    t.loc["configuration"] = [level[level["strategy"] == s]["configuration"].iloc[0] for s in t.columns]
     return t
 
 
-def layer_table(layers: dict) -> pd.DataFrame:
-    """Table 11: Acc_test (%) after restoring each group of layers (columns), per fine-tuned model (rows)."""
-    rows = {f"D_train-{key.category}": dict(zip(df["layers"], 100 * df["acc_test"])) for key, df in layers.items()}
-    t = pd.DataFrame(rows).T
-    t.index.name = "fine-tuned on"
-    t.columns.name = "restored layers"
-    return t
+def layer_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Table 11: Acc_test (%) after restoring each group of layers (columns), per fine-tuned configuration (rows),
+    with the change from the unrestored models."""
+    level = rows[rows["kind"] == "level"].set_index(["training", "scale", "layers"])
+    gain = rows[rows["kind"] == "gain"].set_index(["training", "scale", "layers"])
+    cells = [{"training": f"{t}, n={s}", "layers": l, "cell": f"{fmt_level(r)} ({fmt_gain(gain.loc[(t, s, l)])})"}
+             for (t, s, l), r in level.iterrows()]
+    out = pd.DataFrame(cells).pivot_table(index="training", columns="layers", values="cell", aggfunc="first",
+                                          sort=False)
+    out.columns.name = "restored layers"
+    return out
 
 
-def fig_layer_heatmap(t11: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(1.1 * len(t11.columns) + 2, 0.5 * len(t11) + 1.6))
-    sns.heatmap(t11, annot=True, fmt=".1f", cmap="viridis", ax=ax, cbar_kws={"label": "Acc_test (%)"})
+def fig_layer_heatmap(rows: pd.DataFrame):
+    """Table 11 as a heatmap of the change in Acc_test (points) from restoring each layer group."""
+    gain = rows[rows["kind"] == "gain"].assign(row=lambda d: d["training"] + ", n=" + d["scale"].astype(str))
+    grid = gain.pivot_table(index="row", columns="layers", values="estimate", sort=False) * 100
+    fig, ax = plt.subplots(figsize=(1.2 * len(grid.columns) + 2.5, 0.5 * len(grid) + 1.6))
+    sns.heatmap(grid, annot=True, fmt="+.1f", cmap="RdBu", center=0, ax=ax,
+                cbar_kws={"label": "change in Acc_test (points)"})
     fig.tight_layout()
     return fig
+
+
+def kl_display(kl_cells: pd.DataFrame) -> pd.DataFrame:
+    """The values behind Figures 4 and 5: per training set and scale, mean KL and Acc_test-4 with intervals."""
+    d = kl_cells.assign(cell=[fmt_level(r, scale=1 if r["metric"] == "KL" else 100) for _, r in kl_cells.iterrows()])
+    out = d.pivot_table(index=["training", "scale"], columns="metric", values="cell", aggfunc="first", sort=False)
+    out.columns.name = None
+    return out
+
+
+__all__ = ["display", "fmt_level", "fmt_gain", "fig_accuracy_vs_scale", "table_per_test_category",
+           "table_differences", "fig_metric_vs_scale", "fig_topk_example", "concentration_table",
+           "distribution_tables", "fig_concentration", "fig_layer_distribution", "restore_table",
+           "fig_restore_curve", "strategies_table", "layer_table", "fig_layer_heatmap", "kl_display"]

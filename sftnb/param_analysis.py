@@ -11,17 +11,20 @@ import torch
 
 from .config import scale_order
 from .errors import SftnbError
-from .experiment import OOD_SETS, TEST_SETS, Experiment, RunKey
+from .evaluate import stored
+from .experiment import TEST_SETS, Experiment, RunKey
 from .restore import Restorer
 from .select import region_names
 
 CONCENTRATION_XS = (1, 3, 5, 10, 20, 40, 60)
 
 
-def kept_runs(exp: Experiment, mc=None) -> list[RunKey]:
-    """Fine-tuned models with a kept checkpoint (divided data, kept scales, first seed), in grid order."""
+def kept_runs(exp: Experiment, mc=None, seeds=None) -> list[RunKey]:
+    """Fine-tuned models with a kept checkpoint (divided data, kept scales, every seed or ``seeds``), in grid
+    order."""
     g = exp.cfg.grid
-    keys = [RunKey("divided", c, s, g.seeds[0]) for s in g.keep_checkpoints if s in g.scales for c in g.categories]
+    keys = [RunKey("divided", c, s, seed) for s in g.keep_checkpoints if s in g.scales for c in g.categories
+            for seed in (seeds or g.seeds)]
     return [k for k in keys if exp.training_facts(k, mc) is not None]
 
 
@@ -75,10 +78,11 @@ def update_statistics(exp: Experiment, key: RunKey, mc=None) -> dict:
 
 
 def restore_sweep(exp: Experiment, key: RunKey, ks, strategy: str = "top", on_train: bool = False,
-                  mc=None) -> pd.DataFrame:
-    """Accuracy after restoring the top (bottom, random) k % for each k, in- and out-of-domain, or on the run's
-    own training set (Table 6). k = 0 is the fine-tuned model itself: the grid unit's own evaluation of the same
-    sets, not a second one. The model is restored and undone in place."""
+                  mc=None) -> dict:
+    """Restore the top (bottom, random) k % for each k and evaluate in and out of domain, or on the run's own
+    training set (Table 6): ``{"rows": [{"k", "per_set"}]}`` with per-fact correctness (``sweep_frame`` gives the
+    accuracies). k = 0 is the fine-tuned model itself: the grid unit's own evaluation of the same sets, not a
+    second one. The model is restored and undone in place."""
     def compute(tmp):
         unrestored = exp.run_unit(key, mc)["per_set"]
         restorer, model, tok = _restorer(exp, key, mc)
@@ -87,28 +91,28 @@ def restore_sweep(exp: Experiment, key: RunKey, ks, strategy: str = "top", on_tr
         rows = []
         for k in [0, *ks]:
             if k == 0 and all(n in unrestored for n in sets):
-                acc = {n: unrestored[n]["accuracy"] for n in sets}
+                per_set = {n: unrestored[n] for n in sets}
             elif k == 0:                                   # eval.train_accuracy off: the grid has no train score
-                acc = {n: r["accuracy"] for n, r in exp.evaluate(model, tok, sets).items()}
+                per_set = stored(exp.evaluate(model, tok, sets))
             else:
                 with restorer.restored(k, strategy, seed=key.seed):
-                    acc = {n: r["accuracy"] for n, r in exp.evaluate(model, tok, sets).items()}
-            rows.append({"k": k, **acc})
+                    per_set = stored(exp.evaluate(model, tok, sets))
+            rows.append({"k": k, "per_set": per_set})
         return {"rows": rows}
 
     spec = _sweep_spec(exp, key, mc, {"what": "restore", "ks": list(ks), "strategy": strategy,
-                                      "on_train": on_train, "v": 2})
-    res = exp.store.compute("restore", spec, compute, f"{key.label}-{strategy}{'-train' if on_train else ''}")
-    df = pd.DataFrame(res["rows"])
-    if not on_train:
-        df["acc_test"] = df[[c for c in TEST_SETS if c in df]].mean(axis=1)
-        df["acc_testood"] = df[[c for c in OOD_SETS if c in df]].mean(axis=1)
-    return df
+                                      "on_train": on_train, "v": 3})
+    return exp.store.compute("restore", spec, compute, f"{key.label}-{strategy}{'-train' if on_train else ''}")
 
 
-def layer_restore(exp: Experiment, key: RunKey, mc=None) -> pd.DataFrame:
-    """Table 11: in-domain accuracy (Acc_test, the table's one figure per cell) after restoring every parameter of
-    one group of decoder layers at a time."""
+def sweep_frame(exp: Experiment, sweep: dict) -> pd.DataFrame:
+    """One row per k: every set's accuracy and the aggregates (``Experiment.summarize``)."""
+    return pd.DataFrame([{"k": r["k"], **exp.summarize(r["per_set"])} for r in sweep["rows"]])
+
+
+def layer_restore(exp: Experiment, key: RunKey, mc=None) -> dict:
+    """Table 11: in-domain evaluation after restoring every parameter of one group of decoder layers at a time:
+    ``{"rows": [{"layers": "0-3", "per_set"}]}`` with per-fact correctness."""
     def compute(tmp):
         restorer, model, tok = _restorer(exp, key, mc)
         n_layers = model.config.num_hidden_layers
@@ -118,14 +122,11 @@ def layer_restore(exp: Experiment, key: RunKey, mc=None) -> pd.DataFrame:
         for start in range(0, n_layers, size):
             group = list(range(start, min(start + size, n_layers)))
             with restorer.layers_restored(group):
-                res = exp.evaluate(model, tok, sets)
-            rows.append({"layers": f"{group[0]}-{group[-1]}", **{n: r["accuracy"] for n, r in res.items()}})
+                rows.append({"layers": f"{group[0]}-{group[-1]}", "per_set": stored(exp.evaluate(model, tok, sets))})
         return {"rows": rows}
 
-    spec = _sweep_spec(exp, key, mc, {"what": "layers", "size": exp.cfg.restore.layer_group_size, "v": 2})
-    df = pd.DataFrame(exp.store.compute("layer_restore", spec, compute, key.label)["rows"])
-    df["acc_test"] = df[[c for c in TEST_SETS if c in df]].mean(axis=1)
-    return df
+    spec = _sweep_spec(exp, key, mc, {"what": "layers", "size": exp.cfg.restore.layer_group_size, "v": 3})
+    return exp.store.compute("layer_restore", spec, compute, key.label)
 
 
 def _task_score(metric: str, output: str, reference: str) -> float:
@@ -146,7 +147,6 @@ def _task_score(metric: str, output: str, reference: str) -> float:
 
 def read_task(path) -> list[dict]:
     import json
-    from pathlib import Path
 
     from .config import _resolve
 

@@ -107,16 +107,28 @@ def train(model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, seed: 
           learning_rate: float | None = None, progress: bool = True, desc: str = "sft") -> TrainReport:
     """Fine-tune ``model`` in place on (question, answer) pairs: AdamW, the configured schedule, ``epochs``
     passes in an order shuffled by ``seed``. Weights stay in their dtype (fp32 for full fine-tuning)."""
-    from transformers import get_scheduler
-
     if not pairs:
         raise SftnbError("SFT needs at least one training example")
+    encoded = [example_ids(tokenizer, q, a) for q, a in pairs]
+    return train_encoded(model, tokenizer, encoded, cfg, seed, learning_rate, progress, desc)
+
+
+def train_encoded(model, tokenizer, encoded: list[tuple[list[int], list[int]]], cfg: SFTConfig, seed: int = 0,
+                  learning_rate: float | None = None, progress: bool = True, desc: str = "train",
+                  shuffle: bool = True) -> TrainReport:
+    """The training loop on encoded (input_ids, labels) examples (labels -100 where no loss is taken): SFT uses
+    it with answer-only labels, knowledge injection (``sftnb.inject``) with every statement token labelled.
+    ``shuffle=False`` keeps the given order (one epoch per ``cfg.epochs``)."""
+    from transformers import get_scheduler
+
+    if not encoded:
+        raise SftnbError("training needs at least one example")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [example_ids(tokenizer, q, a) for q, a in pairs]
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    order = [i for _ in range(cfg.epochs) for i in rng.sample(range(len(encoded)), len(encoded))]
+    order = [i for _ in range(cfg.epochs)
+             for i in (rng.sample(range(len(encoded)), len(encoded)) if shuffle else range(len(encoded)))]
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,200 @@
+"""A model organism for the paper: a pre-trained model whose knowledge is *set* by the experimenter.
+
+The paper splits facts by how well the pre-trained model knows them (5 mastery categories). A small model knows
+few facts with confidence, so most categories are empty. Knowledge-injection studies (synthetic biographies on
+knowledge storage; Gekhman et al. 2024 on fine-tuning on unknown facts) instead *give* a model facts by continued
+pre-training with controlled exposure. ``inject`` does that:
+
+* a seeded subset of facts gets an exposure count each (default 0, 1, 2, 4, 8, 16), balanced across relations
+  and counts, from D_train and D_test alike (so D_test-4 holds test facts the model knows well);
+* every exposure is one plain declarative statement ("Citizens of France call Paris their capital."), the
+  template drawn from a pool per relation (``resources/injection_statements.json`` or the params) that shares
+  no wording with the probe's mapping templates or the QA question, so the probe then measures recall, not the
+  copying of a template; the subject comes before the answer (a causal LM reading "A ... B" learns A -> B);
+* the loss is the causal-LM loss on every statement token (no QA markers), through the same training loop as
+  SFT (``sftnb.sft.train_encoded``), one pass over the shuffled statements: each fact is seen exactly its count
+  of times.
+
+``exposure_schedule`` is the exact plan (tested), ``inject_model`` trains, ``build_injected`` makes it a store
+unit whose output is a Hugging Face folder (``models[].path`` and ``sftnb restore --base`` accept it).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from .errors import SftnbError
+from .facts import Fact
+from .relations import Relation
+
+IGNORE = -100
+
+
+@lru_cache(maxsize=1)
+def default_templates() -> dict[str, tuple[str, ...]]:
+    raw = json.loads(resources.files("sftnb.resources").joinpath("injection_statements.json")
+                     .read_text(encoding="utf-8"))
+    return {r: tuple(ts) for r, ts in raw["relations"].items()}
+
+
+def render(template: str, fact: Fact) -> str:
+    return template.replace("{subject}", fact.subject).replace("{answer}", fact.answers[0])
+
+
+def check_templates(templates: dict[str, Sequence[str]], relations: dict[str, Relation]) -> None:
+    """Every template has {subject} before {answer}, and no probe prompt or question of its relation occurs inside
+    it (checked on a rendered example, case-insensitively). One line naming the first offender otherwise."""
+    probe = Fact("x", "Xyzzy Qwerton", ("Plughville",), "train", "in", "")
+    for rel, pool in templates.items():
+        if rel not in relations:
+            raise SftnbError(f"inject.templates: unknown relation {rel!r}")
+        if not pool:
+            raise SftnbError(f"inject.templates: relation {rel!r} has no statement template")
+        r = relations[rel]
+        for t in pool:
+            if "{subject}" not in t or "{answer}" not in t or t.index("{subject}") > t.index("{answer}"):
+                raise SftnbError(f"inject.templates[{rel}]: {t!r} needs {{subject}} before {{answer}}")
+            text = render(t, probe).lower()
+            for shared in [r.mapping(i, probe.subject) for i in range(len(r.mapping_templates))] + \
+                    [r.question(probe.subject)]:
+                if shared.lower() in text:
+                    raise SftnbError(f"inject.templates[{rel}]: {t!r} contains the probe/QA text {shared!r}")
+
+
+# --------------------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class Exposure:
+    fact: Fact
+    count: int
+
+
+def assign_exposures(facts: Sequence[Fact], exposures: Sequence[int], per_count: int, seed: int) -> list[Exposure]:
+    """``per_count`` facts for each exposure count, balanced across relations: facts are drawn round-robin over
+    the relations in a seeded order, and within each relation the counts are dealt round-robin too, so every
+    relation holds (nearly) the same share of every count."""
+    exposures = list(exposures)
+    need = per_count * len(exposures)
+    if need > len(facts):
+        raise SftnbError(f"inject: {len(exposures)} exposure counts x {per_count} facts need {need} facts, "
+                         f"the source has {len(facts)}")
+    rng = random.Random(seed)
+    by_rel: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f)
+    pools = {r: rng.sample(v, len(v)) for r, v in sorted(by_rel.items())}
+    picked: dict[str, list[Fact]] = {r: [] for r in pools}
+    total = 0
+    while total < need:
+        for r in [r for r in sorted(pools) if pools[r]]:
+            if total == need:
+                break
+            picked[r].append(pools[r].pop())
+            total += 1
+    out, counts_left = [], {c: per_count for c in exposures}
+    deal = 0
+    for r in sorted(picked):                         # deal counts round-robin across all relations' facts
+        for f in picked[r]:
+            for _ in range(len(exposures)):
+                c = exposures[deal % len(exposures)]
+                deal += 1
+                if counts_left[c]:
+                    counts_left[c] -= 1
+                    out.append(Exposure(f, c))
+                    break
+    return out
+
+
+def exposure_schedule(plan: Sequence[Exposure], templates: dict[str, Sequence[str]], seed: int) -> list[str]:
+    """The statements of one injection, in training order: fact f appears exactly ``count`` times, each time
+    with the next template of a per-fact seeded shuffle of its relation's pool (repeats use different wordings
+    while the pool lasts); the whole list is shuffled with ``seed`` so repeats are spread over training."""
+    rng = random.Random(seed)
+    out = []
+    for e in plan:
+        pool = list(templates[e.fact.relation])
+        order = random.Random(f"{seed}:{e.fact.key}").sample(range(len(pool)), len(pool))
+        out += [render(pool[order[i % len(pool)]], e.fact) for i in range(e.count)]
+    rng.shuffle(out)
+    return out
+
+
+def encode_statement(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """(input_ids, labels): the model's prompt start, then the statement; the loss covers every statement token."""
+    from .models import encode_prompt
+
+    ids = encode_prompt(tokenizer, text)
+    start = len(getattr(tokenizer, "sftnb_prompt_start", ()))
+    return ids, [IGNORE] * start + ids[start:]
+
+
+def inject_model(model, tokenizer, statements: Sequence[str], train_cfg, seed: int, progress: bool = True):
+    """Continued pre-training on ``statements`` in the given order (one pass), in place; returns the report."""
+    from .sft import train_encoded
+
+    if not statements:
+        raise SftnbError("inject: no statement to train on (every exposure count is 0?)")
+    encoded = [encode_statement(tokenizer, s) for s in statements]
+    # the schedule is already shuffled: keep its order (seeded shuffles inside the loop would be a second one)
+    return train_encoded(model, tokenizer, encoded, train_cfg, seed, progress=progress, desc="inject",
+                         shuffle=False)
+
+
+def plan_table(plan: Sequence[Exposure]):
+    """The injected facts with their exposure counts (one row each)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"relation": e.fact.relation, "subject": e.fact.subject,
+                          "answer": e.fact.answers[0], "split": e.fact.split, "exposure": e.count} for e in plan])
+
+
+def write_folder(model, tokenizer, folder: Path, plan: Sequence[Exposure], report) -> None:
+    """The injected model as a Hugging Face folder, with the plan (which fact, how often) beside the weights."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    plan_table(plan).to_csv(folder / "injection_plan.csv", index=False)
+    (folder / "injection_report.json").write_text(json.dumps(report.to_dict(), indent=1))
+
+
+def build(store, base_path: str, base_id: str, plan: Sequence[Exposure], templates: dict[str, Sequence[str]],
+          train_cfg, seed: int, prompt_start: str = "auto", device: str = "auto", dtype="float32",
+          progress: bool = True, label: str = "inject"):
+    """The injection as a store unit (resumable, deterministic for its seed): its folder's ``model/`` is the
+    injected model. ``base_id`` identifies the base weights in the unit's key; ``train_cfg`` is an SFTConfig
+    carrying the injection's optimiser settings."""
+    from .models import load_model
+
+    used = {e.fact.relation for e in plan}
+    missing = sorted(used - set(templates))
+    if missing:
+        raise SftnbError(f"inject: no statement template for relation(s) {', '.join(missing)}")
+    spec = {"base": base_id, "templates": {r: list(templates[r]) for r in sorted(used)}, "seed": seed,
+            "train": train_cfg.model_dump(exclude={"lora"}), "prompt_start": prompt_start, "dtype": str(dtype),
+            "plan": [(e.fact.key, e.count) for e in plan]}
+
+    def compute(tmp):
+        model, tok = load_model(base_path, device=device, dtype=dtype, prompt_start=prompt_start)
+        statements = exposure_schedule(plan, templates, seed)
+        report = inject_model(model, tok, statements, train_cfg, seed, progress)
+        write_folder(model, tok, tmp / "model", plan, report)
+        return {"statements": len(statements), "facts": len(plan), "train": report.to_dict()}
+
+    unit = store.unit("inject", spec, label)
+    unit.compute(compute)
+    return unit
+
+
+def train_config(sft_cfg, inject_cfg):
+    """The SFT config with the injection's optimiser settings (one pass over the statements)."""
+    return sft_cfg.model_copy(update={
+        "learning_rate": inject_cfg.learning_rate, "batch_size": inject_cfg.batch_size, "epochs": 1,
+        "scheduler": inject_cfg.scheduler, "warmup_ratio": inject_cfg.warmup_ratio,
+        "weight_decay": inject_cfg.weight_decay, "max_grad_norm": inject_cfg.max_grad_norm})
+
+
+__all__ = ["default_templates", "check_templates", "Exposure", "assign_exposures", "exposure_schedule",
+           "encode_statement", "inject_model", "plan_table", "write_folder", "render", "build", "train_config"]
