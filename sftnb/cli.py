@@ -4,6 +4,9 @@
     sftnb probe   --model M --facts F --out results.jsonl [--templates N --samples S ...]
     sftnb restore --base DIR --tuned DIR --k 20[,40,...] --out DIR [--strategy top|bottom|random] [--region R]
     sftnb run     params/<name>.yaml [--only 01,03] [--out runs/<name>]
+    sftnb plan    params/<name>.yaml [--gpus N] [--gpu-memory GB] [--host-memory GB]
+
+``sftnb plan`` prints the memory plan (sftnb.plan) and exits 0 when it fits, 1 when it does not.
 
 A bad input (path, file, parameter) prints one line ``sftnb: error: ...`` and exits with status 2.
 """
@@ -51,6 +54,16 @@ def _cmd_restore(args) -> int:
 def _cmd_run(args) -> int:
     from .runner import run_cli
     return run_cli(args)
+
+
+def _cmd_plan(args) -> int:
+    from .config import load_config
+    from .plan import format_plan, plan_from_config
+
+    cfg = load_config(args.params)
+    p = plan_from_config(cfg, args.gpus, args.gpu_memory, args.host_memory)
+    print(format_plan(p))
+    return 0 if p.fits else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--force", action="store_true",
                     help="execute every notebook, also those whose inputs are unchanged since they last succeeded")
     rn.set_defaults(func=_cmd_run)
+
+    pl = sub.add_parser("plan", help="peak memory of every stage per device, from config.json alone (no weights)")
+    pl.add_argument("params", help="params/<name>.yaml")
+    pl.add_argument("--gpus", type=int, help="devices (ranks of an fsdp run; default: this machine's GPUs)")
+    pl.add_argument("--gpu-memory", type=float, help="GB (2**30 bytes) per device; default: this machine's GPU, "
+                                                     "or its RAM (MemTotal) for a CPU run")
+    pl.add_argument("--host-memory", type=float, help="GB of host RAM to check the pre-trained reference against")
+    pl.set_defaults(func=_cmd_plan)
     return p
 
 
