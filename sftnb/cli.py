@@ -5,6 +5,9 @@
     sftnb restore --base DIR --tuned DIR --k 20[,40,...] --out DIR [--strategy top|bottom|random] [--region R]
     sftnb inject  --model M --facts F --exposures 0,1,2,4,8,16 --out DIR [--train-per-count N ...]
     sftnb run     params/<name>.yaml [--only 01,03] [--out runs/<name>]
+    sftnb plan    params/<name>.yaml [--gpus N] [--gpu-memory GB] [--host-memory GB]
+
+``sftnb plan`` prints the memory plan (sftnb.plan) and exits 0 when it fits, 1 when it does not.
 
 This module is the only one that parses arguments, prints and picks exit codes; the science modules return
 values. Defaults and choices come from the params schema (``sftnb.config``) and the modules' constants, so the
@@ -198,6 +201,16 @@ def _cmd_run(args) -> int:
     return run_cli(args)
 
 
+def _cmd_plan(args) -> int:
+    from .config import load_config
+    from .plan import format_plan, plan_from_config
+
+    cfg = load_config(args.params)
+    p = plan_from_config(cfg, args.gpus, args.gpu_memory, args.host_memory)
+    print(format_plan(p))
+    return 0 if p.fits else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sftnb", description="Effects of SFT on model knowledge (Ye et al., EMNLP 2025)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -269,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--force", action="store_true",
                     help="execute every notebook, also those whose inputs are unchanged since they last succeeded")
     rn.set_defaults(func=_cmd_run)
+
+    pl = sub.add_parser("plan", help="peak memory of every stage per device, from config.json alone (no weights)")
+    pl.add_argument("params", help="params/<name>.yaml")
+    pl.add_argument("--gpus", type=int, help="devices (ranks of an fsdp run; default: this machine's GPUs)")
+    pl.add_argument("--gpu-memory", type=float, help="GB (2**30 bytes) per device; default: this machine's GPU, "
+                                                     "or its RAM (MemTotal) for a CPU run")
+    pl.add_argument("--host-memory", type=float, help="GB of host RAM to check the pre-trained reference against")
+    pl.set_defaults(func=_cmd_plan)
     return p
 
 

@@ -111,8 +111,21 @@ class SFTConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
     # auto: bf16 autocast over fp32 weights on GPU (the paper's setting), plain fp32 on CPU; fastest: the same,
-    # except bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX), where it is ~2.5x faster than fp32.
-    precision: Literal["auto", "fastest", "fp32", "bf16-mixed"] = "auto"
+    # except bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX), where it is ~2.5x faster than fp32;
+    # bf16: pure bf16 weights, gradients and optimizer states (2 B each per parameter instead of 4; not the paper's
+    # fp32-master recipe). Memory per setting: `sftnb plan` (sftnb/plan.py).
+    precision: Literal["auto", "fastest", "fp32", "bf16-mixed", "bf16"] = "auto"
+    # single: each run on one device holding the whole model, its gradients and optimizer states; fsdp: one run
+    # fully sharded over the ranks (weights, gradients and optimizer states / number of ranks; sft.batch_size stays
+    # the global batch, split over the ranks)
+    strategy: Literal["single", "fsdp"] = "single"
+    # adamw: torch AdamW, two states in the weights' dtype (8 B per parameter over fp32 weights); adamw_8bit /
+    # paged_adamw_8bit: bitsandbytes (CUDA), two 8-bit states (~2 B per parameter); paged: the states live in CUDA
+    # unified memory and move to host RAM when the device runs short
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    # recompute each decoder layer in the backward pass instead of keeping its activations (~1/3 more compute;
+    # the same results): activations shrink from ~(40 H + 16 I) bytes per token and layer (fp32) to the layer input
+    gradient_checkpointing: bool = False
     lora: LoraConfig = LoraConfig()
 
 
