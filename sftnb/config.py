@@ -193,12 +193,34 @@ class TokenKLConfig(_Section):
     max_examples: Optional[int] = Field(None, ge=1)
 
 
-class ExtraTask(_Section):
-    """Table 5: a further task given as JSONL {"prompt", "reference"} lines, scored after restoration."""
+class TaskConfig(_Section):
+    """Table 5: a further task (``sftnb.tasks``): the pre-trained model is fine-tuned on its training set with the
+    SFT settings above, then restored at ``k_percents`` and scored on its test set. Dumps to the spec of
+    ``sftnb.tasks.load_task``."""
     name: str
-    path: str
-    metric: Literal["contains", "exact_match", "rouge1"] = "contains"
-    max_new_tokens: int = Field(64, ge=1)
+    source: Literal["builtin", "files"] = "builtin"
+    kind: Optional[Literal["math", "summary"]] = None     # builtin: one- to three-step arithmetic | summaries
+    train_path: Optional[str] = None           # files: JSONL or Parquet as Hugging Face datasets export them
+    test_path: Optional[str] = None
+    metric: Optional[Literal["rouge", "gsm8k"]] = None    # ROUGE-1/2/L F1 (rouge-score, stemmer) | GSM8K accuracy
+    prompt_field: Optional[str] = None         # files: field names (default per metric: XSum, GSM8K)
+    target_field: Optional[str] = None
+    max_train: Optional[int] = Field(None, ge=1)          # training examples (builtin: generated)
+    max_test: Optional[int] = Field(None, ge=1)           # test examples
+    seed: int = 0                              # which examples (generation / subsampling)
+    max_new_tokens: Optional[int] = Field(None, ge=1)     # None: the task's default
+    seeds: list[int] = [0]                     # SFT seeds (each a store unit)
+    k_percents: Optional[list[float]] = None   # None: restore.k_percents
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v:
+            raise ValueError("at least one seed")
+        return _sorted_unique(v, "seeds")
+
+    def spec(self) -> dict:
+        return self.model_dump(exclude={"seeds", "k_percents"})
 
 
 class RestoreConfig(_Section):
@@ -209,7 +231,6 @@ class RestoreConfig(_Section):
     strategies: list[Literal["top", "bottom", "random"]] = ["top"]
     redundant_k_percent: float = Field(20, gt=0, le=100)  # Tables 9-10: where the restored updates sit
     layer_group_size: int = Field(4, ge=1)               # Table 11: layers 0-3, 4-7, ...
-    extra_tasks: list[ExtraTask] = []
 
     @field_validator("k_percents", "train_k_percents")
     @classmethod
@@ -243,6 +264,7 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     token_kl: TokenKLConfig = TokenKLConfig()
     restore: RestoreConfig = RestoreConfig()
+    tasks: list[TaskConfig] = []               # Table 5 (run for the main model)
     run: RunOptions = RunOptions()
 
     @field_validator("run_name")

@@ -256,8 +256,9 @@ class Experiment:
         facts = self.training_facts(key, mc)
         if facts is None:
             return None
-        sft = self.cfg.sft.model_dump()
-        sft["precision"] = resolve_precision(sft["precision"], self.device)   # what ran, not what was asked
+        # what ran, not what was asked; settings that change no result (how memory is spent) stay out of the key
+        sft = self.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy"})
+        sft["precision"] = resolve_precision(sft["precision"], self.device)
         if key.kind != "lora":
             sft.pop("lora")
         return {"model": self.model_id(mc), "run": key.__dict__, "train": mastery.facts_digest(facts),

@@ -6,6 +6,8 @@ and on the SFT grid's kept checkpoints. Every sweep is one store unit per fine-t
 """
 from __future__ import annotations
 
+import hashlib
+
 import pandas as pd
 import torch
 
@@ -36,19 +38,24 @@ def largest_scale(keys: list[RunKey]) -> list[RunKey]:
     return [k for k in keys if k.scale == top]
 
 
-def _restorer(exp: Experiment, key: RunKey, mc=None):
-    """A Restorer on a fresh fine-tuned model of this key. Where the model lives with the pre-trained weights (a
-    CPU run), it gets a private copy of the pre-trained region to swap with (fast, cost independent of k); on a
-    GPU the pre-trained weights stay on the host and restoring copies from them."""
-    exp.run_unit(key, mc)                       # makes sure the grid unit (and its checkpoint) exists
+def restorer_on(exp: Experiment, model, mc=None, what: str = "model") -> Restorer:
+    """A Restorer on a fine-tuned ``model`` against the pre-trained weights. Where the model lives with them (a CPU
+    run), it gets a private copy of the pre-trained region to swap with (fast, cost independent of k); on a GPU
+    the pre-trained weights stay on the host and restoring copies from them."""
     base = exp.pretrained_state(mc)
-    model, tok, _ = exp.finetune(key, mc)
     if all(torch.equal(p, base[n].to(p.device)) for n, p in model.named_parameters() if n in base):
-        raise SftnbError(f"{key.label}: the fine-tuned weights equal the pre-trained ones (checkpoint not loaded?)")
+        raise SftnbError(f"{what}: the fine-tuned weights equal the pre-trained ones (checkpoint not loaded?)")
     names = region_names(base, exp.cfg.restore.region)
     if exp.device.type == base[names[0]].device.type:
         base = {n: base[n].clone() for n in names}              # private: swap mode may write into it
-    return Restorer(model, base, region=exp.cfg.restore.region), model, tok
+    return Restorer(model, base, region=exp.cfg.restore.region)
+
+
+def _restorer(exp: Experiment, key: RunKey, mc=None):
+    """A Restorer on a fresh fine-tuned model of this grid key (``restorer_on``), with the model and tokenizer."""
+    exp.run_unit(key, mc)                       # makes sure the grid unit (and its checkpoint) exists
+    model, tok, _ = exp.finetune(key, mc)
+    return restorer_on(exp, model, mc, key.label), model, tok
 
 
 def _sweep_spec(exp: Experiment, key: RunKey, mc, what: dict) -> dict:
@@ -129,70 +136,53 @@ def layer_restore(exp: Experiment, key: RunKey, mc=None) -> dict:
     return exp.store.compute("layer_restore", spec, compute, key.label)
 
 
-def _task_score(metric: str, output: str, reference: str) -> float:
-    from .matching import normalize
+def task_sweep(exp: Experiment, task_cfg, seed: int, mc=None) -> dict:
+    """Table 5: fine-tune the pre-trained model on a further task (``sftnb.tasks``; the grid's SFT settings, this
+    seed), then restore each k % and score the task's test set. Stores per-example scores for k = 0 (SFT alone),
+    every restored k, and the pre-trained model without SFT, so every gain can be bootstrapped over the same
+    examples. One store unit per (task, seed)."""
+    from .config import project_root
+    from .evaluate import answer_questions, inference_copy
+    from .sft import resolve_precision, train
+    from .tasks import load_task, score
 
-    out, ref = normalize(output), normalize(reference)
-    if metric == "contains":
-        return float(bool(ref) and f" {ref} " in f" {out} ")
-    if metric == "exact_match":
-        return float(out == ref)
-    o, r = out.split(), ref.split()             # rouge1: unigram F1
-    common = sum(min(o.count(w), r.count(w)) for w in set(r))
-    if not o or not r or not common:
-        return 0.0
-    p, rc = common / len(o), common / len(r)
-    return 2 * p * rc / (p + rc)
+    mc = mc or exp.cfg.main_model
+    task = load_task(task_cfg.spec(), root=project_root())
+    ks = list(task_cfg.k_percents or exp.cfg.restore.k_percents)
+    digest = hashlib.sha256("\n".join(f"{e.prompt}\t{e.target}" for e in task.train + task.test).encode()).hexdigest()
+    sft = exp.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy", "lora"})
+    sft["precision"] = resolve_precision(sft["precision"], exp.device)
+    spec = {"model": exp.model_id(mc), "task": task_cfg.spec(), "data": digest, "sft": sft, "seed": seed, "ks": ks,
+            "region": exp.cfg.restore.region, "dtype": str(exp.train_dtype), "infer_dtype": str(exp.infer_dtype),
+            "v": 1}
 
+    def outputs(model, tok):
+        with inference_copy(model, exp.infer_dtype) as m:
+            outs = answer_questions(m, tok, [e.prompt for e in task.test], task.max_new_tokens,
+                                    exp.cfg.run.batch_tokens, exp.progress, desc=task.name)
+        return [o.split("<|question|>")[0] for o in outs]        # a model that goes on asks itself a new question
 
-def read_task(path) -> list[dict]:
-    import json
-
-    from .config import _resolve
-
-    p = _resolve(path)
-    if not p.is_file():
-        raise SftnbError(f"extra task file not found: {p}")
-    rows = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-            rows.append({"prompt": str(d["prompt"]), "reference": str(d["reference"])})
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise SftnbError(f"{p}:{i}: expected a JSON object with 'prompt' and 'reference'") from None
-    if not rows:
-        raise SftnbError(f"{p}: no examples")
-    return rows
-
-
-def extra_task_sweep(exp: Experiment, key: RunKey, task, mc=None) -> dict:
-    """Table 5: the task's mean score (%) after restoring each k % of one fine-tuned model (k = 0: none)."""
-    from .evaluate import complete, inference_copy
-
-    rows = read_task(task.path)
+    def scored(outs):
+        return {"scores": score(task.metric, outs, [e.target for e in task.test]), "examples": outs[:3]}
 
     def compute(tmp):
-        restorer, model, tok = _restorer(exp, key, mc)
-        scores = {}
-        for k in [0, *exp.cfg.restore.k_percents]:
-            ctx = restorer.restored(k, "top") if k else _nullcontext()
-            with ctx, inference_copy(model, exp.infer_dtype) as m:
-                outs = complete(m, tok, [r["prompt"] for r in rows], task.max_new_tokens,
-                                exp.cfg.run.batch_tokens, exp.progress)
-            scores["0" if k == 0 else f"{k:g}%"] = 100 * sum(
-                _task_score(task.metric, o, r["reference"]) for o, r in zip(outs, rows)) / len(rows)
-        return {"scores": scores}
+        model, tok = exp.pretrained(mc)
+        rows = [{"k": "pre-SFT", **scored(outputs(model, tok))}]
+        report = train(model, tok, [(e.prompt, e.target) for e in task.train], exp.cfg.sft, seed,
+                       progress=exp.progress, desc=f"sft {task.name}")
+        restorer = restorer_on(exp, model, mc, task.name)
+        restorer.prepare(ks)
+        for k in [0, *ks]:
+            if k:
+                with restorer.restored(k):
+                    rows.append({"k": k, **scored(outputs(model, tok))})
+            else:
+                rows.append({"k": 0, **scored(outputs(model, tok))})
+        return {"task": task.name, "metric": task.metric, "source": task.source, "n_train": len(task.train),
+                "n_test": len(task.test), "rows": rows, "train": report.to_dict()}
 
-    spec = _sweep_spec(exp, key, mc, {"what": "extra_task", "task": task.model_dump(),
-                                      "ks": exp.cfg.restore.k_percents, "n": len(rows)})
-    return exp.store.compute("extra_task", spec, compute, f"{key.label}-{task.name}")["scores"]
-
-
-def _nullcontext():
-    import contextlib
-    return contextlib.nullcontext()
+    return exp.store.compute("task", spec, compute, f"{mc.name}-{task.name}-s{seed}")
 
 
-__all__ = ["kept_runs", "update_statistics", "restore_sweep", "layer_restore", "CONCENTRATION_XS"]
+__all__ = ["kept_runs", "update_statistics", "restore_sweep", "sweep_frame", "layer_restore", "task_sweep",
+           "restorer_on", "CONCENTRATION_XS"]

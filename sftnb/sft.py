@@ -103,6 +103,22 @@ def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """``sft.optimizer``: torch AdamW, or bitsandbytes' 8-bit AdamW (``adamw_8bit``) / paged 8-bit AdamW
+    (``paged_adamw_8bit``), whose two states take ~2 bytes per parameter instead of 8."""
+    if name == "adamw":
+        return _adamw(params, lr, weight_decay)
+    params = list(params)
+    if not params or params[0].device.type != "cuda":
+        raise SftnbError(f"sft.optimizer {name} runs on a CUDA GPU (bitsandbytes); use adamw on this device")
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise SftnbError(f"sft.optimizer {name} needs bitsandbytes (pip install bitsandbytes)") from None
+    cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+    return cls(params, lr=lr, weight_decay=weight_decay)
+
+
 def train(model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, seed: int = 0,
           learning_rate: float | None = None, progress: bool = True, desc: str = "sft") -> TrainReport:
     """Fine-tune ``model`` in place on (question, answer) pairs: AdamW, the configured schedule, ``epochs``
@@ -131,10 +147,14 @@ def train_encoded(model, tokenizer, encoded: list[tuple[list[int], list[int]]], 
              for i in (rng.sample(range(len(encoded)), len(encoded)) if shuffle else range(len(encoded)))]
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
 
+    if cfg.precision == "bf16":                       # pure bf16: weights, gradients and optimizer states
+        model.to(torch.bfloat16)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _adamw(params, learning_rate or cfg.learning_rate, cfg.weight_decay)
+    opt = make_optimizer(cfg.optimizer, params, learning_rate or cfg.learning_rate, cfg.weight_decay)
     sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * len(batches)),
                           num_training_steps=len(batches))
+    if cfg.gradient_checkpointing:                    # same results, activations recomputed in the backward pass
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -149,6 +169,8 @@ def train_encoded(model, tokenizer, encoded: list[tuple[list[int], list[int]]], 
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(round(loss.item(), 5))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
     model.eval()
     return TrainReport(len(batches), len(order), time.perf_counter() - t0, losses)
 
