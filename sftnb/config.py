@@ -87,6 +87,9 @@ class SFTConfig(_Section):
     # auto: bf16 autocast over fp32 weights on GPU (the paper's setting), plain fp32 on CPU; fastest: the same,
     # except bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX), where it is ~2.5x faster than fp32.
     precision: Literal["auto", "fastest", "fp32", "bf16-mixed"] = "auto"
+    # single: one process trains each run; fsdp: each run is sharded over all ranks of a torchrun launch
+    # (sftnb.fsdp), for models too big for one device. How a run trains, not what: not part of a unit's key.
+    strategy: Literal["single", "fsdp"] = "single"
     lora: LoraConfig = LoraConfig()
 
 

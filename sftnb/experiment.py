@@ -214,6 +214,7 @@ class Experiment:
             return None
         sft = self.cfg.sft.model_dump()
         sft["precision"] = resolve_precision(sft["precision"], self.device)   # what ran, not what was asked
+        sft.pop("strategy", None)           # single or fsdp: the same training (sftnb.fsdp), the same unit key
         if key.kind != "lora":
             sft.pop("lora")
         return {"model": model_fingerprint(mc.path), "run": key.__dict__, "train": mastery.facts_digest(facts),
