@@ -21,7 +21,7 @@ units nobody has started yet instead of waiting behind a busy one. A barrier end
 schedules or shards by hand: the store's claims balance the load, the launcher starts the processes.
 
 *What rank 0 does.* ``sftnb run`` (``run_units``, hooked into ``sftnb.runner.run_cli``): every rank computes
-its share of ``Experiment.work(mc)`` for every model, then rank 0 alone executes notebooks 01-06 with papermill
+its share of ``Experiment.work(mc)`` for every model (or of ``Experiment.work()`` if it takes no argument), then rank 0 alone executes notebooks 01-06 with papermill
 (they now only reuse units) and writes the tables and figures, while the other ranks wait at a barrier and exit
 0. The notebook kernels are started without the launcher's variables, so they are plain single processes. Where
 the experiment has no ``work()`` the ranks skip that step and rank 0's notebooks compute everything as in a
@@ -250,8 +250,10 @@ def run_units(params: Path, overrides: dict | None, root: Path) -> bool:
         if rank == 0:
             print(f"sftnb run {cfg.run_name}: {size} processes share the run's units (store {exp.store.root})",
                   flush=True)
-        for mc in cfg.models:
-            compute_all(work(mc))
+        import inspect
+        per_model = bool(inspect.signature(work).parameters)      # work(mc) per model, or work() for all
+        for stages in ([work(mc) for mc in cfg.models] if per_model else [work()]):
+            compute_all(stages)
         if rank == 0:
             print(f"  units done in {time.perf_counter() - t0:.1f} s (rank 0 computed {len(exp.store.computed)}, "
                   f"reused {len(exp.store.reused)})", flush=True)

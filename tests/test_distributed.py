@@ -54,8 +54,10 @@ def _env(tmp_path: Path, **extra) -> dict:
     env = dict(os.environ)
     for var in distributed.LAUNCH_VARS + ("MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
+    # CPU tests stay on the CPU (gloo) also on a GPU machine; the CUDA FSDP test passes its GPUs back in
     env.update(PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", **extra)
+               TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    env.update(extra)
     return env
 
 
@@ -72,9 +74,10 @@ def _python(tmp_path: Path, script: Path, *args, **env) -> subprocess.Popen:
 
 
 def _torchrun(tmp_path: Path, script: Path, *args, nproc: int = 2, timeout: float = 120,
-              cwd: Path | None = None) -> subprocess.CompletedProcess:
+              cwd: Path | None = None, **env) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc), str(script), *map(str, args)],
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=timeout, cwd=cwd or tmp_path)
+                          env=_env(tmp_path, **env), capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd or tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -171,6 +174,37 @@ def test_claim_with_a_stale_mtime_is_retaken_and_a_live_one_is_not(tmp_path):
     assert claims.stale_reason(path).startswith("no heartbeat")
     assert store.compute("sft", {"i": 0}, lambda tmp: {"ok": 2})["ok"] == 2
     assert not path.exists()
+
+
+def test_breaking_a_stale_claim_lets_exactly_one_waiter_take_it(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    unit = store.unit("sft", {"i": 0})
+    path = _write_claim(store, "sft", {"i": 0}, pid=_dead_pid())
+    assert claims.break_stale(path) and not path.exists()          # broken by a rename, then unlinked
+    assert not claims.break_stale(path)                             # nothing left to break
+    first, second = claims.try_claim(path), claims.try_claim(path.with_name(path.name))
+    try:
+        assert first is not None and second.reentrant              # one real claim (the same process: nested)
+        assert not claims.break_stale(path)                         # a live claim is never broken
+        assert claims.claim_or_wait(unit).reentrant
+    finally:
+        first.release()
+    assert not path.exists()
+    # a claim judged stale but replaced by a fresh one before the rename is put back, not removed
+    _write_claim(store, "sft", {"i": 0}, pid=_dead_pid(), nonce="old")
+
+    def judged_then_replaced(p, *a):
+        p.write_text(json.dumps({"host": "elsewhere", "pid": 1, "nonce": "new"}))
+        return "dead (judged a moment ago)"
+
+    monkeypatch.setattr(claims, "stale_reason", judged_then_replaced)
+    assert claims.break_stale(path)
+    assert json.loads(path.read_text())["nonce"] == "new"
+    # two waiters judged the same claim stale: the second one's rename finds nothing (the first won)
+    path.unlink()
+    monkeypatch.setattr(claims, "stale_reason", lambda p, *a: "judged stale before the other waiter broke it")
+    assert claims.break_stale(path) and not path.exists()
+    assert [p.name for p in path.parent.iterdir() if ".stale-" in p.name] == []
 
 
 def test_heartbeat_keeps_a_long_unit_claimed(tmp_path, monkeypatch):
@@ -342,6 +376,45 @@ def test_torchrun_compute_all_in_stages_shares_units_evenly(tmp_path):
     assert snapshot(tmp_path / "store") == snapshot(single) and len(snapshot(single)) == 16
 
 
+def test_world_from_torchrun_accelerate_or_srun(monkeypatch):
+    for var in distributed.LAUNCH_VARS + ("SLURM_NTASKS",):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.world() == (0, 1, 0)
+    monkeypatch.setenv("SLURM_NTASKS", "8")                   # inside an sbatch script: still one process
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert distributed.world() == (0, 1, 0)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "8")           # a task of `srun` (8 tasks)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert distributed.world() == (5, 8, 1)
+    monkeypatch.setenv("WORLD_SIZE", "16")                     # torchrun / accelerate (also under srun) win
+    monkeypatch.setenv("RANK", "9")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.world() == (9, 16, 1) and not distributed.is_main()
+
+
+@pytest.mark.slow
+def test_srun_style_processes_share_units(tmp_path):
+    """``srun python -m sftnb ...`` without torchrun: ranks from SLURM_*, rendezvous at MASTER_ADDR:MASTER_PORT."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = _script(tmp_path, "stages.py", TORCHRUN_STAGES)
+    procs = [_python(tmp_path, script, tmp_path / "store", SLURM_PROCID=str(r), SLURM_LOCALID=str(r),
+                     SLURM_STEP_NUM_TASKS="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)) for r in range(2)]
+    outs = [p.communicate(timeout=90) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    stats = [json.loads(o.split("STATS ", 1)[1]) for o, _ in outs]
+    assert sorted((s["rank"], s["size"]) for s in stats) == [(0, 2), (1, 2)]
+    done = _computed(tmp_path / "store")
+    assert sorted((s, i) for s, i, _ in done) == [(s, i) for s in range(2) for i in range(8)]
+    assert {t for _, _, t in done} == {"rank0", "rank1"}
+    # without MASTER_ADDR, one line says what to export
+    lone = _python(tmp_path, script, tmp_path / "other", SLURM_PROCID="0", SLURM_STEP_NUM_TASKS="2")
+    _, err = lone.communicate(timeout=60)
+    assert lone.returncode != 0 and "MASTER_ADDR / MASTER_PORT are not set" in err
+
+
 @pytest.mark.slow
 def test_accelerate_launch_shares_units_too(tmp_path):
     """``accelerate launch --multi_gpu`` runs torchrun underneath: the same variables, the same sharing."""
@@ -389,10 +462,17 @@ distributed.shutdown()
 PAIRS = [(f"Which country is city {i} located in?", f"{'New ' * (i % 4)}Country {i}") for i in range(11)]
 
 
+def _cuda_devices() -> int:
+    import torch
+    return torch.cuda.device_count()
+
+
 @pytest.mark.slow
-def test_fsdp_training_matches_a_single_process(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    _cuda_devices() < 2, reason="FSDP over NCCL needs 2 GPUs (one rank per GPU)"))])
+def test_fsdp_training_matches_a_single_process(tmp_path, device):
     """2 ranks x FSDP2 vs one process, fp32: 3 epochs of 11 pairs in batches of 4, the last of 1 (rank 1 has
-    nothing in it), with warm-up, cosine decay and gradient clipping."""
+    nothing in it), with warm-up, cosine decay and gradient clipping. On CPU: gloo; with 2 GPUs: NCCL."""
     import torch
 
     from sftnb.config import SFTConfig
@@ -402,7 +482,8 @@ def test_fsdp_training_matches_a_single_process(tmp_path):
     (tmp_path / "pairs_of.py").write_text(f"PAIRS = {PAIRS!r}\n")
     sft = {"learning_rate": 1e-3, "batch_size": 4, "epochs": 3, "precision": "fp32", "max_grad_norm": 1.0,
            "warmup_ratio": 0.2}
-    proc = _torchrun(tmp_path, _script(tmp_path, "fsdp.py", FSDP), tmp_path / "store", json.dumps(sft))
+    gpus = {} if device == "cpu" else {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0,1")}
+    proc = _torchrun(tmp_path, _script(tmp_path, "fsdp.py", FSDP), tmp_path / "store", json.dumps(sft), **gpus)
     lines = [json.loads(x.split(" ", 1)[1]) for x in proc.stdout.splitlines() if x.startswith("RESULT")]
     assert len(lines) == 4
     first = [x for x in lines if x["result"].get("steps")]
@@ -413,7 +494,8 @@ def test_fsdp_training_matches_a_single_process(tmp_path):
     state = torch.load(next((tmp_path / "store" / "sft").glob("fsdp-*")) / "state.pt")
 
     model, tok = tiny_model(seed=0)
-    report = train(model, tok, PAIRS, SFTConfig(**sft), seed=3, progress=False)
+    report = train(model.to(device), tok, PAIRS, SFTConfig(**sft), seed=3, progress=False)
+    model.cpu()
     fsdp_losses = lines[0]["result"]["losses"]
     assert len(fsdp_losses) == report.steps == 9
     assert max(abs(a - b) for a, b in zip(fsdp_losses, report.losses)) < 1e-4
