@@ -112,6 +112,13 @@ def run_cli(args) -> int:
     todo = notebooks(root, args.only)
     executed = out / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
+    # --- several processes (torchrun / accelerate launch / srun): sftnb.distributed -----------------------
+    from . import distributed
+    distributed.check_strategy(cfg)
+    if distributed.world()[1] > 1 and not distributed.run_units(params, {"run": run_override} if run_override
+                                                                else None, root):
+        return 0                                  # not rank 0: its share of the units is done, rank 0 finished
+    # --- end distributed: rank 0 (or the only process) executes the notebooks -------------------------------
     print(f"sftnb run {cfg.run_name}: {len(todo)} notebook(s); store {out}; figures {figures}")
     code = code_digest()
     total = time.perf_counter()
@@ -152,4 +159,5 @@ def run_cli(args) -> int:
         print(f"  {nb.stem:<18} {time.perf_counter() - t0:7.1f} s   units computed {computed:3d}, reused {reused:3d}"
               f"   -> {len(written)} file(s): {', '.join(written) if written else '(all up to date)'}")
     print(f"done in {time.perf_counter() - total:.1f} s; executed notebooks in {executed}; artifacts in {figures}")
+    distributed.finish()                          # several processes: release the ranks waiting for rank 0
     return 0

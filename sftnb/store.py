@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from . import claims
 from .atomic import atomic_folder, atomic_write_json, temp_owner_pid
 
 STORE_VERSION = 1
@@ -76,8 +77,15 @@ class Unit:
             self.store.reused.append(self)
             self.store.log("reused", self)
             return self.result()
+        # --- claims (sftnb.claims): one process computes the unit, the others wait for it and read it ---
+        claim = claims.claim_or_wait(self)
+        if claim is None:                          # another process published it meanwhile
+            self.store.reused.append(self)
+            self.store.log("reused", self)
+            return self.result()
+        # --- end claims ---
         t0 = time.perf_counter()
-        with self.writing() as tmp:
+        with claim, self.writing() as tmp:
             result = dict(fn(tmp))
             result.setdefault("_seconds", round(time.perf_counter() - t0, 3))
             atomic_write_json(tmp / "spec.json", {"kind": self.kind, "spec": self.spec})
@@ -95,6 +103,7 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         self.computed: list[Unit] = []
         self.reused: list[Unit] = []
+        claims.check_exclusive_create(self.root)   # claims need O_EXCL (sftnb.claims)
         self.clean_stale()
 
     def log(self, event: str, unit: Unit) -> None:
@@ -110,15 +119,20 @@ class Store:
         return self.unit(kind, spec, label).compute(fn)
 
     def clean_stale(self) -> int:
-        """Delete temporary directories left by processes that died mid-unit."""
+        """Delete temporary directories left by processes that died mid-unit, and stale claims (``sftnb.claims``).
+        A temporary folder whose unit is claimed by a live process (maybe on another node) is kept."""
         n = 0
         for tmp in self.root.glob("*/.*"):
             pid = temp_owner_pid(tmp)
             if pid is None:
                 continue
+            unit_name = tmp.name[1:].rsplit(".", 1)[0]                 # ".<unit>.tmp-<pid>-<hex>" -> "<unit>"
+            if claims.live_claim(tmp.parent / unit_name):               # claims: a live claimer's work in progress
+                continue
             if not _pid_alive(pid) or pid == os.getpid():
                 shutil.rmtree(tmp, ignore_errors=True)
                 n += 1
+        claims.clean_stale_claims(self.root)                            # claims: dead or silent holders
         return n
 
     def units(self, kind: str) -> list[dict]:

@@ -160,8 +160,11 @@ def test_kill_minus_9_mid_unit_leaves_no_result_and_resumes(tmp_path):
     _kill_when_ready(proc)
 
     store_dir = tmp_path / "sft"
-    leftovers = [n for n in _entries(store_dir) if n.startswith(".")]
+    leftovers = [n for n in _entries(store_dir) if n.startswith(".") and not n.endswith(".claim")]
     assert len(leftovers) == 1 and f".tmp-{proc.pid}-" in leftovers[0]     # the dead writer's temp folder
+    claimed = [n for n in _entries(store_dir) if n.endswith(".claim")]     # and its claim (sftnb.claims)
+    assert claimed == [f".{spec_hash('sft', {'i': 1})[:16]}.claim"]
+    assert json.loads((store_dir / claimed[0]).read_text())["pid"] == proc.pid
     # before the next run cleans up: the killed unit has no (half-written) result, the finished one has
     assert not (store_dir / spec_hash("sft", {"i": 1})[:16]).exists()
     assert (store_dir / spec_hash("sft", {"i": 0})[:16] / "result.json").is_file()

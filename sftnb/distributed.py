@@ -1,0 +1,274 @@
+"""Many processes, one run: ``sftnb run`` under torchrun, ``accelerate launch`` or Slurm ``srun``.
+
+Design
+------
+*Who am I.* ``world()`` reads (rank, world_size, local_rank) from the launcher's environment: ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` (torchrun, and ``accelerate launch``, which runs torchrun); else Slurm's
+``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``, ``SLURM_LOCALID`` (set by ``srun`` for each task of a job step; the
+batch script itself is one process even when the job has several tasks); else (0, 1, 0). ``init()`` starts
+torch.distributed when world_size > 1: NCCL when CUDA is available (each rank on GPU ``local_rank``), gloo
+otherwise, plus a gloo group for the CPU-side coordination (barriers, broadcasting results) so that waiting never
+occupies a GPU. A barrier can wait for hours (other ranks computing a long unit): the timeout is
+``SFTNB_DIST_TIMEOUT_S`` (default 48 h). ``srun`` without torchrun needs ``MASTER_ADDR`` and ``MASTER_PORT``
+exported (the README's sbatch script does).
+
+*Work sharing.* ``compute_all(stages)`` takes the run's units in dependency order, grouped in stages (lists of
+zero-argument callables, each computing or reusing store units). In each stage rank r walks the units in a
+rank-strided order -- its own share r, r+N, r+2N, ... first, then the other ranks' shares, each from its tail --
+and calls them. Claims (``sftnb.claims``) make every unit computed exactly once: a unit another process is
+computing is skipped (no-wait mode) and revisited after the others, so a rank that finished its share takes over
+units nobody has started yet instead of waiting behind a busy one. A barrier ends each stage. Nothing here
+schedules or shards by hand: the store's claims balance the load, the launcher starts the processes.
+
+*What rank 0 does.* ``sftnb run`` (``run_units``, hooked into ``sftnb.runner.run_cli``): every rank computes
+its share of ``Experiment.work(mc)`` for every model (or of ``Experiment.work()`` if it takes no argument), then rank 0 alone executes notebooks 01-06 with papermill
+(they now only reuse units) and writes the tables and figures, while the other ranks wait at a barrier and exit
+0. The notebook kernels are started without the launcher's variables, so they are plain single processes. Where
+the experiment has no ``work()`` the ranks skip that step and rank 0's notebooks compute everything as in a
+single-process run.
+
+*Collective units.* With ``sft.strategy: fsdp`` one SFT run spans every rank (``sftnb.fsdp``). Such units are
+listed in a ``Collective`` stage: every rank calls each of its units, in the same order. Each callable computes
+its unit through ``compute_collective(unit, fn)``: rank 0 checks the store and claims the unit (waiting if
+another job holds it), broadcasts whether it must be computed; if so, every rank runs ``fn`` -- on rank 0 as the
+unit's ``compute`` function with its temporary folder, on the others with ``None`` -- and rank 0 publishes; the
+result is then broadcast, so every rank returns it. ``fn`` must make the same collective calls on every rank
+(the FSDP training) and do the rest (evaluation, writing files) only where its folder is not None.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import claims
+from .errors import SftnbError
+
+TIMEOUT_S = float(os.environ.get("SFTNB_DIST_TIMEOUT_S", 48 * 3600))
+# what makes a process one rank of several: stripped from the environment of rank 0's notebook kernels
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+               "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+               "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_ERROR_FILE",
+               "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID")
+
+_cpu_group = None
+
+
+class Collective(list):
+    """A stage whose units every rank runs together, in the same order (FSDP SFT units; see the module doc)."""
+
+
+# ------------------------------------------------------------------------------------------- who am I
+def world() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) of this process: torchrun / accelerate, else srun, else (0, 1, 0)."""
+    env = os.environ
+    if env.get("WORLD_SIZE"):
+        return int(env.get("RANK", 0)), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if env.get("SLURM_STEP_NUM_TASKS") and env.get("SLURM_PROCID"):
+        return int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+_world = world                                         # compute_all's argument ``world`` shadows the function
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def initialized() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
+
+
+def init() -> tuple[int, int, int]:
+    """Start torch.distributed when this process is one of several (idempotent); returns ``world()``."""
+    global _cpu_group
+    rank, size, local = world()
+    if size <= 1 or initialized():
+        return rank, size, local
+    import torch
+    import torch.distributed as dist
+
+    if not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise SftnbError(f"process {rank} of {size} but MASTER_ADDR / MASTER_PORT are not set: launch with "
+                         f"torchrun, or export them before srun (see the README's sbatch script)")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+    timeout = timedelta(seconds=TIMEOUT_S)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", rank=rank, world_size=size,
+                            timeout=timeout)
+    _cpu_group = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
+    return rank, size, local
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if initialized():
+        import torch.distributed as dist
+        dist.barrier(group=_cpu_group)
+
+
+def broadcast(obj=None):
+    """Rank 0's ``obj`` on every rank (pickled over the CPU group; a no-op in a single process)."""
+    if not initialized():
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_cpu_group)
+    return box[0]
+
+
+def shutdown() -> None:
+    global _cpu_group
+    if initialized():
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    _cpu_group = None
+
+
+def check_strategy(cfg) -> None:
+    """Refuse, before any work, an FSDP run started as one process."""
+    if getattr(cfg.sft, "strategy", "single") == "fsdp" and world()[1] < 2:
+        raise SftnbError("sft.strategy fsdp needs several processes: launch with torchrun --nproc_per_node N")
+
+
+# ------------------------------------------------------------------------------------------- work sharing
+def share_order(n: int, rank: int, size: int) -> list[int]:
+    """Rank ``rank``'s walk over ``n`` units: its own share rank, rank+size, ... first, then the other ranks'
+    shares (the next rank's first), each from its tail, where its owner will get last."""
+    order = list(range(rank, n, size))
+    for k in range(1, size):
+        order += list(range((rank + k) % size, n, size))[::-1]
+    return order
+
+
+def _stages(work) -> list[Sequence[Callable[[], object]]]:
+    work = list(work)
+    if work and all(callable(u) for u in work):
+        return [work]                                    # a flat list is one stage
+    return work
+
+
+def compute_all(work, rank: int | None = None, world: int | None = None) -> dict:
+    """Call every unit of ``work`` (a list of stages, each a list of zero-argument callables; a flat list is one
+    stage), sharing them out between the ``world`` ranks (default: ``world()``): rank-strided order, units busy
+    in another process revisited last, a barrier after each stage. ``Collective`` stages are called by every
+    rank, in order. Returns {"stages", "units", "busy_skips", "seconds"}."""
+    env_rank, env_size, _ = _world()
+    rank = env_rank if rank is None else rank
+    size = env_size if world is None else world
+    t0, units, skips = time.perf_counter(), 0, 0
+    for stage in _stages(work):
+        units += len(stage)
+        if isinstance(stage, Collective):
+            for unit in stage:
+                unit()
+        else:
+            skips += _share(stage, rank, size)
+        barrier()
+    return {"stages": len(_stages(work)), "units": units, "busy_skips": skips,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _share(stage: Sequence[Callable[[], object]], rank: int, size: int) -> int:
+    pending, skips = share_order(len(stage), rank, size), 0
+    waited, next_notice = 0.0, claims.FIRST_NOTICE_S
+    while pending:
+        busy = []
+        for i in pending:
+            try:
+                with claims.no_wait():
+                    stage[i]()
+            except claims.Busy as e:
+                busy.append(i)
+                last = e
+        skips += len(busy)
+        if busy and len(busy) == len(pending):          # every unit left is being computed elsewhere
+            time.sleep(claims.POLL_S)
+            waited += claims.POLL_S
+            if waited >= next_notice:
+                print(f"sftnb: rank {rank} waiting for {len(busy)} unit(s) computed elsewhere ({last})",
+                      file=sys.stderr, flush=True)
+                next_notice += claims.NOTICE_EVERY_S
+        pending = busy
+    return skips
+
+
+# ------------------------------------------------------------------------------------------- collective units
+def compute_collective(unit, fn: Callable[[Path | None], dict]) -> dict:
+    """Compute ``unit`` with every rank taking part (see the module doc): ``fn(tmp)`` runs on every rank, ``tmp``
+    being the unit's temporary folder on rank 0 and None elsewhere; rank 0 claims and publishes; every rank
+    returns the result. In a single process it is ``unit.compute(fn)``."""
+    if not initialized():
+        return unit.compute(fn)
+    rank = world()[0]
+    claim = None
+    if rank == 0 and not unit.done:
+        with claims.waiting():                          # the ranks must agree: wait, never skip
+            claim = claims.claim_or_wait(unit)
+    if not broadcast(claim is not None if rank == 0 else None):
+        return broadcast(unit.compute(fn) if rank == 0 else None)     # published already: rank 0 reads it
+    if rank != 0:
+        fn(None)
+        status, value = broadcast(None)
+        if status != "ok":
+            raise SftnbError(f"rank 0 failed to compute {unit.kind}/{unit.path.name}: {value}")
+        return value
+    try:
+        with claim:
+            result = unit.compute(fn)                   # this process holds the claim: computes it (re-entrant)
+    except BaseException as e:
+        broadcast(("error", f"{type(e).__name__}: {e}"))
+        raise
+    return broadcast(("ok", result))[1]
+
+
+# ------------------------------------------------------------------------------------------- sftnb run
+def run_units(params: Path, overrides: dict | None, root: Path) -> bool:
+    """``sftnb run``'s multi-process step: start torch.distributed, compute this rank's share of every model's
+    ``Experiment.work(mc)``. Returns True on rank 0, which goes on to execute the notebooks (with the launcher's
+    variables removed from its environment, so their kernels are single processes) and calls ``finish()``;
+    the other ranks wait at a barrier until rank 0 has finished and return False."""
+    from .config import load_config
+    from .experiment import Experiment
+
+    rank, size, local = init()
+    cfg = load_config(params, overrides)
+    t0 = time.perf_counter()
+    exp = Experiment(cfg, root)
+    work = getattr(exp, "work", None)
+    if work is None:
+        if rank == 0:
+            print(f"sftnb run {cfg.run_name}: {size} processes, but this Experiment has no work(): rank 0 computes "
+                  f"every unit in the notebooks", flush=True)
+    else:
+        if rank == 0:
+            print(f"sftnb run {cfg.run_name}: {size} processes share the run's units (store {exp.store.root})",
+                  flush=True)
+        import inspect
+        per_model = bool(inspect.signature(work).parameters)      # work(mc) per model, or work() for all
+        for stages in ([work(mc) for mc in cfg.models] if per_model else [work()]):
+            compute_all(stages)
+        if rank == 0:
+            print(f"  units done in {time.perf_counter() - t0:.1f} s (rank 0 computed {len(exp.store.computed)}, "
+                  f"reused {len(exp.store.reused)})", flush=True)
+    barrier()
+    if rank != 0:
+        barrier()                                       # rank 0 executes the notebooks meanwhile
+        shutdown()
+        return False
+    for var in LAUNCH_VARS:
+        os.environ.pop(var, None)
+    return True
+
+
+def finish() -> None:
+    """Rank 0, after the notebooks: release the waiting ranks and end torch.distributed (no-op otherwise)."""
+    if initialized():
+        barrier()
+        shutdown()
