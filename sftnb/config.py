@@ -54,6 +54,12 @@ class InjectConfig(_Section):
     test_facts_per_count: int = Field(30, ge=1)     # D_test facts per exposure count
     # statement templates per relation ({subject} before {answer}); None = resources/injection_statements.json
     templates: Optional[dict[str, list[str]]] = None
+    # relations whose facts are injected (None: every relation with templates); a relation with a handful of
+    # answers (6 continents) is learnt as a guess, not a fact, so it adds no graded knowledge
+    relations: Optional[list[str]] = None
+    # tests and CI only: statements may repeat the probe's own wording (then the probe measures the copying of
+    # text it was shown, not recall), which lets a tiny random model show non-zero mastery in seconds
+    allow_probe_wording: bool = False
     learning_rate: float = Field(1e-4, gt=0)        # AdamW, one pass over the shuffled statements
     batch_size: int = Field(16, ge=1)               # statements per step
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
@@ -74,23 +80,42 @@ class ModelConfig(_Section):
     name: str                                  # label used in tables and figures
     path: str                                  # "smollm2-135m", "tiny-random" or a local Hugging Face folder
     instruct_path: Optional[str] = None        # the matching instruct model, Table 7's first column
+    instruct_note: Optional[str] = None        # why Table 7's instruct column is n/a when instruct_path is not set
+    calibration_facts: Optional[int] = Field(None, ge=0)  # this model's probe.calibration_facts (None: the probe's)
     quantization: Optional[Literal["4bit", "8bit"]] = None   # bitsandbytes, CUDA only (probe/eval)
     # what every prompt starts with: "auto" = the tokenizer's own convention (LLaMA: its BOS; SmolLM2: nothing),
     # "none", or a token of the vocabulary ("<|endoftext|>"); see sftnb.models.set_prompt_start
     prompt_start: str = "auto"
     inject: Optional[InjectConfig] = None      # the testbed: ``path`` with facts injected at graded exposure
+    grid: Optional["GridConfig"] = None        # this model's own grid (None: the run's ``grid``), e.g. fewer cells
 
 
 class ProbeConfig(_Section):
-    """Knowledge mastery (§3.3, App. F.1)."""
-    method: Literal["sampling", "likelihood"] = "sampling"   # likelihood: the fast estimator (beyond the paper)
+    """Knowledge mastery (§3.3, App. F.1); see sftnb/mastery.py."""
+    # sampling: the paper's estimator; likelihood: P(a sample starts with the answer, directly or after one of the
+    # model's lead_ins most likely first tokens), one pass per template, reads low; calibrated: likelihood
+    # rescaled per relation to the sampled rate of a subset of calibration_facts facts (beyond the paper)
+    method: Literal["sampling", "likelihood", "calibrated"] = "sampling"
     n_templates: int = Field(21, ge=1)         # N_map: first n mapping templates of each relation
     n_samples: int = Field(10, ge=1)           # N_sample per template
     temperature: float = Field(0.7, gt=0)
-    max_new_tokens: int = Field(32, ge=1)
-    agreement_facts: int = Field(0, ge=0)      # with method=likelihood: also sample this many facts and compare
+    max_new_tokens: int = Field(32, ge=1)      # tokens per sample (a sample also stops once it contains the answer)
+    stop_at_newline: bool = False              # sampling: a line break ends a sample too (approximation; measured)
+    lead_ins: int = Field(8, ge=0)             # likelihood/calibrated: first tokens after which the answer is scored
+    # notebook 01 also probes the study facts (likelihood) with each of these prompt starts (models[].prompt_start:
+    # "none", "auto" or a token) and reports mean R and the categories under each; [] = skip
+    prompt_start_candidates: list[str] = []
+    # calibrated: facts sampled twice (seeds seed and seed+1) per model, spread over relations and sets: the first
+    # run calibrates, both measure the estimator's agreement with sampling (notebook 01)
+    calibration_facts: int = Field(200, ge=0)
     chunk_facts: int = Field(4096, ge=1)       # facts per store unit (resume granularity)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _calibration(self):
+        if self.method == "calibrated" and self.calibration_facts < 10:
+            raise ValueError("probe.calibration_facts: the calibrated method needs at least 10 facts to calibrate on")
+        return self
 
 
 class LoraConfig(_Section):
@@ -146,6 +171,7 @@ class GridConfig(_Section):
     keep_checkpoints: list[Scale] = [240, 1920]   # scales whose fine-tuned weights notebooks 03-06 reuse
     mixed: bool = True                         # SFT (Mixed): D_train regardless of category (Table 7)
     lora: bool = True                          # LoRA on the mixed set (Table 7)
+    lora_scales: Optional[list[Scale]] = None  # the LoRA runs' scales (None: every scale)
     models: Optional[list[str]] = None         # model names to run the grid for (None: every model)
 
     @field_validator("categories")
@@ -223,6 +249,9 @@ class TaskConfig(_Section):
         return self.model_dump(exclude={"seeds", "k_percents"})
 
 
+ModelConfig.model_rebuild()
+
+
 class RestoreConfig(_Section):
     """Parameter restoration (§5, App. B.2, E)."""
     k_percents: list[float] = [1, 3, 5, 10, 20, 40, 60]   # restore the top-k% most changed (Table 4)
@@ -231,6 +260,9 @@ class RestoreConfig(_Section):
     strategies: list[Literal["top", "bottom", "random"]] = ["top"]
     redundant_k_percent: float = Field(20, gt=0, le=100)  # Tables 9-10: where the restored updates sit
     layer_group_size: int = Field(4, ge=1)               # Table 11: layers 0-3, 4-7, ...
+    layer_seeds: Optional[list[int]] = None             # Table 11's models (None: the first grid seed)
+    models: Optional[list[str]] = None                  # models whose kept checkpoints are restored (Tables 4,
+                                                        # 6, 7, 11; None: every grid model); Table 3 is for all
 
     @field_validator("k_percents", "train_k_percents")
     @classmethod
@@ -281,9 +313,10 @@ class ExperimentConfig(_Section):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("models: names must be unique")
-        unknown = set(self.grid.models or []) - set(names)
-        if unknown:
-            raise ValueError(f"grid.models names unknown model(s): {', '.join(sorted(unknown))}")
+        for where, listed in (("grid.models", self.grid.models), ("restore.models", self.restore.models)):
+            unknown = set(listed or []) - set(names)
+            if unknown:
+                raise ValueError(f"{where} names unknown model(s): {', '.join(sorted(unknown))}")
         return self
 
     # ------------------------------------------------------------------ derived

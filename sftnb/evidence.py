@@ -255,7 +255,7 @@ def layer_rows(layer_results: dict, unrestored: dict, min_facts: int, model: str
 
 
 def strategy_rows(results: dict, sweeps: dict, no_sft: dict, min_facts: int, model: str, metric: str,
-                  instruct: dict | None = None) -> pd.DataFrame:
+                  instruct: dict | None = None, instruct_note: str | None = None) -> pd.DataFrame:
     """Table 7 (App. C.3), each column defined as the paper does: the instruct model (where params name one); the
     pre-trained model without SFT; SFT (Mixed), the best over data volumes; SFT (Divided), the best category at
     the largest scale; LoRA (on mixed data), the best over data volumes; Parameter Restoration, the best restored
@@ -288,18 +288,24 @@ def strategy_rows(results: dict, sweeps: dict, no_sft: dict, min_facts: int, mod
             g, per_sets = found
             label = f"n={g[2]}" if kind != "divided" else f"D_train-{g[1]}, n={g[2]}"
             columns[name] = (per_sets, label, g)
-    if sweeps and top is not None:
+    kept_top = scale_order(k.scale for k, _ in sweeps)[-1] if sweeps else None   # the largest restored scale
+    if sweeps:
         by_cat_k: dict[tuple, list] = defaultdict(list)
         for (key, strategy), res in sorted(sweeps.items(), key=lambda kv: kv[0][0].seed):
-            if strategy == "top" and key.scale == top:
+            if strategy == "top" and key.scale == kept_top:
                 for r in res["rows"]:
                     if r["k"]:
                         by_cat_k[(key.category, r["k"])].append(r["per_set"])
         if by_cat_k:
             (cat, k), per_sets = max(by_cat_k.items(), key=lambda kv: np.nan_to_num(score(kv[1]), nan=-1))
-            columns["Parameter Restoration"] = (per_sets, f"D_train-{cat}, n={top}, restore {k:g}%",
-                                                ("divided", cat, top))
+            columns["Parameter Restoration"] = (per_sets, f"D_train-{cat}, n={kept_top}, restore {k:g}%",
+                                                ("divided", cat, kept_top))
     rows = []
+    if instruct is None:            # the paper's first column: n/a, and why
+        note = instruct_note or "no instruct model named in params (models[].instruct_path)"
+        rows += [{"model": model, "strategy": f"{model}-Instruct", "configuration": f"n/a: {note}",
+                  "domain": d, "metric": metric, "kind": "level", "n_seeds": 0, "n_facts": 0,
+                  "estimate": np.nan, "low": np.nan, "high": np.nan} for d in DOMAINS]
     for name, (per_sets, label, g) in columns.items():
         for domain in DOMAINS:
             correct, strata = domain_correctness(per_sets, domain)
@@ -314,6 +320,30 @@ def strategy_rows(results: dict, sweeps: dict, no_sft: dict, min_facts: int, mod
             for domain in DOMAINS:
                 rows.append(difference_row(ref_sets, per_sets, domain, metric, min_facts, paired_seeds=paired,
                                            model=model, strategy=name, configuration=label, kind="vs SFT (Divided)"))
+    return pd.DataFrame(rows)
+
+
+def task_rows(sweeps: dict, model: str) -> pd.DataFrame:
+    """Table 5: per task and metric column, the score before SFT, after SFT (k = 0) and after restoring each k %
+    (levels over the test examples and seeds), and each restored k's change from k = 0 (paired over examples and
+    seeds). ``sweeps``: {(task, seed): ``param_analysis.task_sweep`` result}."""
+    by_task: dict[str, list] = defaultdict(list)
+    for (task, seed), res in sorted(sweeps.items(), key=lambda kv: kv[0]):
+        by_task[task].append(res)
+    rows = []
+    for task, runs in by_task.items():
+        ks = [r["k"] for r in runs[0]["rows"]]
+        for col in runs[0]["rows"][0]["scores"]:
+            vals = {k: np.array([[x for x in r["rows"][i]["scores"][col]] for r in runs], dtype=float)
+                    for i, k in enumerate(ks)}
+            for k in ks:
+                rows.append(_row(ci_level(vals[k], None, aggregate="pooled"), model=model, task=task,
+                                 metric=col, k=k, kind="level"))
+                if k not in (0, "pre-SFT"):
+                    rows.append(_row(ci_difference(vals[0], vals[k], None, paired_seeds=True, aggregate="pooled"),
+                                     model=model, task=task, metric=col, k=k, kind="gain"))
+            rows.append(_row(ci_difference(vals["pre-SFT"], vals[0], None, paired_seeds=True, aggregate="pooled"),
+                             model=model, task=task, metric=col, k=0, kind="SFT vs pre-SFT"))
     return pd.DataFrame(rows)
 
 
@@ -337,6 +367,30 @@ def concentration_rows(stats: dict, model: str, which: str = "concentration") ->
     return pd.DataFrame(rows)
 
 
+def testbed_rows(testbed: pd.DataFrame, model: str) -> pd.DataFrame:
+    """The testbed's ground truth (``Experiment.testbed``): per exposure count, the mean R after injection with its
+    interval over facts, before injection, and the category distribution; Spearman's rho(exposure, R) over the
+    injected facts; interference: R after minus R before on facts never shown (exposure 0) and on facts outside
+    the plan, paired over the same facts."""
+    rows = []
+    planned = testbed[testbed["exposure"].notna()]
+    for count, g in planned.groupby("exposure", sort=True):
+        after, before = g["R"].to_numpy(dtype=float), g["R_before"].to_numpy(dtype=float)
+        cats = np.bincount(g["category"].to_numpy(dtype=int), minlength=5)
+        rows.append(_row(ci_level(after, None, aggregate="pooled"), model=model, what="mean R after injection",
+                         exposure=int(count), R_before=float(before.mean()),
+                         **{f"category {c}": int(cats[c]) for c in CATEGORIES}))
+    rho = ci_spearman(planned["exposure"].to_numpy(dtype=float), planned["R"].to_numpy(dtype=float))
+    rows.append(_row(rho, model=model, what="Spearman rho(exposure, R)"))
+    for what, g in (("R change, exposure-0 facts", planned[planned["exposure"] == 0]),
+                    ("R change, facts outside the plan", testbed[testbed["exposure"].isna()])):
+        if len(g):
+            iv = ci_difference(g["R_before"].to_numpy(dtype=float), g["R"].to_numpy(dtype=float), None,
+                               paired_seeds=True, aggregate="pooled")
+            rows.append(_row(iv, model=model, what=what, R_before=float(g["R_before"].mean())))
+    return pd.DataFrame(rows)
+
+
 def pick(frame: pd.DataFrame, **where) -> pd.DataFrame:
     """Rows of a tidy table matching every ``column=value`` (a small helper for notebooks and the report)."""
     mask = np.ones(len(frame), dtype=bool)
@@ -349,4 +403,4 @@ def pick(frame: pd.DataFrame, **where) -> pd.DataFrame:
 __all__ = ["domain_correctness", "set_correctness", "level_rows", "difference_row", "headline_metric", "grid_cells",
            "scale_differences", "category_differences", "kl_cells", "kl_scale_differences",
            "kl_accuracy_correlation", "restore_rows", "layer_rows", "strategy_rows", "concentration_rows", "pick",
-           "group_runs"]
+           "group_runs", "testbed_rows", "task_rows"]

@@ -130,8 +130,11 @@ class Experiment:
         from .inject import assign_exposures
 
         ic = mc.inject
-        return (assign_exposures(self.sets["train"], ic.exposures, ic.train_facts_per_count, ic.seed)
-                + assign_exposures(self.sets["test"], ic.exposures, ic.test_facts_per_count, ic.seed + 1))
+        keep = (lambda f: f.relation in ic.relations) if ic.relations else (lambda f: True)
+        return (assign_exposures([f for f in self.sets["train"] if keep(f)], ic.exposures, ic.train_facts_per_count,
+                                 ic.seed)
+                + assign_exposures([f for f in self.sets["test"] if keep(f)], ic.exposures, ic.test_facts_per_count,
+                                   ic.seed + 1))
 
     def injection_unit(self, mc: ModelConfig):
         """The store unit that builds the testbed model of ``mc`` (computed on first use, then cached)."""
@@ -145,10 +148,27 @@ class Experiment:
         ic = mc.inject
         templates = ic.templates or {r: list(t) for r, t in default_templates().items()}
         plan = self.injection_plan(mc)
-        check_templates({r: templates[r] for r in {e.fact.relation for e in plan} if r in templates}, self.relations)
+        if not ic.allow_probe_wording:
+            check_templates({r: templates[r] for r in {e.fact.relation for e in plan} if r in templates},
+                            self.relations)
         return build(self.store, mc.path, model_fingerprint(mc.path), plan, templates,
                      train_config(self.cfg.sft, ic), ic.seed, mc.prompt_start, str(self.device), self.train_dtype,
                      self.progress, label=mc.name)
+
+    def identity(self, mc: ModelConfig | None = None) -> str:
+        """The model named exactly, for captions: its variant, where its weights came from, its prompt start and
+        the precision the run computed in."""
+        from .models import describe
+
+        mc = mc or self.cfg.main_model
+        text = describe(mc.path)
+        if mc.inject is not None:
+            res = self.injection_unit(mc).result()
+            text += (f" + knowledge injection ({res['facts']} facts at exposures "
+                     f"{', '.join(map(str, mc.inject.exposures))}; {res['statements']} statements)")
+        start = self.tokenizer(mc).sftnb_prompt_start
+        shown = self.tokenizer(mc).convert_ids_to_tokens(list(start)) if start else "nothing"
+        return f"{mc.name}: {text}; prompts start with {shown}; computed in {str(self.infer_dtype)[6:]}"
 
     def tokenizer(self, mc: ModelConfig | None = None):
         """The model's tokenizer (its prompt start set); no weights are read."""
@@ -184,37 +204,84 @@ class Experiment:
 
     # ------------------------------------------------------------------------------------------- mastery
     def probes(self, mc: ModelConfig | None = None, method: str | None = None) -> dict[str, pd.DataFrame]:
+        """D_train / D_test / D_testood probed with ``method`` (``probe.method``): one table per set."""
         mc = mc or self.cfg.main_model
         method = method or self.cfg.probe.method
-        if (mc.name, method) in self._probes:
-            return self._probes[(mc.name, method)]
-        out = {name: self._probe(mc, self.sets[name], method, f"{mc.name}-{name}") for name in SETS}
-        self._probes[(mc.name, method)] = out
-        return out
+        if (mc.name, method) not in self._probes:
+            out = {name: self._probe(mc, self.sets[name], method, f"{mc.name}-{name}") for name in SETS}
+            if method == "calibrated":
+                cal = self.calibration(mc)
+                out = {name: cal.apply(df, self.cfg.probe.n_samples) for name, df in out.items()}
+            self._probes[(mc.name, method)] = out
+        return self._probes[(mc.name, method)]
 
-    def _probe(self, mc: ModelConfig, facts: list[Fact], method: str, label: str) -> pd.DataFrame:
+    def _probe(self, mc: ModelConfig, facts: list[Fact], method: str, label: str, seed: int | None = None):
+        cfg = self.cfg.probe if seed is None else self.cfg.probe.model_copy(update={"seed": seed})
         return mastery.probe_stored(
             self.store, lambda: self._inference_model(mc), self.tokenizer(mc), self.model_id(mc), facts,
-            self.relations, self.cfg.probe, method, self.cfg.run.batch_tokens, self.progress, label=label,
+            self.relations, cfg, method, self.cfg.run.batch_tokens, self.progress, label=label,
             dtype=str(self.infer_dtype))
 
     def _inference_model(self, mc: ModelConfig):
         model, _ = self.pretrained(mc)
         return model if self.infer_dtype == self.train_dtype else model.to(self.infer_dtype)
 
-    def probe_agreement(self, mc: ModelConfig | None = None) -> dict | None:
-        """The fast estimator against the paper's: ``probe.agreement_facts`` facts of D_train, evenly spaced,
-        probed by sampling too. None unless ``probe.method`` is likelihood and agreement_facts > 0. Returns the
-        category confusion matrix (rows: sampling), Spearman's rho of R, the share of equal categories and n."""
+    def study_facts(self, mc: ModelConfig | None = None) -> list[Fact]:
+        """The facts sampled twice for the calibration and the agreement study (``probe.calibration_facts``)."""
+        from .calibration import study_facts
+
         mc = mc or self.cfg.main_model
-        n = self.cfg.probe.agreement_facts
-        if self.cfg.probe.method != "likelihood" or not n:
+        n = self.cfg.probe.calibration_facts if mc.calibration_facts is None else mc.calibration_facts
+        return study_facts([self.sets[s] for s in SETS], n, self.cfg.probe.seed)
+
+    def sampled_study(self, mc: ModelConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The study facts probed by the paper's sampling estimator with seeds ``probe.seed`` (A) and +1 (B)."""
+        mc = mc or self.cfg.main_model
+        facts, seed = self.study_facts(mc), self.cfg.probe.seed
+        return (self._probe(mc, facts, "sampling", f"{mc.name}-study-A", seed),
+                self._probe(mc, facts, "sampling", f"{mc.name}-study-B", seed + 1))
+
+    def calibration(self, mc: ModelConfig | None = None):
+        """alpha per relation, fitted on sampling run A of the study facts (``sftnb.calibration``)."""
+        from .calibration import fit
+
+        mc = mc or self.cfg.main_model
+        likelihood = pd.concat(self.probes(mc, "likelihood").values(), ignore_index=True)
+        return fit(likelihood, self.sampled_study(mc)[0])
+
+    def probe_agreement(self, mc: ModelConfig | None = None) -> dict | None:
+        """Issue 17's study: the calibrated estimator against two sampling runs on ``probe.calibration_facts``
+        facts (``sftnb.calibration.agreement``). None unless ``probe.method`` is calibrated."""
+        from .calibration import agreement
+
+        mc = mc or self.cfg.main_model
+        if self.cfg.probe.method != "calibrated":
             return None
-        train = self.sets["train"]
-        subset = train[::max(1, len(train) // n)][:n]
-        sampled = self._probe(mc, subset, "sampling", "agreement")
-        conf, rho, exact = mastery.agreement(self.probes(mc)["train"], sampled)
-        return {"confusion": conf, "spearman_rho": rho, "same_category": exact, "facts": len(sampled)}
+        likelihood = pd.concat(self.probes(mc, "likelihood").values(), ignore_index=True)
+        run_a, run_b = self.sampled_study(mc)
+        return agreement(likelihood, run_a, run_b, self.cfg.probe.n_samples, mc.name)
+
+    def prompt_start_study(self, mc: ModelConfig | None = None) -> pd.DataFrame:
+        """The study facts probed (likelihood, answer at the start) with every ``probe.prompt_start_candidates``:
+        mean R and the category counts under each start, and which one the run uses."""
+        from .models import set_prompt_start
+
+        mc = mc or self.cfg.main_model
+        facts, cfg = self.study_facts(mc), self.cfg.probe.model_copy(update={"lead_ins": 0})
+        used = tuple(self.tokenizer(mc).sftnb_prompt_start)
+        rows = []
+        for start in self.cfg.probe.prompt_start_candidates:
+            tok = load_tokenizer(self.model_path(mc), mc.prompt_start)
+            set_prompt_start(tok, start)
+            df = mastery.probe_stored(self.store, lambda: self._inference_model(mc), tok, self.model_id(mc), facts,
+                                      self.relations, cfg, "likelihood", self.cfg.run.batch_tokens, self.progress,
+                                      label=f"{mc.name}-start", dtype=str(self.infer_dtype))
+            counts = df["category"].value_counts().reindex(mastery.CATEGORIES, fill_value=0)
+            rows.append({"prompt start": start, "tokens": tok.convert_ids_to_tokens(list(tok.sftnb_prompt_start)),
+                         "facts": len(df), "mean R": float(df["R"].mean()),
+                         **{f"category {c}": int(counts[c]) for c in mastery.CATEGORIES},
+                         "used by this run": tuple(tok.sftnb_prompt_start) == used})
+        return pd.DataFrame(rows)
 
     def categorized(self, mc: ModelConfig | None = None) -> dict[str, dict[int, list[Fact]]]:
         probes = self.probes(mc)
@@ -236,7 +303,7 @@ class Experiment:
         category has fewer than ``eval.min_category_facts`` facts), the pooled (count-weighted) accuracies, and
         the training-set accuracy if present."""
         out = {f"acc_{n}": results[n]["accuracy"] for n in results}
-        out |= {f"n_{n}": results[n]["n"] for n in results}
+        out |= {f"count_{n}": results[n]["n"] for n in results}
         for domain, names in (("test", TEST_SETS), ("testood", OOD_SETS)):
             out[f"acc_{domain}"] = paper_accuracy(results, names, self.cfg.eval.min_category_facts)
             out[f"acc_{domain}_pooled"] = pooled_accuracy(results, names)
@@ -301,7 +368,7 @@ class Experiment:
         ref = self.reference(mc)
         if not ref["kl_examples"]:
             return None
-        g = self.cfg.grid
+        g = self.grid_cfg(mc)
         scale = scale_order([s for s in g.keep_checkpoints if s in g.scales] or g.scales)[-1]
         for cat in g.categories:
             res = self.run_unit(RunKey("divided", cat, scale, g.seeds[0]), mc)
@@ -309,11 +376,13 @@ class Experiment:
                 return pd.DataFrame(res["fig3_example"]), ref["kl_examples"][0]
         return None
 
-    def instruct_reference(self, mc: ModelConfig) -> dict:
-        """Table 7's first column: the matching instruct model, evaluated like every fine-tuned model."""
+    def instruct_reference(self, mc: ModelConfig, per_set: bool = False) -> dict:
+        """Table 7's first column: the matching instruct model (``instruct_path``), evaluated like every fine-tuned
+        model; its metrics, or (``per_set``) its stored per-set results with per-fact correctness."""
         sets = self.eval_sets(mc)
         spec = {"model": model_fingerprint(mc.instruct_path), "eval": self.cfg.eval.model_dump(),
-                "sets": {n: mastery.facts_digest(v) for n, v in sets.items()}, "dtype": str(self.infer_dtype)}
+                "sets": {n: mastery.facts_digest(v) for n, v in sets.items()}, "dtype": str(self.infer_dtype),
+                "prompt_start": mc.prompt_start}
 
         def compute(tmp):
             model, tok = load_model(mc.instruct_path, device=str(self.device), dtype=self.infer_dtype,
@@ -321,16 +390,22 @@ class Experiment:
             res = self.evaluate(model, tok, sets)
             return {"metrics": self.summarize(res), "per_set": stored(res)}
 
-        return self.store.compute("instruct", spec, compute, f"{mc.name}-instruct")["metrics"]
+        res = self.store.compute("instruct", spec, compute, f"{mc.name}-instruct")
+        return res["per_set"] if per_set else res["metrics"]
 
     # ------------------------------------------------------------------------------------------- the grid
-    def run_keys(self) -> list[RunKey]:
-        g = self.cfg.grid
+    def grid_cfg(self, mc: ModelConfig | None = None):
+        """The model's own grid (``models[].grid``) or the run's."""
+        mc = mc or self.cfg.main_model
+        return mc.grid or self.cfg.grid
+
+    def run_keys(self, mc: ModelConfig | None = None) -> list[RunKey]:
+        g = self.grid_cfg(mc)
         keys = [RunKey("divided", c, s, seed) for c in g.categories for s in g.scales for seed in g.seeds]
         if g.mixed:
             keys += [RunKey("mixed", None, s, seed) for s in g.scales for seed in g.seeds]
         if g.lora:
-            keys += [RunKey("lora", None, s, seed) for s in g.scales for seed in g.seeds]
+            keys += [RunKey("lora", None, s, seed) for s in (g.lora_scales or g.scales) for seed in g.seeds]
         return keys
 
     def training_facts(self, key: RunKey, mc: ModelConfig | None = None) -> list[Fact] | None:
@@ -382,7 +457,7 @@ class Experiment:
 
         def compute(tmp):
             model, tok, report = self.finetune(key, mc)
-            if key.scale in self.cfg.grid.keep_checkpoints and key.kind == "divided":
+            if key.scale in self.grid_cfg(mc).keep_checkpoints and key.kind == "divided":
                 model.save_pretrained(tmp / "checkpoint")
                 tok.save_pretrained(tmp / "checkpoint")
             facts = self.training_facts(key, mc)
@@ -405,22 +480,47 @@ class Experiment:
 
         return self.store.unit("sft", spec, key.label).compute(compute)
 
-    def grid(self, mc: ModelConfig | None = None) -> pd.DataFrame:
-        """Every unit of the grid, computed or reused: one row per run with its metrics."""
+    def grid_results(self, mc: ModelConfig | None = None) -> dict:
+        """{RunKey: stored unit result, or None where the category has too few facts} for the whole grid."""
         from tqdm.auto import tqdm
 
         mc = mc or self.cfg.main_model
+        return {key: self.run_unit(key, mc)
+                for key in tqdm(self.run_keys(mc), desc=f"grid {mc.name}", disable=not self.progress)}
+
+    def grid(self, mc: ModelConfig | None = None) -> pd.DataFrame:
+        """Every unit of the grid, computed or reused: one row per run with its metrics."""
+        mc = mc or self.cfg.main_model
         rows = []
-        for key in tqdm(self.run_keys(), desc=f"grid {mc.name}", disable=not self.progress):
-            res = self.run_unit(key, mc)
+        for key, res in self.grid_results(mc).items():
             row = {"model": mc.name, "kind": key.kind, "category": pd.NA if key.category is None else key.category,
                    "scale": str(key.scale), "seed": key.seed}
             if res is None:
                 row["status"] = "too few facts"
             else:
-                row.update(status="done", n_train=res["n_train"], **res["metrics"], seconds=res.get("_seconds"))
+                row.update(res["metrics"])
+                row.update(status="done", n_train=res["n_train"], seconds=res.get("_seconds"))
             rows.append(row)
         df = pd.DataFrame(rows)
         df["category"] = df["category"].astype("Int64")
         return df
 
+    # ------------------------------------------------------------------------------------------- the testbed
+    def base_of(self, mc: ModelConfig) -> ModelConfig:
+        """The model a testbed was injected into: a configured model with the same path and no injection, or
+        one made up for it."""
+        for other in self.cfg.models:
+            if other.inject is None and other.path == mc.path and other.prompt_start == mc.prompt_start:
+                return other
+        return mc.model_copy(update={"name": f"{mc.name}-base", "inject": None})
+
+    def testbed(self, mc: ModelConfig) -> pd.DataFrame:
+        """Every fact of D_train / D_test / D_testood with its exposure count (NaN: not in the injection plan),
+        its R and category before (the base model) and after injection."""
+        exposure = {e.fact.key: e.count for e in self.injection_plan(mc)}
+        after = pd.concat(self.probes(mc).values(), ignore_index=True)
+        before = pd.concat(self.probes(self.base_of(mc)).values(), ignore_index=True)
+        t = after[["key", "relation", "split", "domain", "R", "category"]].merge(
+            before[["key", "R", "category"]], on="key", suffixes=("", "_before"))
+        t["exposure"] = t["key"].map(exposure)
+        return t

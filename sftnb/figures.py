@@ -102,6 +102,53 @@ def table_differences(diffs: pd.DataFrame, domain: str = "test") -> pd.DataFrame
     return display(d, "training", "versus", fmt_gain)
 
 
+# ------------------------------------------------------------------------------------------ the testbed (notebook 01)
+def testbed_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per exposure count: facts, mean R after injection (95 % interval over facts), before, and the categories;
+    then rho(exposure, R) and the interference rows."""
+    per = rows[rows["what"] == "mean R after injection"]
+    t = pd.DataFrame({"exposure": per["exposure"].astype(int), "facts": per["n_facts"],
+                      "mean R after": [fmt_level(r, scale=1) for _, r in per.iterrows()],
+                      "mean R before": per["R_before"].map(lambda x: f"{x:.3f}")})
+    for c in range(5):
+        t[f"category {c}"] = per[f"category {c}"].astype(int)
+    extra = rows[rows["what"] != "mean R after injection"]
+    notes = pd.DataFrame({"exposure": extra["what"],
+                          "mean R after": [fmt_gain(r, scale=1) if "change" in r["what"] else fmt_level(r, scale=1)
+                                           for _, r in extra.iterrows()],
+                          "facts": extra["n_facts"]})
+    return pd.concat([t, notes], ignore_index=True).fillna("")
+
+
+def fig_testbed_exposure(rows: pd.DataFrame, title: str):
+    """Mean R against exposure count (95 % intervals; dashed: the same facts before injection), and the share of
+    each mastery category at every count."""
+    per = rows[rows["what"] == "mean R after injection"].sort_values("exposure")
+    x = range(len(per))
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    y, lo, hi = (per[c].to_numpy(dtype=float) for c in ("estimate", "low", "high"))
+    axes[0].errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label="after injection")
+    axes[0].plot(x, per["R_before"], linestyle="--", marker=".", color="grey", label="before (base model)")
+    axes[0].set_xticks(list(x), per["exposure"].astype(int))
+    axes[0].set_xlabel("statements seen per fact (exposure)")
+    axes[0].set_ylabel("mastery R")
+    axes[0].set_ylim(0, 1)
+    axes[0].legend(fontsize=7)
+    shares = per[[f"category {c}" for c in range(5)]].to_numpy(dtype=float)
+    shares = shares / shares.sum(1, keepdims=True)
+    bottom = 0
+    for c, colour in zip(range(5), sns.color_palette("viridis", 5)):
+        axes[1].bar(list(x), shares[:, c], bottom=bottom, color=colour, label=f"category {c}")
+        bottom = bottom + shares[:, c]
+    axes[1].set_xticks(list(x), per["exposure"].astype(int))
+    axes[1].set_xlabel("statements seen per fact (exposure)")
+    axes[1].set_ylabel("share of facts")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 # ------------------------------------------------------------------------------------------ §4 (notebook 03)
 def fig_metric_vs_scale(kl_cells: pd.DataFrame, metric: str, label: str, title: str):
     """Figures 4 and 5: one metric (KL, Acc_test-4) against scale, one line per training category, 95 % intervals."""
@@ -244,6 +291,24 @@ def strategies_table(rows: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+def task_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Table 5 in the paper's layout: a row per restored % (and the model before SFT), a column per task metric:
+    the score (%), with the change from k = 0 in brackets."""
+    level = rows[rows["kind"] == "level"].copy()
+    gain = rows[rows["kind"] == "gain"].set_index(["task", "metric", "k"])
+    cells = []
+    for _, r in level.iterrows():
+        text = fmt_level(r)
+        if (r["task"], r["metric"], r["k"]) in gain.index:
+            text += f" ({fmt_gain(gain.loc[(r['task'], r['metric'], r['k'])])})"
+        restored = "pre-SFT" if r["k"] == "pre-SFT" else _restored_label(float(r["k"]))
+        cells.append({"restored": restored, "column": f"{r['task']} {r['metric']}", "cell": text})
+    out = pd.DataFrame(cells).pivot_table(index="restored", columns="column", values="cell", aggfunc="first",
+                                          sort=False)
+    out.columns.name = None
+    return out
+
+
 def layer_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Table 11: Acc_test (%) after restoring each group of layers (columns), per fine-tuned configuration (rows),
     with the change from the unrestored models."""
@@ -279,4 +344,5 @@ def kl_display(kl_cells: pd.DataFrame) -> pd.DataFrame:
 __all__ = ["display", "fmt_level", "fmt_gain", "fig_accuracy_vs_scale", "table_per_test_category",
            "table_differences", "fig_metric_vs_scale", "fig_topk_example", "concentration_table",
            "distribution_tables", "fig_concentration", "fig_layer_distribution", "restore_table",
-           "fig_restore_curve", "strategies_table", "layer_table", "fig_layer_heatmap", "kl_display"]
+           "fig_restore_curve", "strategies_table", "task_table", "layer_table", "fig_layer_heatmap", "kl_display", "testbed_table",
+           "fig_testbed_exposure"]

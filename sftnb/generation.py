@@ -8,6 +8,7 @@ Public API (all work on token-id lists; callers build prompts, BOS included if t
     decode(tokenizer, completions) -> list[list[str]]
     first_token_logits(model, prompts, batch_tokens=16384, pad_token_id=None) -> Tensor [N, V] float32 (CPU)
     continuation_logprobs(model, prompts, continuations, temperature=1.0, batch_tokens=16384, ...) -> list[list[float]]
+    lead_in_probs(model, prompts, watch, n_lead, temperature=1.0, ...) -> list[dict]
 
 What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_sequences=n)`` on this workload:
 
@@ -44,6 +45,7 @@ position ids; nothing model-specific is touched.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -293,8 +295,18 @@ def _select_cache(cache, keep: torch.Tensor) -> None:
 
 
 # ------------------------------------------------------------------------------------------- generate
+@dataclass
+class StopRule:
+    """Ends a sample as soon as a caller's condition holds, exactly (the mastery probe: "the text contains the
+    answer"). ``boundary`` [V] marks tokens that begin with a non-word character: before such a token the text's
+    last word is complete, so a whole-word match found then cannot be undone by later tokens. At those points
+    ``done(prompt_index, tokens_so_far)`` is asked; a finished sample is cut there and leaves the batch."""
+    boundary: torch.Tensor
+    done: Callable[[int, list[int]], bool]
+
+
 @torch.inference_mode()
-def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, uniforms):
+def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, uniforms, stop=None, owners=None):
     from transformers import DynamicCache
 
     dev = _device(model)
@@ -334,6 +346,7 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
     done = torch.zeros(rows, dtype=torch.bool, device=dev)
     check_every = _check_every(dev)
     u_all = uniforms.to(dev) if uniforms is not None else None
+    boundary = stop.boundary.to(dev) if stop is not None else None
     for step in range(max_new_tokens):
         nxt = _sample(logits, temperature, u_all[alive, step] if u_all is not None else None)
         tokens[alive, step] = nxt
@@ -343,7 +356,13 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
             done = done | hit
         if step == max_new_tokens - 1:
             break
-        if eos_t is not None and step % check_every == check_every - 1:
+        if stop is not None and step and step % check_every == check_every - 1:
+            for r in (boundary[nxt] & ~done).nonzero().squeeze(-1).tolist():   # host sync: CPU, or every few steps
+                row = int(alive[r])
+                if stop.done(owners[row // n], tokens[row, :step].tolist()):
+                    done[r] = True
+                    lengths[row] = step
+        if (eos_t is not None or stop is not None) and step % check_every == check_every - 1:
             keep = (~done).nonzero().squeeze(-1)               # host sync, once every check_every steps
             if keep.numel() == 0:
                 break
@@ -361,7 +380,7 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
 def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature: float = 0.0,
              max_new_tokens: int = 32, eos_token_ids: Sequence[int] | int | None = (),
              pad_token_id: int | None = None, seed: int = 0, batch_tokens: int = 16384, progress: bool = True,
-             desc: str = "generate") -> list[list[list[int]]]:
+             desc: str = "generate", stop: StopRule | None = None) -> list[list[list[int]]]:
     """For each prompt (token ids), ``n`` completions as token-id lists, cut before the first EOS (the EOS itself
     is dropped). ``temperature`` 0 is greedy decoding (then the ``n`` completions are identical; use n=1).
     Batches hold about ``batch_tokens`` token slots (rows x (longest prompt + max_new_tokens)); see the module
@@ -383,7 +402,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     for batch in _batches(order, cost, batch_tokens):
         uniforms = _uniforms(keys[batch], n, max_new_tokens) if keys is not None else None
         outs = _generate_batch(model, [prompts[i] for i in batch], n, temperature, max_new_tokens, eos, pad,
-                               uniforms)
+                               uniforms, stop, batch)
         for j, i in enumerate(batch):
             results[i] = outs[j * n:(j + 1) * n]
         bar.update(len(batch))
@@ -428,6 +447,67 @@ def first_token_logits(model, prompts: Sequence[Sequence[int]], batch_tokens: in
             out = torch.empty((len(prompts), logits.shape[-1]), dtype=torch.float32)
         out[torch.tensor(batch)] = logits
         bar.update(len(batch))
+    bar.close()
+    return out
+
+
+@torch.inference_mode()
+def lead_in_probs(model, prompts: Sequence[Sequence[int]], watch: Sequence[Sequence[int]], n_lead: int,
+                  temperature: float = 1.0, exclude: Sequence[int] = (), batch_tokens: int = 16384,
+                  pad_token_id: int | None = None, progress: bool = False) -> list[dict]:
+    """For each prompt: the tempered next-token probabilities of the ``watch`` tokens (e.g. an answer's first
+    tokens), the ``n_lead`` most likely other first tokens ("lead-ins", ``exclude`` and the watched ones left
+    out) with their probabilities, and the probabilities of the watched tokens right after each lead-in.
+
+    Each batch is prefilled once; its KV cache is then repeated to the lead-ins, which take one decode step
+    together: the cost is about one teacher-forced pass over the prompts, whatever ``n_lead``.
+    Returns ``[{"start": [p(watch_j)], "leads": [(token, p)], "after": [[p(watch_j | lead)] per lead]}]``."""
+    from transformers import DynamicCache
+
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    prompts = [list(map(int, p)) for p in prompts]
+    _check_prompts(prompts)
+    pad, dev = _pad_id(model, pad_token_id), _device(model)
+    vocab = model.config.get_text_config().vocab_size
+    lengths = [len(p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+    rows_cap = max(1, _LOGITS_BUDGET // (max(1, n_lead) * vocab))        # bound the [rows x n_lead, V] logits
+    out: list[dict] = [{} for _ in prompts]
+    ckw = _cache_kwarg(model)
+    excluded = torch.tensor(sorted(set(map(int, exclude))), dtype=torch.long, device=dev)
+    bar = tqdm(total=len(prompts), desc="lead-ins", disable=not progress, leave=False)
+    for big in _batches(order, lambda rows, i: rows * (lengths[i] + 1), batch_tokens):
+        for s in range(0, len(big), rows_cap):
+            batch = big[s:s + rows_cap]
+            ids, mask, pos = left_pad([prompts[i] for i in batch], pad, dev)
+            cache = DynamicCache(config=model.config)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                           logits_to_keep=1, **{ckw: cache}).logits[:, -1].float()
+            probs = (logits / temperature).softmax(-1)
+            blocked = probs.clone()
+            if excluded.numel():
+                blocked[:, excluded] = -1
+            for j, i in enumerate(batch):
+                if watch[i]:
+                    blocked[j, torch.tensor(list(watch[i]), device=dev)] = -1
+            p_lead, leads = blocked.topk(n_lead, dim=-1) if n_lead else (blocked[:, :0], blocked[:, :0].long())
+            for j, i in enumerate(batch):
+                w = torch.tensor(list(watch[i]), dtype=torch.long, device=dev)
+                out[i] = {"start": probs[j, w].tolist() if len(w) else [],
+                          "leads": list(zip(leads[j].tolist(), p_lead[j].tolist())), "after": []}
+            if n_lead:
+                for layer in cache.layers:
+                    layer.batch_repeat_interleave(n_lead)
+                step_mask = torch.cat([mask, mask.new_ones((len(batch), 1))], 1).repeat_interleave(n_lead, 0)
+                step_pos = (pos[:, -1:] + 1).repeat_interleave(n_lead, 0)
+                after = model(input_ids=leads.reshape(-1, 1), attention_mask=step_mask, position_ids=step_pos,
+                              use_cache=True, logits_to_keep=1, **{ckw: cache}).logits[:, -1].float()
+                after = (after / temperature).softmax(-1).view(len(batch), n_lead, -1)
+                for j, i in enumerate(batch):
+                    w = torch.tensor(list(watch[i]), dtype=torch.long, device=dev)
+                    out[i]["after"] = after[j][:, w].tolist() if len(w) else [[] for _ in range(n_lead)]
+            bar.update(len(batch))
     bar.close()
     return out
 

@@ -73,10 +73,24 @@ class Exposure:
     count: int
 
 
+def _spread_answers(facts: list[Fact], rng: random.Random) -> list[Fact]:
+    """A seeded order in which answers repeat as late as possible (every answer once, then every answer twice,
+    ...): picking the first k facts then teaches k different answers, not a prior over a few frequent ones."""
+    shuffled = rng.sample(facts, len(facts))
+    seen: dict[str, int] = {}
+    rank = []
+    for f in shuffled:
+        seen[f.answers[0]] = seen.get(f.answers[0], 0) + 1
+        rank.append(seen[f.answers[0]])
+    return [f for _, f in sorted(zip(rank, shuffled), key=lambda x: x[0])]
+
+
 def assign_exposures(facts: Sequence[Fact], exposures: Sequence[int], per_count: int, seed: int) -> list[Exposure]:
     """``per_count`` facts for each exposure count, balanced across relations: facts are drawn round-robin over
     the relations in a seeded order, and within each relation the counts are dealt round-robin too, so every
-    relation holds (nearly) the same share of every count."""
+    relation holds (nearly) the same share of every count. Within a relation, facts with answers not drawn yet
+    come first (``_spread_answers``): injecting many facts with one answer ("... is in India") would teach the
+    model to guess that answer, and raise R on facts it was never shown."""
     exposures = list(exposures)
     need = per_count * len(exposures)
     if need > len(facts):
@@ -86,7 +100,7 @@ def assign_exposures(facts: Sequence[Fact], exposures: Sequence[int], per_count:
     by_rel: dict[str, list[Fact]] = {}
     for f in facts:
         by_rel.setdefault(f.relation, []).append(f)
-    pools = {r: rng.sample(v, len(v)) for r, v in sorted(by_rel.items())}
+    pools = {r: _spread_answers(v, rng)[::-1] for r, v in sorted(by_rel.items())}    # pop() takes from the end
     picked: dict[str, list[Fact]] = {r: [] for r in pools}
     total = 0
     while total < need:

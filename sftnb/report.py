@@ -61,7 +61,12 @@ def _pct(row, diff: bool = False, scale: float = 100) -> str:
 
 
 def _read(folder: Path, pattern: str) -> pd.DataFrame:
-    frames = [pd.read_csv(p) for p in sorted(folder.glob(pattern))]
+    frames = []
+    for p in sorted(folder.glob(pattern)):
+        try:
+            frames.append(pd.read_csv(p))
+        except pd.errors.EmptyDataError:             # a table with no rows (nothing to compare for that model)
+            continue
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -158,8 +163,8 @@ def kl_finding_2(folder: Path) -> list[dict]:
 def table3(folder: Path) -> list[dict]:
     """Table 3: more than 70 % of the total relative change sits in the top 1 % of parameters: per configuration,
     shown when the interval of the top-1 % share lies above 0.70 (the paper's definition, r = |s-p|/|p|)."""
-    rows = _read(folder, "table03_concentration_[!n]*.csv")
-    nz = _read(folder, "table03_concentration_nonzero_base_*.csv")
+    rows = _read(folder, "table03_concentration_*.csv")
+    nz = _read(folder, "table03b_concentration_nonzero_base_*.csv")
     out = []
     for model, d in rows.groupby("model", sort=False) if len(rows) else []:
         d = d[d["top_percent"] == 1]
@@ -195,7 +200,7 @@ def table4(folder: Path) -> list[dict]:
     """Table 4: restoring a share of the most-changed parameters improves Acc_test; the paper's sentence is about
     20 % ("restoring 20% of the parameters enhances the performance of all models"). Verdict per configuration
     from the gain at 20 % (the largest k <= 20 the run has)."""
-    return _gain_claim(folder, "table04_restore_*.csv", "test", 20.0)
+    return _gain_claim(folder, "table04_restore_test_*.csv", "test", 20.0)
 
 
 def table6(folder: Path) -> list[dict]:
@@ -306,11 +311,30 @@ def report_from_csvs(folder: str | Path, header: str = "") -> tuple[str, pd.Data
 
 
 def summary_markdown(table: pd.DataFrame) -> str:
+    """Claims (rows) x models (columns); "no data" where a model's run has nothing for a claim."""
     if table.empty:
         return "(no claims could be checked)"
-    wide = table.pivot_table(index="claim", columns="model", values="verdict", aggfunc="first", sort=False)
+    claims = list(dict.fromkeys(table["claim"]))
+    models = [m for m in dict.fromkeys(table["model"]) if m != "-"]
+    wide = table[table["model"] != "-"].pivot_table(index="claim", columns="model", values="verdict",
+                                                     aggfunc="first", sort=False)
+    wide = wide.reindex(index=claims, columns=models).fillna("no data")
     wide.columns.name = None
     return wide.to_markdown()
+
+
+def run_header(exp) -> str:
+    """What the run is: its models (named exactly), precision, scales, seeds; written at the top of report.md."""
+    lines = [f"Run `{exp.cfg.run_name}`. Models:"] + [f"- {exp.identity(mc)}" for mc in exp.cfg.models]
+    for mc in exp.cfg.grid_models:
+        g = exp.grid_cfg(mc)
+        lines.append(f"- grid of {mc.name}: categories {g.categories}, scales {g.scales}, seeds {g.seeds}, "
+                     f"mixed {g.mixed}, LoRA {g.lora_scales or g.scales if g.lora else 'no'}")
+    lines += [
+        f"\nProbe: {exp.cfg.probe.method}, "
+        f"{exp.cfg.probe.n_templates} templates x {exp.cfg.probe.n_samples} samples; intervals: 95 % (test facts "
+        f"bootstrapped, seeds by a t-interval, sftnb/stats.py)."]
+    return "\n".join(lines)
 
 
 def write_report(folder: str | Path, header: str = "") -> Path:
@@ -328,4 +352,4 @@ def readme_block(folder: str | Path) -> str:
     return f"{README_BEGIN}\n{summary_markdown(table)}\n{README_END}"
 
 
-__all__ = ["report_from_csvs", "write_report", "readme_block", "sign_verdict", "combine", "CLAIMS"]
+__all__ = ["report_from_csvs", "write_report", "readme_block", "run_header", "sign_verdict", "combine", "CLAIMS"]

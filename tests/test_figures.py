@@ -1,56 +1,152 @@
-"""Tables built from stored results: layouts as the paper prints them, flat files, the right rows compared."""
+"""From stored results to intervals, tables and verdicts (issue 12): the paper's aggregates, the right rows compared,
+flat files, verdicts that follow from the numbers."""
 import math
 
+import numpy as np
 import pandas as pd
+import pytest
 
+from sftnb import evidence, figures, report
+from sftnb.evaluate import pack_correct, paper_accuracy, pooled_accuracy
 from sftnb.experiment import RunKey
-from sftnb.figures import kl_table, restore_tables, strategies_table, train_restore_table
 from sftnb.reports import save_table
 
 
-def _sweep(accs, ks=(0, 5, 20)):
-    df = pd.DataFrame({"k": list(ks), "acc_test": accs, "acc_testood": [a - 0.1 for a in accs]})
-    df["train"] = [a / 2 for a in accs]
-    return df
+def _per_set(correct_by_set: dict) -> dict:
+    return {n: {"n": len(c), "accuracy": (sum(c) / len(c)) if c else math.nan, "correct": pack_correct(c)}
+            for n, c in correct_by_set.items()}
 
 
-KEY0, KEY1 = RunKey("divided", 0, 240, 0), RunKey("divided", 1, 240, 0)
+def _sets(rng, p_by_cat, n_by_cat, domain="test"):
+    return {f"{domain}-{c}": list(rng.random(n) < p) for c, (p, n) in enumerate(zip(p_by_cat, n_by_cat))}
 
 
-def test_restore_tables_use_the_papers_layout_and_files_are_flat(tmp_path):
-    sweeps = {(KEY0, "top"): _sweep([0.50, 0.55, 0.52]), (KEY1, "top"): _sweep([0.60, 0.61, 0.58]),
-              (KEY0, "random"): _sweep([0.50, 0.49, 0.47])}
-    t4 = restore_tables(sweeps)["test"]
-    assert list(t4.index) == [(240, "0"), (240, "5%"), (240, "20%")]
-    assert list(t4.columns) == ["D_train-0", "D_train-1", "D_train-0 (random)"]
-    assert math.isclose(t4.loc[(240, "5%"), "D_train-0"], 55.0)
-    t6 = train_restore_table({KEY0: _sweep([0.50, 0.55, 0.52])})
-    assert math.isclose(t6.loc[(240, "20%"), "D_train-0"], 26.0)
-    csv, md = save_table(t4, tmp_path, "t4")
-    assert csv.read_text().splitlines()[0] == "n_train,restored,D_train-0,D_train-1,D_train-0 (random)"
-    assert "(" not in md.read_text().splitlines()[2] and "'" not in md.read_text()      # no tuple headers
+# ---------------------------------------------------------------------------------------------- aggregates
+def test_paper_aggregate_is_the_mean_of_five_categories_and_na_when_one_is_small():
+    res = {f"test-{c}": {"n": n, "accuracy": a} for c, (n, a) in enumerate([(40, 0.1), (40, 0.3), (30, 0.5),
+                                                                              (25, 0.7), (20, 0.9)])}
+    names = [f"test-{c}" for c in range(5)]
+    assert paper_accuracy(res, names, 20) == pytest.approx(0.5)
+    assert pooled_accuracy(res, names) == pytest.approx((4 + 12 + 15 + 17.5 + 18) / 155)
+    res["test-4"] = {"n": 1, "accuracy": 1.0}                  # one fact: a fifth of the metric? no: n/a
+    assert math.isnan(paper_accuracy(res, names, 20))
+    res["test-4"] = {"n": 0, "accuracy": math.nan}
+    assert math.isnan(paper_accuracy(res, names, 1)) and not math.isnan(pooled_accuracy(res, names))
 
 
-def test_table7_restoration_column_compares_restored_models_only():
-    grid = pd.DataFrame([
-        {"kind": "divided", "category": 1, "scale": "240", "seed": 0, "status": "done", "acc_test": 0.60,
-         "acc_testood": 0.58},
-        {"kind": "mixed", "category": None, "scale": "240", "seed": 0, "status": "done", "acc_test": 0.59,
-         "acc_testood": 0.57}])
-    # the unrestored model (k = 0) is the best row, yet restoration must report its best *restored* model
-    sweeps = {(KEY1, "top"): _sweep([0.60, 0.58, 0.55]), (KEY0, "top"): _sweep([0.50, 0.56, 0.53])}
-    t7 = strategies_table(grid, sweeps, {"acc_test": 0.30, "acc_testood": 0.10}, "M")
-    assert t7.loc["Acc_test", "SFT (Divided)"] == 60.0
-    assert math.isclose(t7.loc["Acc_test", "Parameter Restoration"], 58.0)
-    assert math.isclose(t7.loc["Acc_testood", "Parameter Restoration"], 48.0)       # the same model's
-    assert t7.loc["Acc_test", "M (no SFT)"] == 30.0
+def test_grid_cells_give_intervals_and_mark_the_paper_aggregate_na():
+    rng = np.random.default_rng(0)
+    results = {}
+    for seed in range(3):
+        sets = {**_sets(rng, [0.1, 0.3, 0.5, 0.7, 0.9], [40, 40, 40, 40, 3]),
+                **_sets(rng, [0.2] * 5, [20] * 5, "testood")}
+        results[RunKey("divided", 0, 60, seed)] = {"per_set": _per_set(sets)}
+    cells = evidence.grid_cells(results, 20, "M")
+    acc = cells[(cells["metric"] == "Acc") & (cells["domain"] == "test")].iloc[0]
+    pooled = cells[(cells["metric"] == "Acc (pooled)") & (cells["domain"] == "test")].iloc[0]
+    assert math.isnan(acc["estimate"]) and acc["n_facts"] == 163                # test-4 has 3 facts < 20
+    assert pooled["low"] < pooled["estimate"] < pooled["high"] and pooled["n_seeds"] == 3
+    assert evidence.headline_metric(cells) == "Acc (pooled)"
+    ood = cells[(cells["metric"] == "Acc") & (cells["domain"] == "testood")].iloc[0]
+    assert 0.1 < ood["estimate"] < 0.3
+    t = figures.table_per_test_category(cells, "test", small=20)
+    assert t.loc["D_train-0", "Acc_test-4"].endswith("(n=3)") and t.loc["D_train-0", "Acc_test"] == "n/a"
 
 
-def test_kl_table_reports_accuracy_in_percent_and_the_rank_correlation():
-    grid = pd.DataFrame([{"kind": "divided", "category": c, "scale": s, "seed": 0, "status": "done",
-                          "kl": kl, "acc_test-2": acc}
-                         for c, s, kl, acc in [(0, "60", 0.001, 0.8), (0, "120", 0.002, 0.7), (1, "60", 0.003, 0.6),
-                                               (1, "120", 0.004, 0.5)]])
-    t, rho = kl_table(grid, 2)
-    assert list(t.columns) == ["training data", "scale", "seed", "kl", "Acc_test-2 (%)"]
-    assert t["Acc_test-2 (%)"].tolist() == [80.0, 70.0, 60.0, 50.0] and math.isclose(rho, -1.0)
+def test_category_difference_is_paired_over_facts_and_signed():
+    rng = np.random.default_rng(1)
+    base = {**_sets(rng, [0.3] * 5, [40] * 5), **_sets(rng, [0.3] * 5, [30] * 5, "testood")}
+    results = {}
+    for seed in range(3):
+        worse = {k: [bool(x) and rng.random() < 0.5 for x in v] for k, v in base.items()}
+        results[RunKey("divided", 0, 60, seed)] = {"per_set": _per_set(worse)}
+        results[RunKey("divided", 2, 60, seed)] = {"per_set": _per_set(base)}
+    diffs = evidence.category_differences(results, 20, "M", "Acc")
+    row = diffs[(diffs["training"] == "D_train-2") & (diffs["versus"] == "D_train-0") & (diffs["domain"] == "test")]
+    assert len(row) == 1 and row.iloc[0]["low"] > 0                   # D_train-2 better, and significantly
+
+
+# ---------------------------------------------------------------------------------------------- Table 7
+def _sweep(per_sets_by_k):
+    return {"rows": [{"k": k, "per_set": ps} for k, ps in per_sets_by_k.items()]}
+
+
+def test_table7_restoration_column_compares_restored_models_only_and_instruct_is_na_with_a_reason():
+    rng = np.random.default_rng(2)
+    good = {**_sets(rng, [0.6] * 5, [30] * 5), **_sets(rng, [0.6] * 5, [30] * 5, "testood")}
+    worse = {k: [x and i % 3 for i, x in enumerate(v)] for k, v in good.items()}
+    results = {RunKey("divided", 1, 60, 0): {"per_set": _per_set(good)},
+               RunKey("mixed", None, 60, 0): {"per_set": _per_set(worse)}}
+    # the unrestored model (k = 0) is the best, yet restoration must report its best *restored* model
+    sweeps = {(RunKey("divided", 1, 60, 0), "top"): _sweep({0: _per_set(good), 5: _per_set(worse),
+                                                              20: _per_set(worse)})}
+    rows = evidence.strategy_rows(results, sweeps, _per_set(worse), 20, "M", "Acc", None, "it is itself instruct")
+    level = rows[(rows["kind"] == "level") & (rows["domain"] == "test")].set_index("strategy")
+    assert level.loc["Parameter Restoration", "estimate"] < level.loc["SFT (Divided)", "estimate"]
+    assert level.loc["Parameter Restoration", "configuration"].startswith("D_train-1, n=60, restore")
+    assert math.isnan(level.loc["M-Instruct", "estimate"]) and "itself instruct" in level.loc["M-Instruct",
+                                                                                                "configuration"]
+    vs = rows[rows["kind"] == "vs SFT (Divided)"]
+    assert (vs[vs["strategy"] == "Parameter Restoration"]["n_seeds"] == 1).all()
+    t = figures.strategies_table(rows)
+    assert list(t.index) == ["Acc_test", "Acc_testood", "configuration"] and t.loc["Acc_test", "M-Instruct"] == "n/a"
+
+
+# ---------------------------------------------------------------------------------------------- files
+def test_tables_are_display_markdown_over_tidy_csv(tmp_path):
+    data = pd.DataFrame({"model": ["M"], "estimate": [0.5], "low": [0.4], "high": [0.6], "n_seeds": [3]})
+    shown = pd.DataFrame({"a": ["50.0 ± 10.0"]}, index=pd.MultiIndex.from_tuples([(60, "0")], names=["n", "k"]))
+    csv, md = save_table(shown, tmp_path, "t", data=data, caption="Caption.")
+    assert pd.read_csv(csv).equals(data)
+    text = md.read_text().splitlines()
+    assert text[0] == "Caption." and "(" not in text[2] and "'" not in md.read_text()
+
+
+# ---------------------------------------------------------------------------------------------- verdicts
+def _write(folder, name, rows):
+    pd.DataFrame(rows).to_csv(folder / name, index=False)
+
+
+@pytest.mark.parametrize("low,high,expected", [(0.01, 0.05, "shown"), (-0.05, -0.01, "opposite"),
+                                               (-0.01, 0.02, "inconclusive"), (math.nan, math.nan, "inconclusive")])
+def test_sign_verdict(low, high, expected):
+    assert report.sign_verdict({"low": low, "high": high}, +1) == expected
+
+
+def test_combination_rule():
+    assert report.combine(["shown", "shown", "inconclusive"]) == "shown"
+    assert report.combine(["shown", "opposite", "shown"]) == "inconclusive"
+    assert report.combine(["opposite", "inconclusive"]) == "opposite"
+    assert report.combine([]) == "inconclusive"
+
+
+def test_report_verdicts_follow_from_the_csvs_and_change_with_them(tmp_path):
+    diff = {"model": "M", "domain": "test", "metric": "Acc", "training": "D_train-2", "versus": "D_train-0",
+            "scale": "60", "n_seeds": 3, "n_facts": 200, "estimate": 0.05, "low": 0.01, "high": 0.09}
+    _write(tmp_path, "table02_differences_M.csv", [diff])
+    conc = [{"model": "M", "training": "D_train-0", "scale": "60", "top_percent": 1, "n_seeds": 3,
+             "estimate": 0.9, "low": 0.85, "high": 0.95}]
+    _write(tmp_path, "table03_concentration_M.csv", conc)
+    text, table = report.report_from_csvs(tmp_path)
+    verdict = dict(zip(table["claim"], table["verdict"]))
+    assert verdict["Phenomenon 2 (§3.4): the spread across training categories"] == "shown"
+    assert verdict["Table 3 (§5.1): updates concentrate in few parameters"] == "shown"
+    assert "no data" in report.summary_markdown(table)
+    _write(tmp_path, "table02_differences_M.csv", [diff | {"estimate": -0.05, "low": -0.09, "high": -0.01}])
+    _, table2 = report.report_from_csvs(tmp_path)
+    assert dict(zip(table2["claim"], table2["verdict"]))["Phenomenon 2 (§3.4): the spread across training "
+                                                         "categories"] == "opposite"
+    report.write_report(tmp_path)
+    assert report.readme_block(tmp_path).startswith(report.README_BEGIN)
+
+
+def test_phenomenon_1_needs_a_decline_after_an_interior_peak(tmp_path):
+    cells = [{"model": "M", "kind": "divided", "training": "D_train-0", "scale": s, "domain": "test",
+              "metric": "Acc", "n_seeds": 3, "n_facts": 100, "estimate": e, "low": e - 0.02, "high": e + 0.02}
+             for s, e in (("15", 0.40), ("30", 0.55), ("60", 0.45))]
+    diffs = [{"model": "M", "kind": "divided", "training": "D_train-0", "scale": s, "versus": "60", "domain": "test",
+              "metric": "Acc", "n_seeds": 3, "n_facts": 100, "estimate": e, "low": e - 0.03, "high": e + 0.03}
+             for s, e in (("15", 0.05), ("30", -0.10))]
+    _write(tmp_path, "fig02_accuracy_vs_scale_M.csv", cells)
+    _write(tmp_path, "fig02_scale_differences_M.csv", diffs)
+    assert report.phenomenon_1(tmp_path)[0]["verdict"] == "shown"

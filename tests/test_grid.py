@@ -45,26 +45,35 @@ def test_interrupted_grid_resumes(tmp_path, monkeypatch):
 
 
 def test_parameter_analyses_use_the_finetuned_weights(tmp_path):
-    """Notebooks 04-06 restore a *fine-tuned* model: k = 100 % must give back the pre-trained scores, and the
-    statistics must see non-zero changes."""
+    """Notebooks 04-06 restore a *fine-tuned* model: restoring k = 100 % gives back exactly the pre-trained weights
+    of the region (and undo the fine-tuned ones), the statistics see real changes, and a sweep stores per-fact
+    correctness for every k."""
     import math
 
-    from sftnb.param_analysis import kept_runs, restore_sweep, update_statistics
+    from sftnb.param_analysis import kept_runs, restore_sweep, restorer_on, sweep_frame, update_statistics
+    from sftnb.select import in_region
     exp = Experiment(smoke_config(tmp_path))
     runs = kept_runs(exp)
     assert runs
     stats = update_statistics(exp, runs[0])
     shares = stats["concentration"]["share"]
     assert all(0 < s <= 1 and not math.isnan(s) for s in shares) and shares == sorted(shares)
-    sweep = restore_sweep(exp, runs[0], [100])
-    ref = exp.reference()["per_set"]
-    full = sweep[sweep["k"] == 100].iloc[0]
-    for name, r in ref.items():
-        if r["n"]:
-            assert full[name] == r["accuracy"], name
     model, _, _ = exp.finetune(runs[0])
     base = exp.pretrained_state()
-    assert any(not torch.equal(p, base[n]) for n, p in model.named_parameters())
+    tuned = {n: p.detach().clone() for n, p in model.named_parameters()}
+    moved = [n for n in tuned if in_region(n, "transformer") and not torch.equal(tuned[n], base[n])]
+    assert moved                                                   # SFT changed the region
+    restorer = restorer_on(exp, model)
+    with restorer.restored(100):
+        for n, p in model.named_parameters():
+            want = base[n] if in_region(n, "transformer") else tuned[n]
+            assert torch.equal(p.detach(), want), n
+    assert all(torch.equal(p.detach(), tuned[n]) for n, p in model.named_parameters())      # undo is exact
+    sweep = restore_sweep(exp, runs[0], [100])
+    frame = sweep_frame(exp, sweep)
+    assert list(frame["k"]) == [0, 100]
+    for row in sweep["rows"]:
+        assert all(len(r["correct"]) == r["n"] for r in row["per_set"].values())
 
 
 def test_kept_checkpoint_is_a_folder_sftnb_restore_takes(tmp_path):
@@ -106,12 +115,13 @@ def test_notebook_config_accepts_papermill_strings():
 def test_probe_agreement_compares_the_estimator_with_sampling(tmp_path):
     cfg = load_config("params/smoke.yaml", {
         "run": {"out_dir": str(tmp_path / "run"), "figures_dir": str(tmp_path / "fig"), "progress": False},
-        "probe": {"method": "likelihood", "agreement_facts": 4}})
+        "probe": {"method": "calibrated", "calibration_facts": 12}})
     exp = Experiment(cfg)
     agr = exp.probe_agreement()
-    assert agr["facts"] == 4 and int(agr["confusion"].to_numpy().sum()) == 4
-    summary = reports.agreement_summary(agr)
-    assert list(summary.index) == ["facts", "Spearman rho of R", "same category"]
-    assert summary.loc["facts", "value"] == "4"
-    assert 0 <= agr["same_category"] <= 1
+    summary = agr["summary"]
+    assert list(summary["facts"]) == [12, 12, 12, 12] and summary["comparison"].iloc[0].endswith("the ceiling")
+    assert int(agr["confusion_estimator"].to_numpy().sum()) == 12
+    assert set(agr["check"]) >= {"agreement within 5 points", "mean R within 0.02"}
+    probes = exp.probes()
+    assert set(probes["train"]["category"]) <= {0, 1, 2, 3, 4} and probes["train"]["R"].between(0, 1).all()
     assert Experiment(smoke_config(tmp_path)).probe_agreement() is None       # sampling: nothing to compare
