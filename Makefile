@@ -28,15 +28,18 @@ install: $(STAMP)
 reproduce: install
 	$(PY) -m sftnb run $(PARAMS)
 
-# The whole suite: unit tests, then the committed notebooks under nbval (smoke parameters).
+# The whole suite: unit tests (slow ones included), then the committed notebooks under nbval on their default
+# parameters (params/ci.yaml): the cells marked NBVAL_CHECK_OUTPUT must print what the committed outputs show.
+NBVAL := --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 test: install
-	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	$(PY) -m pytest tests notebooks $(NBVAL) -p no:cacheprovider
 
+# Under a minute: no model is trained, no notebook executed.
 test-fast: install
-	$(PY) -m pytest tests -m "not slow" -p no:cacheprovider
+	$(PY) -m pytest tests -m "not slow" -p no:cacheprovider -q
 
-# Re-execute the committed notebooks in place on their default (smoke) parameters: the outputs nbval compares.
-# Run it after changing a notebook or what it writes, and commit the result.
+# Re-execute the committed notebooks in place on their default (ci) parameters: the outputs nbval compares.
+# Run it after changing a notebook or what it prints, and commit the result.
 notebooks: install
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace notebooks/0[1-9]_*.ipynb
 

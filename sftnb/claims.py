@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import SftnbError
+from .launch import pid_alive, world
 
 HEARTBEAT_S = float(os.environ.get("SFTNB_CLAIM_HEARTBEAT_S", 30))
 STALE_S = float(os.environ.get("SFTNB_CLAIM_STALE_S", 600))
@@ -103,7 +104,6 @@ def unit_of_claim(path: Path) -> str | None:
 
 
 def _rank() -> int:
-    from .distributed import world
     return world()[0]
 
 
@@ -196,7 +196,6 @@ def try_claim(path: Path, heartbeat_s: float | None = None) -> Claim | None:
 
 def stale_reason(path: Path, stale_s: float | None = None, heartbeat_s: float | None = None) -> str | None:
     """Why the claim at ``path`` is stale, or None when it is live (or gone)."""
-    from .store import _pid_alive
 
     stale_s = STALE_S if stale_s is None else stale_s
     heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
@@ -208,7 +207,7 @@ def stale_reason(path: Path, stale_s: float | None = None, heartbeat_s: float | 
     except (OSError, ValueError):
         owner = {}
     if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-        if not _pid_alive(owner["pid"]):
+        if not pid_alive(owner["pid"]):
             return f"pid {owner['pid']} is dead"
     if age > stale_s:
         return f"no heartbeat for {age:.0f} s"
@@ -309,7 +308,6 @@ def check_exclusive_create(root: Path) -> bool:
             probe.unlink()
     if ok:
         return True
-    from .distributed import world
     msg = (f"the results store {root} is on a filesystem where exclusive file creation (O_EXCL) does not work, "
            f"so processes cannot claim units")
     if world()[1] > 1:

@@ -5,6 +5,7 @@
     sftnb restore --base DIR --tuned DIR --k 20[,40,...] --out DIR [--strategy top|bottom|random] [--region R]
     sftnb inject  --model M --facts F --exposures 0,1,2,4,8,16 --out DIR [--train-per-count N ...]
     sftnb run     params/<name>.yaml [--only 01,03] [--out runs/<name>]
+    sftnb report  figures/<run> [--readme README.md]
     sftnb plan    params/<name>.yaml [--gpus N] [--gpu-memory GB] [--host-memory GB]
 
 ``sftnb plan`` prints the memory plan (sftnb.plan) and exits 0 when it fits, 1 when it does not.
@@ -196,6 +197,35 @@ def _cmd_restore(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    """report.md again from a run's CSVs (``figures/<run>`` or a folder), and optionally the README's section."""
+    from pathlib import Path
+
+    from .config import project_root
+    from .report import README_BEGIN, README_END, readme_block, write_report, existing_header
+
+    folder = Path(args.run)
+    if not folder.is_dir():
+        folder = project_root() / "figures" / args.run
+    if not folder.is_dir():
+        raise SftnbError(f"{args.run}: no such run folder (give figures/<run> or a run name)")
+    if not any(folder.glob("*.csv")):
+        raise SftnbError(f"{folder}: no CSV tables (run the notebooks first: sftnb run params/<run>.yaml)")
+    path = write_report(folder, existing_header(folder))
+    print(f"wrote {path}")
+    if args.readme:
+        readme = Path(args.readme)
+        text = readme.read_text(encoding="utf-8")
+        if README_BEGIN not in text or README_END not in text:
+            raise SftnbError(f"{readme}: no section between {README_BEGIN!r} and {README_END!r}")
+        head, rest = text.split(README_BEGIN, 1)
+        tail = rest.split(README_END, 1)[1]
+        from .atomic import atomic_write_text
+        atomic_write_text(readme, head + readme_block(folder) + tail)
+        print(f"updated the verdicts in {readme}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from .runner import run_cli
     return run_cli(args)
@@ -274,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     ij.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES)
     ij.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ij.set_defaults(func=_cmd_inject)
+
+    rp = sub.add_parser("report", help="paper vs this run: report.md from a run's CSVs")
+    rp.add_argument("run", help="figures/<run> or a run name")
+    rp.add_argument("--readme", help="also rewrite the verdict table between the report markers of this README")
+    rp.set_defaults(func=_cmd_report)
 
     rn = sub.add_parser("run", help="run notebooks 01-06 headless with papermill")
     rn.add_argument("params", help="params/<name>.yaml")

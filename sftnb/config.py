@@ -172,6 +172,7 @@ class GridConfig(_Section):
     mixed: bool = True                         # SFT (Mixed): D_train regardless of category (Table 7)
     lora: bool = True                          # LoRA on the mixed set (Table 7)
     lora_scales: Optional[list[Scale]] = None  # the LoRA runs' scales (None: every scale)
+    mixed_scales: Optional[list[Scale]] = None  # the mixed runs' scales (None: every scale)
     models: Optional[list[str]] = None         # model names to run the grid for (None: every model)
 
     @field_validator("categories")
@@ -327,6 +328,11 @@ class ExperimentConfig(_Section):
     @property
     def grid_models(self) -> list[ModelConfig]:
         return [m for m in self.models if self.grid.models is None or m.name in self.grid.models]
+
+    @property
+    def restore_models(self) -> list[ModelConfig]:
+        """The grid models whose kept checkpoints are restored (Tables 4, 6, 7, 11): ``restore.models`` or all."""
+        return [m for m in self.grid_models if self.restore.models is None or m.name in self.restore.models]
 
     def out_dir(self, root: Path | None = None) -> Path:
         return _resolve(self.run.out_dir or f"runs/{self.run_name}", root)

@@ -21,7 +21,8 @@ units nobody has started yet instead of waiting behind a busy one. A barrier end
 schedules or shards by hand: the store's claims balance the load, the launcher starts the processes.
 
 *What rank 0 does.* ``sftnb run`` (``run_units``, hooked into ``sftnb.runner.run_cli``): every rank computes
-its share of ``Experiment.work(mc)`` for every model (or of ``Experiment.work()`` if it takes no argument), then rank 0 alone executes notebooks 01-06 with papermill
+its share of ``Experiment.work(mc)`` for every model (or of ``Experiment.work()`` if it takes no argument),
+then rank 0 alone executes notebooks 01-06 with papermill
 (they now only reuse units) and writes the tables and figures, while the other ranks wait at a barrier and exit
 0. The notebook kernels are started without the launcher's variables, so they are plain single processes. Where
 the experiment has no ``work()`` the ranks skip that step and rank 0's notebooks compute everything as in a
@@ -46,6 +47,7 @@ from typing import Callable, Sequence
 
 from . import claims
 from .errors import SftnbError
+from .launch import world
 
 TIMEOUT_S = float(os.environ.get("SFTNB_DIST_TIMEOUT_S", 48 * 3600))
 # what makes a process one rank of several: stripped from the environment of rank 0's notebook kernels
@@ -62,16 +64,6 @@ class Collective(list):
 
 
 # ------------------------------------------------------------------------------------------- who am I
-def world() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) of this process: torchrun / accelerate, else srun, else (0, 1, 0)."""
-    env = os.environ
-    if env.get("WORLD_SIZE"):
-        return int(env.get("RANK", 0)), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if env.get("SLURM_STEP_NUM_TASKS") and env.get("SLURM_PROCID"):
-        return int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0))
-    return 0, 1, 0
-
-
 _world = world                                         # compute_all's argument ``world`` shadows the function
 
 
@@ -229,18 +221,16 @@ def compute_collective(unit, fn: Callable[[Path | None], dict]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- sftnb run
-def run_units(params: Path, overrides: dict | None, root: Path) -> bool:
-    """``sftnb run``'s multi-process step: start torch.distributed, compute this rank's share of every model's
+def run_units(make_experiment: Callable[[], object]) -> bool:
+    """``sftnb run``'s multi-process step: start torch.distributed, build the run's ``Experiment`` (from
+    ``make_experiment``, which ``sftnb.runner`` provides) and compute this rank's share of every model's
     ``Experiment.work(mc)``. Returns True on rank 0, which goes on to execute the notebooks (with the launcher's
     variables removed from its environment, so their kernels are single processes) and calls ``finish()``;
     the other ranks wait at a barrier until rank 0 has finished and return False."""
-    from .config import load_config
-    from .experiment import Experiment
-
     rank, size, local = init()
-    cfg = load_config(params, overrides)
     t0 = time.perf_counter()
-    exp = Experiment(cfg, root)
+    exp = make_experiment()
+    cfg = exp.cfg
     work = getattr(exp, "work", None)
     if work is None:
         if rank == 0:

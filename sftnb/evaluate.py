@@ -20,9 +20,9 @@ from typing import Iterable, Sequence
 import torch
 
 from .facts import Fact
-from .generation import decode, generate
+from .generation import StopRule, decode, generate
 from .matching import answer_in_text
-from .models import encode_prompt, stop_token_ids
+from .models import encode_prompt, stop_token_ids, word_start_tokens
 from .sft import prompt_ids
 
 
@@ -42,18 +42,23 @@ def inference_copy(model, dtype: torch.dtype | None):
 
 
 def _greedy_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_tokens: int,
-                  progress: bool, desc: str) -> list[str]:
+                  progress: bool, desc: str, stop: StopRule | None = None) -> list[str]:
     outs = generate(model, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
                     eos_token_ids=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                    batch_tokens=batch_tokens, progress=progress, desc=desc)
+                    batch_tokens=batch_tokens, progress=progress, desc=desc, stop=stop)
     return [texts[0] for texts in decode(tokenizer, outs)]
 
 
 def answer_questions(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 16,
-                     batch_tokens: int = 16384, progress: bool = True, desc: str = "eval") -> list[str]:
-    """Greedy answers to questions in the SFT format (``<|question|> ... <|answer|>``)."""
+                     batch_tokens: int = 16384, progress: bool = True, desc: str = "eval",
+                     answers: Sequence[Sequence[str]] | None = None) -> list[str]:
+    """Greedy answers to questions in the SFT format (``<|question|> ... <|answer|>``). With ``answers`` a
+    completion stops once it contains its answer (the criterion cannot change after that: its output is then cut
+    there, its correctness is the same)."""
+    stop = None if answers is None else StopRule(word_start_tokens(tokenizer), lambda p, toks: answer_in_text(
+        answers[p], tokenizer.decode(toks, skip_special_tokens=True)))
     return _greedy_texts(model, tokenizer, [prompt_ids(tokenizer, q) for q in questions], max_new_tokens,
-                         batch_tokens, progress, desc)
+                         batch_tokens, progress, desc, stop)
 
 
 def complete(model, tokenizer, texts: Sequence[str], max_new_tokens: int = 16, batch_tokens: int = 16384,
@@ -73,7 +78,7 @@ def evaluate_sets(model, tokenizer, sets: dict[str, Sequence[Fact]], max_new_tok
     names = [n for n in sets if len(sets[n])]
     flat = [f for n in names for f in sets[n]]
     outputs = answer_questions(model, tokenizer, [f.question for f in flat], max_new_tokens, batch_tokens,
-                               progress) if flat else []
+                               progress, answers=[f.answers for f in flat]) if flat else []
     correct = score(flat, outputs)
     out, i = {}, 0
     for n in sets:

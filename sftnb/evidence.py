@@ -259,10 +259,11 @@ def strategy_rows(results: dict, sweeps: dict, no_sft: dict, min_facts: int, mod
     """Table 7 (App. C.3), each column defined as the paper does: the instruct model (where params name one); the
     pre-trained model without SFT; SFT (Mixed), the best over data volumes; SFT (Divided), the best category at
     the largest scale; LoRA (on mixed data), the best over data volumes; Parameter Restoration, the best restored
-    model (k > 0, top strategy) of the divided runs at the largest scale. "Best" is by the estimate of ``metric``
-    on the test domain, as the paper reports the best (which favours whatever was tried most). Rows: the level of
-    each column on both domains, and each column's difference from SFT (Divided) (paired over facts; over seeds
-    too when the models are the same, i.e. restoration of the chosen divided configuration)."""
+    model (k > 0, top strategy) of the divided runs at the largest scale whose checkpoints were kept. "Best" is
+    by the estimate of ``metric`` on the test domain, as the paper reports the best (which favours whatever was
+    tried most). Rows: the level of each column on both domains, and each column's difference from SFT (Divided)
+    (paired over facts; over seeds too when the models are the same, i.e. restoration of the chosen divided
+    configuration)."""
     groups = group_runs(results)
     agg = AGGREGATES[metric]
 

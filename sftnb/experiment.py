@@ -12,8 +12,6 @@ the caller does to it changes what anyone else holds.
 from __future__ import annotations
 
 import copy
-import random
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -22,13 +20,13 @@ import pandas as pd
 import torch
 
 from . import mastery
-from .config import ExperimentConfig, ModelConfig, Scale, scale_order
+from .config import ExperimentConfig, ModelConfig
 from .data import load_source, paper_splits
 from .errors import SftnbError
 from .evaluate import evaluate_sets, inference_copy, paper_accuracy, pooled_accuracy, stored
 from .facts import Fact
+from .grid import GridRuns
 from .models import load_model, load_tokenizer, model_fingerprint, resolve_device, resolve_dtype
-from .sft import resolve_precision, train, train_lora
 from .store import Store
 
 SETS = ("train", "test", "testood")
@@ -36,44 +34,7 @@ TEST_SETS = tuple(f"test-{c}" for c in mastery.CATEGORIES)
 OOD_SETS = tuple(f"testood-{c}" for c in mastery.CATEGORIES)
 
 
-@dataclass(frozen=True)
-class RunKey:
-    """One SFT run of the grid: how its training set was drawn and fine-tuned."""
-    kind: str            # "divided" (one mastery category), "mixed" (any category) or "lora" (mixed, LoRA)
-    category: int | None
-    scale: Scale
-    seed: int
-
-    @property
-    def label(self) -> str:
-        cat = f"cat{self.category}" if self.category is not None else "mixed"
-        return f"{self.kind}-{cat}-n{self.scale}-s{self.seed}"
-
-
-def balanced_sample(facts: Sequence[Fact], n: int | str, seed: int) -> list[Fact] | None:
-    """``n`` facts drawn round-robin over relations in a seeded order, so per-relation counts differ by at most
-    one (while a relation has facts left); ``"all"`` = every fact; ``None`` when fewer than ``n`` exist."""
-    rng = random.Random(seed)
-    if n == "all":
-        out = list(facts)
-        rng.shuffle(out)
-        return out
-    if n > len(facts):
-        return None
-    by_rel: dict[str, list[Fact]] = {}
-    for f in facts:
-        by_rel.setdefault(f.relation, []).append(f)
-    pools = {r: rng.sample(v, len(v)) for r, v in sorted(by_rel.items())}
-    out: list[Fact] = []
-    while len(out) < n:
-        order = [r for r in sorted(pools) if pools[r]]
-        rng.shuffle(order)
-        for r in order[: n - len(out)]:
-            out.append(pools[r].pop())
-    return out
-
-
-class Experiment:
+class Experiment(GridRuns):
     def __init__(self, cfg: ExperimentConfig, root: Path | None = None):
         self.cfg = cfg
         self.store = Store(cfg.out_dir(root))
@@ -316,21 +277,6 @@ class Experiment:
                 "sets": {n: mastery.facts_digest(v) for n, v in self.eval_sets(mc).items()},
                 "token_kl": self.cfg.token_kl.model_dump()}
 
-    def unit_spec(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
-        """The store spec of a grid unit (its fine-tuning and evaluation); None when its category has too few
-        facts. Every unit derived from a fine-tuned model (restoration sweeps ...) extends this spec."""
-        mc = mc or self.cfg.main_model
-        facts = self.training_facts(key, mc)
-        if facts is None:
-            return None
-        # what ran, not what was asked; settings that change no result (how memory is spent) stay out of the key
-        sft = self.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy"})
-        sft["precision"] = resolve_precision(sft["precision"], self.device)
-        if key.kind != "lora":
-            sft.pop("lora")
-        return {"model": self.model_id(mc), "run": key.__dict__, "train": mastery.facts_digest(facts),
-                "sft": sft, "dtype": str(self.train_dtype), "eval": self.eval_spec(mc)}
-
     # ------------------------------------------------------------------------------------------- reference
     def reference(self, mc: ModelConfig | None = None) -> dict:
         """The pre-trained model's own scores, the §4.1 KL examples, and its first-token logits on them."""
@@ -361,21 +307,6 @@ class Experiment:
         result["base_logits_path"] = str(unit.file("base_first_logits.pt"))
         return result
 
-    def kl_example(self, mc: ModelConfig | None = None) -> tuple[pd.DataFrame, dict] | None:
-        """Figure 3's data: the first §4.1 example under the first divided model (largest kept scale, first seed)
-        that has one: (its top-k table, the example). None when there is no KL example."""
-        mc = mc or self.cfg.main_model
-        ref = self.reference(mc)
-        if not ref["kl_examples"]:
-            return None
-        g = self.grid_cfg(mc)
-        scale = scale_order([s for s in g.keep_checkpoints if s in g.scales] or g.scales)[-1]
-        for cat in g.categories:
-            res = self.run_unit(RunKey("divided", cat, scale, g.seeds[0]), mc)
-            if res is not None and res.get("fig3_example"):
-                return pd.DataFrame(res["fig3_example"]), ref["kl_examples"][0]
-        return None
-
     def instruct_reference(self, mc: ModelConfig, per_set: bool = False) -> dict:
         """Table 7's first column: the matching instruct model (``instruct_path``), evaluated like every fine-tuned
         model; its metrics, or (``per_set``) its stored per-set results with per-fact correctness."""
@@ -392,118 +323,6 @@ class Experiment:
 
         res = self.store.compute("instruct", spec, compute, f"{mc.name}-instruct")
         return res["per_set"] if per_set else res["metrics"]
-
-    # ------------------------------------------------------------------------------------------- the grid
-    def grid_cfg(self, mc: ModelConfig | None = None):
-        """The model's own grid (``models[].grid``) or the run's."""
-        mc = mc or self.cfg.main_model
-        return mc.grid or self.cfg.grid
-
-    def run_keys(self, mc: ModelConfig | None = None) -> list[RunKey]:
-        g = self.grid_cfg(mc)
-        keys = [RunKey("divided", c, s, seed) for c in g.categories for s in g.scales for seed in g.seeds]
-        if g.mixed:
-            keys += [RunKey("mixed", None, s, seed) for s in g.scales for seed in g.seeds]
-        if g.lora:
-            keys += [RunKey("lora", None, s, seed) for s in (g.lora_scales or g.scales) for seed in g.seeds]
-        return keys
-
-    def training_facts(self, key: RunKey, mc: ModelConfig | None = None) -> list[Fact] | None:
-        pool = self.sets["train"] if key.category is None else self.categorized(mc)["train"][key.category]
-        return balanced_sample(pool, key.scale, key.seed)
-
-    def checkpoint_dir(self, key: RunKey, mc: ModelConfig | None = None) -> Path | None:
-        """The kept fine-tuned checkpoint of a grid run (a Hugging Face folder: weights, config, tokenizer, so
-        that ``sftnb restore --tuned`` and ``from_pretrained`` take it as it is), or None if it was not kept."""
-        spec = self.unit_spec(key, mc)
-        if spec is None:
-            return None
-        folder = self.store.unit("sft", spec, key.label).file("checkpoint")
-        return folder if (folder / "config.json").is_file() else None
-
-    def finetune(self, key: RunKey, mc: ModelConfig | None = None):
-        """(fine-tuned model, tokenizer, train report): a fresh model of the caller's own, from the kept checkpoint
-        if there is one, else re-trained from its seed (deterministic) starting from the pre-trained weights."""
-        mc = mc or self.cfg.main_model
-        facts = self.training_facts(key, mc)
-        if facts is None:
-            raise SftnbError(f"{key.label}: D_train-{key.category} has too few facts for scale {key.scale}")
-        model, tok = self.pretrained(mc)
-        ckpt = self.checkpoint_dir(key, mc)
-        if ckpt is not None:
-            from safetensors.torch import load_file
-            state = {}
-            for f in sorted(ckpt.glob("*.safetensors")):
-                state |= load_file(str(f), device=str(self.device))
-            # strict=False: a tied output head is saved once (under the embedding's name)
-            model.load_state_dict(state, strict=False)
-            return model, tok, None
-        pairs = [(f.question, f.answers[0]) for f in facts]
-        if key.kind == "lora":
-            merged, report = train_lora(model, tok, pairs, self.cfg.sft, key.seed, self.progress)
-            return merged, tok, report
-        report = train(model, tok, pairs, self.cfg.sft, key.seed, progress=self.progress, desc=key.label)
-        return model, tok, report
-
-    def run_unit(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
-        """Fine-tune, evaluate in and out of domain (and on its training set), first-token KL: one store unit."""
-        from .token_kl import first_token_logits_of, renormalized_kl, topk_table
-
-        mc = mc or self.cfg.main_model
-        spec = self.unit_spec(key, mc)
-        if spec is None:
-            return None
-        ref = self.reference(mc)
-
-        def compute(tmp):
-            model, tok, report = self.finetune(key, mc)
-            if key.scale in self.grid_cfg(mc).keep_checkpoints and key.kind == "divided":
-                model.save_pretrained(tmp / "checkpoint")
-                tok.save_pretrained(tmp / "checkpoint")
-            facts = self.training_facts(key, mc)
-            sets = dict(self.eval_sets(mc))
-            if self.cfg.eval.train_accuracy:
-                sets["train"] = facts
-            res = self.evaluate(model, tok, sets)
-            kl_mean, kl_rows, fig3 = float("nan"), [], None
-            ex = ref["kl_examples"]
-            if ex:
-                with inference_copy(model, self.infer_dtype) as m:
-                    ft = first_token_logits_of(m, tok, [e["prompt"] for e in ex], self.cfg.run.batch_tokens)
-                base = torch.load(ref["base_logits_path"])
-                kl = renormalized_kl(ft, base, k=self.cfg.token_kl.k)
-                kl_mean, kl_rows = float(kl.mean()), [round(float(x), 6) for x in kl]
-                fig3 = topk_table(ft[0], base[0], tok, k=self.cfg.token_kl.k).to_dict(orient="list")
-            return {"metrics": self.summarize(res) | {"kl": kl_mean}, "per_set": stored(res),
-                    "kl": kl_rows, "fig3_example": fig3, "train": report.to_dict() if report else None,
-                    "n_train": len(facts)}
-
-        return self.store.unit("sft", spec, key.label).compute(compute)
-
-    def grid_results(self, mc: ModelConfig | None = None) -> dict:
-        """{RunKey: stored unit result, or None where the category has too few facts} for the whole grid."""
-        from tqdm.auto import tqdm
-
-        mc = mc or self.cfg.main_model
-        return {key: self.run_unit(key, mc)
-                for key in tqdm(self.run_keys(mc), desc=f"grid {mc.name}", disable=not self.progress)}
-
-    def grid(self, mc: ModelConfig | None = None) -> pd.DataFrame:
-        """Every unit of the grid, computed or reused: one row per run with its metrics."""
-        mc = mc or self.cfg.main_model
-        rows = []
-        for key, res in self.grid_results(mc).items():
-            row = {"model": mc.name, "kind": key.kind, "category": pd.NA if key.category is None else key.category,
-                   "scale": str(key.scale), "seed": key.seed}
-            if res is None:
-                row["status"] = "too few facts"
-            else:
-                row.update(res["metrics"])
-                row.update(status="done", n_train=res["n_train"], seconds=res.get("_seconds"))
-            rows.append(row)
-        df = pd.DataFrame(rows)
-        df["category"] = df["category"].astype("Int64")
-        return df
 
     # ------------------------------------------------------------------------------------------- the testbed
     def base_of(self, mc: ModelConfig) -> ModelConfig:
@@ -524,3 +343,39 @@ class Experiment:
             before[["key", "R", "category"]], on="key", suffixes=("", "_before"))
         t["exposure"] = t["key"].map(exposure)
         return t
+
+    # ------------------------------------------------------------------------------------------- all the work
+    def work(self, mc: ModelConfig) -> list:
+        """Every unit one model needs, as stages of zero-argument callables in dependency order (each computes or
+        reuses store units): what the ranks of ``sftnb run`` under torchrun share (``sftnb.distributed``)."""
+        from . import param_analysis as pa
+        from .distributed import Collective
+
+        stages: list = []
+        if mc.inject is not None:
+            stages.append([lambda: self.injection_unit(mc)])
+        probes = [lambda s=s: self._probe(mc, self.sets[s], self.cfg.probe.method, f"{mc.name}-{s}")
+                  for s in ("train", "test", "testood")]
+        if self.cfg.probe.method == "calibrated":
+            seed = self.cfg.probe.seed
+            probes += [lambda: self._probe(mc, self.study_facts(mc), "sampling", f"{mc.name}-study-A", seed),
+                       lambda: self._probe(mc, self.study_facts(mc), "sampling", f"{mc.name}-study-B", seed + 1)]
+        stages.append(probes)
+        if mc.name == self.cfg.main_model.name and self.cfg.tasks:
+            stages.append([lambda t=t, seed=seed: pa.task_sweep(self, t, seed) for t in self.cfg.tasks
+                           for seed in t.seeds])
+        if mc.name not in {m.name for m in self.cfg.grid_models}:
+            return stages
+        stages.append([lambda: self.reference(mc)])
+        runs = [lambda k=k: self.run_unit(k, mc) for k in self.run_keys(mc)]
+        stages.append(Collective(runs) if self.cfg.sft.strategy == "fsdp" else runs)
+        kept, r = pa.kept_runs(self, mc), self.cfg.restore
+        after = [lambda k=k: pa.update_statistics(self, k, mc) for k in pa.kept_runs(self, mc, restoring=False)]
+        after += [lambda k=k, s=s: pa.restore_sweep(self, k, r.k_percents, s, mc=mc) for k in kept
+                  for s in r.strategies]
+        after += [lambda k=k: pa.restore_sweep(self, k, r.train_k_percents, "top", on_train=True, mc=mc)
+                  for k in kept]
+        seeds = r.layer_seeds or self.grid_cfg(mc).seeds[:1]
+        after += [lambda k=k: pa.layer_restore(self, k, mc) for k in pa.largest_scale(pa.kept_runs(self, mc, seeds))]
+        stages.append(after)
+        return stages

@@ -27,15 +27,16 @@ def _interval(row) -> Interval:
                     n_items=int(row.get("n_facts", 0) or 0))
 
 
-def fmt_level(row, scale: float = 100, small: int = 0) -> str:
-    """'54.1 ± 2.3'; '(n=7)' appended when the row rests on fewer than ``small`` facts."""
-    text = _interval(row).fmt(scale=scale)
+def fmt_level(row, scale: float = 100, small: int = 0, digits: int | None = None) -> str:
+    """'54.1 ± 2.3' (percent: 1 decimal; a fraction such as R: 3); '(n=7)' appended when the row rests on fewer
+    than ``small`` facts."""
+    text = _interval(row).fmt(scale=scale, digits=digits if digits is not None else (1 if scale == 100 else 3))
     n = int(row.get("n_facts", 0) or 0)
     return f"{text} (n={n})" if small and n < small and text != "n/a" else text
 
 
-def fmt_gain(row, scale: float = 100) -> str:
-    return _interval(row).fmt_diff(scale=scale)
+def fmt_gain(row, scale: float = 100, digits: int | None = None) -> str:
+    return _interval(row).fmt_diff(scale=scale, digits=digits if digits is not None else (1 if scale == 100 else 3))
 
 
 def display(frame: pd.DataFrame, index, columns, fmt=fmt_level, order=None) -> pd.DataFrame:
@@ -43,7 +44,7 @@ def display(frame: pd.DataFrame, index, columns, fmt=fmt_level, order=None) -> p
     if frame.empty:
         return pd.DataFrame()
     cells = frame.assign(_cell=[fmt(r) for _, r in frame.iterrows()])
-    out = cells.pivot_table(index=index, columns=columns, values="_cell", aggfunc="first", sort=False)
+    out = cells.pivot_table(index=index, columns=columns, values="_cell", aggfunc="first", sort=False).fillna("")
     if order is not None:
         out = out[[c for c in order if c in out.columns]]
     out.columns.name = None
@@ -335,7 +336,8 @@ def fig_layer_heatmap(rows: pd.DataFrame):
 
 def kl_display(kl_cells: pd.DataFrame) -> pd.DataFrame:
     """The values behind Figures 4 and 5: per training set and scale, mean KL and Acc_test-4 with intervals."""
-    d = kl_cells.assign(cell=[fmt_level(r, scale=1 if r["metric"] == "KL" else 100) for _, r in kl_cells.iterrows()])
+    d = kl_cells.assign(cell=[fmt_level(r, scale=1, digits=4) if r["metric"] == "KL" else fmt_level(r)
+                              for _, r in kl_cells.iterrows()])
     out = d.pivot_table(index=["training", "scale"], columns="metric", values="cell", aggfunc="first", sort=False)
     out.columns.name = None
     return out
@@ -344,5 +346,6 @@ def kl_display(kl_cells: pd.DataFrame) -> pd.DataFrame:
 __all__ = ["display", "fmt_level", "fmt_gain", "fig_accuracy_vs_scale", "table_per_test_category",
            "table_differences", "fig_metric_vs_scale", "fig_topk_example", "concentration_table",
            "distribution_tables", "fig_concentration", "fig_layer_distribution", "restore_table",
-           "fig_restore_curve", "strategies_table", "task_table", "layer_table", "fig_layer_heatmap", "kl_display", "testbed_table",
+           "fig_restore_curve", "strategies_table", "task_table", "layer_table", "fig_layer_heatmap", "kl_display",
+           "testbed_table",
            "fig_testbed_exposure"]

@@ -34,7 +34,7 @@ import time
 import torch
 
 from .errors import SftnbError
-from .sft import IGNORE, TrainReport, _adamw, _autocast, answer_loss, collate, example_ids
+from .sft import IGNORE, TrainReport, answer_loss, autocast_for, collate, example_ids, make_optimizer
 
 
 def _dist():
@@ -97,7 +97,7 @@ def train_fsdp(model, tokenizer, pairs: list[tuple[str, str]], cfg, seed: int = 
 
     shard(model, mesh)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _adamw(params, learning_rate or cfg.learning_rate, cfg.weight_decay)
+    opt = make_optimizer(cfg.optimizer, params, learning_rate or cfg.learning_rate, cfg.weight_decay)
     sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * len(batches)),
                           num_training_steps=len(batches))
     model.train()
@@ -107,7 +107,7 @@ def train_fsdp(model, tokenizer, pairs: list[tuple[str, str]], cfg, seed: int = 
         n_global = sum(answer_tokens[i] for i in batch_idx)
         mine = batch_idx[rank::size]
         batch = {k: v.to(dev) for k, v in collate([encoded[i] for i in (mine or batch_idx[:1])], pad).items()}
-        with _autocast(cfg.precision, dev):
+        with autocast_for(cfg.precision, dev):
             mean = answer_loss(model, batch)
         local_sum = mean * (batch["labels"] != IGNORE).sum() if mine else mean * 0.0
         (local_sum * (size / n_global)).backward()     # FSDP averages over ranks: the global token mean

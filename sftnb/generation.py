@@ -6,9 +6,8 @@ Public API (all work on token-id lists; callers build prompts, BOS included if t
              seed=0, batch_tokens=16384, progress=True, desc="generate") -> list[list[list[int]]]
     greedy(model, prompts, **kw) -> list[list[int]]
     decode(tokenizer, completions) -> list[list[str]]
-    first_token_logits(model, prompts, batch_tokens=16384, pad_token_id=None) -> Tensor [N, V] float32 (CPU)
-    continuation_logprobs(model, prompts, continuations, temperature=1.0, batch_tokens=16384, ...) -> list[list[float]]
-    lead_in_probs(model, prompts, watch, n_lead, temperature=1.0, ...) -> list[dict]
+
+(Teacher-forced scoring, without sampling, is in ``sftnb.scoring``; batching and padding in ``sftnb.batching``.)
 
 What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_sequences=n)`` on this workload:
 
@@ -52,83 +51,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .batching import batches, cache_kwarg, check_prompts, device_of, left_pad, pad_id
+
 CHECK_EVERY = 4            # decode steps between "who finished?" checks on a GPU (each one is a host sync)
 MIN_SHARED = 4             # a batch whose prompts all start with at least this many equal tokens prefills them once
 _BLOCK = 256               # block width of the two-level cumulative sum used for sampling
-_LOGITS_BUDGET = 1 << 25   # continuation_logprobs: at most this many logit entries per batch (~128 MB in fp32)
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _pad_id(model, pad_token_id):
-    if pad_token_id is not None:
-        return int(pad_token_id)
-    pid = getattr(model.config, "pad_token_id", None)
-    if isinstance(pid, (list, tuple)):
-        pid = pid[0] if pid else None
-    return 0 if pid is None else int(pid)
-
-
-def _cache_kwarg(model) -> str:
-    """The forward() keyword for the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    import inspect
-
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _check_prompts(prompts) -> None:
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty (the engine needs at least one token, e.g. BOS)")
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention_mask and position_ids (0 at the first real token) of a left-padded batch: every
-    row's last token sits in the last column (what generation and the answer-only SFT loss both rely on)."""
-    width = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), width), pad, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = s
-        mask[i, width - len(s):] = 1
-    pos = np.maximum(mask.cumsum(-1) - 1, 0)
-    return tuple(torch.from_numpy(a).to(device) for a in (ids, mask, pos))
-
-
-def _greedy_batches(order: Sequence[int], cost: Callable[[int, int], float], budget: float) -> list[list[int]]:
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    for i in order:
-        if batch and cost(len(batch) + 1, i) > budget:
-            batches.append(batch)
-            batch = []
-        batch.append(i)
-    if batch:
-        batches.append(batch)
-    return batches
-
-
-def _batches(order: Sequence[int], cost: Callable[[int, int], float], budget: float) -> list[list[int]]:
-    """Consecutive runs of ``order`` (indices sorted by length); ``cost(rows, i)`` is the cost of a batch of
-    ``rows`` items whose last (longest) item is ``i``. Batches are filled greedily up to ``budget``; when the same
-    number of batches can hold equal shares of the items, those are used instead (no small, inefficient tail
-    batch)."""
-    greedy = _greedy_batches(order, cost, budget)
-    k = len(greedy)
-    if k <= 1:
-        return greedy
-    size = -(-len(order) // k)
-    even = [list(order[s:s + size]) for s in range(0, len(order), size)]
-    if len(even) == k and all(cost(len(b), b[-1]) <= budget for b in even):
-        return even
-    return greedy
 
 
 # ----------------------------------------------------------------------------- counter-based uniforms
@@ -309,9 +236,9 @@ class StopRule:
 def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, uniforms, stop=None, owners=None):
     from transformers import DynamicCache
 
-    dev = _device(model)
+    dev = device_of(model)
     cache = DynamicCache(config=model.config)
-    ckw = _cache_kwarg(model)
+    ckw = cache_kwarg(model)
     share = _shared_prefix(prompts)
     if share >= MIN_SHARED and len(prompts) > 1 and _plain_layers(cache):
         # the common prefix once (one row), its cache repeated to every prompt, then each prompt's own tokens,
@@ -388,18 +315,18 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     if n < 1 or max_new_tokens < 1:
         raise ValueError("n and max_new_tokens must be at least 1")
     prompts = [list(map(int, p)) for p in prompts]
-    _check_prompts(prompts)
+    check_prompts(prompts)
     if isinstance(eos_token_ids, int):
         eos_token_ids = (eos_token_ids,)
     eos = {int(e) for e in (eos_token_ids or ()) if e is not None}
-    pad = _pad_id(model, pad_token_id)
+    pad = pad_id(model, pad_token_id)
     lengths = [len(p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
     keys = _prompt_keys(prompts, seed) if temperature > 0 else None
     results: list[list[list[int]]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     cost = lambda rows, i: rows * n * (lengths[i] + max_new_tokens)   # noqa: E731
-    for batch in _batches(order, cost, batch_tokens):
+    for batch in batches(order, cost, batch_tokens):
         uniforms = _uniforms(keys[batch], n, max_new_tokens) if keys is not None else None
         outs = _generate_batch(model, [prompts[i] for i in batch], n, temperature, max_new_tokens, eos, pad,
                                uniforms, stop, batch)
@@ -420,152 +347,3 @@ def decode(tokenizer, completions: Sequence[Sequence[Sequence[int]]]) -> list[li
     """Texts of ``generate``'s output (same nesting), special tokens skipped."""
     return [tokenizer.batch_decode(list(per_prompt), skip_special_tokens=True) if per_prompt else []
             for per_prompt in completions]
-
-
-# ------------------------------------------------------------------------------------------- scoring
-@torch.inference_mode()
-def first_token_logits(model, prompts: Sequence[Sequence[int]], batch_tokens: int = 16384,
-                       pad_token_id: int | None = None, progress: bool = False) -> torch.Tensor:
-    """[N, V] float32 on the CPU: the next-token logits after each prompt (one padded forward per batch of about
-    ``batch_tokens`` tokens, only the last position projected on the vocabulary)."""
-    prompts = [list(map(int, p)) for p in prompts]
-    _check_prompts(prompts)
-    if not prompts:
-        vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None \
-            else model.config.vocab_size
-        return torch.zeros((0, vocab), dtype=torch.float32)
-    pad = _pad_id(model, pad_token_id)
-    lengths = [len(p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
-    out: torch.Tensor | None = None
-    bar = tqdm(total=len(prompts), desc="logits", disable=not progress, leave=False)
-    for batch in _batches(order, lambda rows, i: rows * lengths[i], batch_tokens):
-        ids, mask, pos = left_pad([prompts[i] for i in batch], pad, _device(model))
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                       logits_to_keep=1).logits[:, -1].float().cpu()
-        if out is None:
-            out = torch.empty((len(prompts), logits.shape[-1]), dtype=torch.float32)
-        out[torch.tensor(batch)] = logits
-        bar.update(len(batch))
-    bar.close()
-    return out
-
-
-@torch.inference_mode()
-def lead_in_probs(model, prompts: Sequence[Sequence[int]], watch: Sequence[Sequence[int]], n_lead: int,
-                  temperature: float = 1.0, exclude: Sequence[int] = (), batch_tokens: int = 16384,
-                  pad_token_id: int | None = None, progress: bool = False) -> list[dict]:
-    """For each prompt: the tempered next-token probabilities of the ``watch`` tokens (e.g. an answer's first
-    tokens), the ``n_lead`` most likely other first tokens ("lead-ins", ``exclude`` and the watched ones left
-    out) with their probabilities, and the probabilities of the watched tokens right after each lead-in.
-
-    Each batch is prefilled once; its KV cache is then repeated to the lead-ins, which take one decode step
-    together: the cost is about one teacher-forced pass over the prompts, whatever ``n_lead``.
-    Returns ``[{"start": [p(watch_j)], "leads": [(token, p)], "after": [[p(watch_j | lead)] per lead]}]``."""
-    from transformers import DynamicCache
-
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0")
-    prompts = [list(map(int, p)) for p in prompts]
-    _check_prompts(prompts)
-    pad, dev = _pad_id(model, pad_token_id), _device(model)
-    vocab = model.config.get_text_config().vocab_size
-    lengths = [len(p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
-    rows_cap = max(1, _LOGITS_BUDGET // (max(1, n_lead) * vocab))        # bound the [rows x n_lead, V] logits
-    out: list[dict] = [{} for _ in prompts]
-    ckw = _cache_kwarg(model)
-    excluded = torch.tensor(sorted(set(map(int, exclude))), dtype=torch.long, device=dev)
-    bar = tqdm(total=len(prompts), desc="lead-ins", disable=not progress, leave=False)
-    for big in _batches(order, lambda rows, i: rows * (lengths[i] + 1), batch_tokens):
-        for s in range(0, len(big), rows_cap):
-            batch = big[s:s + rows_cap]
-            ids, mask, pos = left_pad([prompts[i] for i in batch], pad, dev)
-            cache = DynamicCache(config=model.config)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                           logits_to_keep=1, **{ckw: cache}).logits[:, -1].float()
-            probs = (logits / temperature).softmax(-1)
-            blocked = probs.clone()
-            if excluded.numel():
-                blocked[:, excluded] = -1
-            for j, i in enumerate(batch):
-                if watch[i]:
-                    blocked[j, torch.tensor(list(watch[i]), device=dev)] = -1
-            p_lead, leads = blocked.topk(n_lead, dim=-1) if n_lead else (blocked[:, :0], blocked[:, :0].long())
-            for j, i in enumerate(batch):
-                w = torch.tensor(list(watch[i]), dtype=torch.long, device=dev)
-                out[i] = {"start": probs[j, w].tolist() if len(w) else [],
-                          "leads": list(zip(leads[j].tolist(), p_lead[j].tolist())), "after": []}
-            if n_lead:
-                for layer in cache.layers:
-                    layer.batch_repeat_interleave(n_lead)
-                step_mask = torch.cat([mask, mask.new_ones((len(batch), 1))], 1).repeat_interleave(n_lead, 0)
-                step_pos = (pos[:, -1:] + 1).repeat_interleave(n_lead, 0)
-                after = model(input_ids=leads.reshape(-1, 1), attention_mask=step_mask, position_ids=step_pos,
-                              use_cache=True, logits_to_keep=1, **{ckw: cache}).logits[:, -1].float()
-                after = (after / temperature).softmax(-1).view(len(batch), n_lead, -1)
-                for j, i in enumerate(batch):
-                    w = torch.tensor(list(watch[i]), dtype=torch.long, device=dev)
-                    out[i]["after"] = after[j][:, w].tolist() if len(w) else [[] for _ in range(n_lead)]
-            bar.update(len(batch))
-    bar.close()
-    return out
-
-
-@torch.inference_mode()
-def continuation_logprobs(model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
-                          temperature: float = 1.0, batch_tokens: int = 16384, progress: bool = False,
-                          pad_token_id: int | None = None) -> list[list[float]]:
-    """For each prompt and each of its candidate continuations (token-id lists): the teacher-forced
-    Σ_t log softmax(logits_t / temperature)[c_t] over the continuation's tokens (0.0 for an empty continuation).
-    All (prompt, continuation) pairs go through left-padded batches of about ``batch_tokens`` tokens; only the
-    last (longest continuation + 1) positions are projected on the vocabulary (``logits_to_keep``), so any causal
-    LM's own head (soft-capping, scaling) applies."""
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0")
-    if len(continuations) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuation lists")
-    prompts = [list(map(int, p)) for p in prompts]
-    _check_prompts(prompts)
-    pad = _pad_id(model, pad_token_id)
-    dev = _device(model)
-    vocab = model.config.get_text_config().vocab_size
-    pairs = [(pi, ci) for pi, conts in enumerate(continuations) for ci in range(len(conts)) if len(conts[ci])]
-    conts = [list(map(int, continuations[pi][ci])) for pi, ci in pairs]
-    seqs = [prompts[pi] + c for (pi, _), c in zip(pairs, conts)]
-    lengths = [len(s) for s in seqs]
-    order = sorted(range(len(seqs)), key=lambda i: (lengths[i], len(conts[i]), i))
-    scores = np.zeros(len(seqs), dtype=np.float64)
-
-    def cost(rows, i):      # padded tokens of the batch
-        return rows * lengths[i]
-
-    bar = tqdm(total=len(seqs), desc="score", disable=not progress, leave=False)
-    for big in _batches(order, cost, batch_tokens):
-        # split further so the kept logits stay within _LOGITS_BUDGET entries
-        per_row = (max(len(conts[i]) for i in big) + 1) * vocab
-        step = max(1, _LOGITS_BUDGET // per_row)
-        for s in range(0, len(big), step):
-            batch = big[s:s + step]
-            ids, mask, pos = left_pad([seqs[i] for i in batch], pad, dev)
-            keep = max(len(conts[i]) for i in batch) + 1
-            keep = min(keep, ids.shape[1])
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                           logits_to_keep=keep).logits                   # [B, keep, V]: the last `keep` positions
-            rows, cols, targets, owner = [], [], [], []
-            for j, i in enumerate(batch):
-                c = conts[i]
-                first = keep - 1 - len(c)          # kept column predicting c[0] (left padding: seq ends the row)
-                rows.extend([j] * len(c))
-                cols.extend(range(first, first + len(c)))
-                targets.extend(c)
-                owner.extend([i] * len(c))
-            sel = logits[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)].float()
-            lp = (sel / temperature).log_softmax(-1).gather(-1, torch.tensor(targets, device=dev)[:, None])[:, 0]
-            np.add.at(scores, np.asarray(owner), lp.double().cpu().numpy())
-            bar.update(len(batch))
-    bar.close()
-    result: list[list[float]] = [[0.0] * len(c) for c in continuations]
-    for (pi, ci), v in zip(pairs, scores.tolist()):
-        result[pi][ci] = v
-    return result

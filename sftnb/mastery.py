@@ -10,7 +10,7 @@ break then do not count).
 
 Beyond the paper, ``method: likelihood`` replaces the samples by the probability p_t that a T = 0.7 sample of
 template t starts with the answer: directly (teacher-forced), or after one of the model's ``lead_ins`` most likely
-first tokens (" the", " a", " located" ...: one extra decode step for all of them, ``generation.lead_in_probs``).
+first tokens (" the", " a", " located" ...: one extra decode step for all of them, ``scoring.lead_in_probs``).
 It misses answers that come later in a completion, so it reads low. ``method: calibrated`` corrects that per
 relation (``sftnb.calibration``): q_t = 1 - (1 - p_t)^alpha, alpha fitted so that the relation's mean q matches the
 sampled rate on a subset the run also samples. R is then the mean q_t, rounded to the sampling grid
@@ -28,9 +28,10 @@ import pandas as pd
 from .config import ProbeConfig
 from .errors import SftnbError
 from .facts import Fact
-from .generation import StopRule, continuation_logprobs, decode, generate, lead_in_probs
+from .generation import StopRule, decode, generate
+from .scoring import continuation_logprobs, lead_in_probs
 from .matching import answer_in_text, expand_answers, normalize
-from .models import encode_prompt, stop_token_ids
+from .models import encode_prompt, stop_token_ids, word_start_tokens
 from .relations import Relation
 
 CATEGORIES = (0, 1, 2, 3, 4)
@@ -75,24 +76,12 @@ def _prompts(tokenizer, facts, relations, n_templates):
 
 
 # --------------------------------------------------------------------------------------------- sampling
-def _word_start_tokens(tokenizer) -> "np.ndarray":
-    """[V] True for tokens whose text starts with a non-word character (the previous word has ended)."""
-    import torch
-
-    vocab = tokenizer.get_vocab()
-    flags = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
-    for tok, i in vocab.items():
-        text = tokenizer.convert_tokens_to_string([tok])
-        flags[i] = bool(text) and not (text[0].isalnum() or text[0] == "_")
-    return flags
-
-
 def _rates_sampling(model, tokenizer, facts, relations, cfg: ProbeConfig, batch_tokens, progress):
     prompts, owners = _prompts(tokenizer, facts, relations, cfg.n_templates)
     stops = set(stop_token_ids(tokenizer))
     if cfg.stop_at_newline:
         stops |= {i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([t])}
-    rule = StopRule(_word_start_tokens(tokenizer), lambda p, toks: answer_in_text(
+    rule = StopRule(word_start_tokens(tokenizer), lambda p, toks: answer_in_text(
         facts[owners[p]].answers, tokenizer.decode(toks, skip_special_tokens=True)))
     outs = generate(model, prompts, n=cfg.n_samples, temperature=cfg.temperature,
                     max_new_tokens=cfg.max_new_tokens, eos_token_ids=sorted(stops),

@@ -209,6 +209,21 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return [*tokenizer.sftnb_prompt_start, *tokenizer.encode(text, add_special_tokens=False)]
 
 
+def word_start_tokens(tokenizer) -> torch.Tensor:
+    """[V] bool: tokens whose text starts with a non-word character (before one, the text's last word has ended;
+    ``sftnb.generation.StopRule``). Computed once per tokenizer."""
+    cached = getattr(tokenizer, "sftnb_word_start", None)
+    if cached is not None:
+        return cached
+    vocab = tokenizer.get_vocab()
+    flags = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    for tok, i in vocab.items():
+        text = tokenizer.convert_tokens_to_string([tok])
+        flags[i] = bool(text) and not (text[0].isalnum() or text[0] == "_")
+    tokenizer.sftnb_word_start = flags
+    return flags
+
+
 def stop_token_ids(tokenizer) -> tuple[int, ...]:
     """Token ids that end a completion: the tokenizer's EOS plus the usual end-of-turn / end-of-text markers of
     chat models (an instruct model's EOS is often its end-of-turn token, and it may still write the other)."""

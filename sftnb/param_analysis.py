@@ -14,14 +14,14 @@ import torch
 from .config import scale_order
 from .errors import SftnbError
 from .evaluate import stored
-from .experiment import TEST_SETS, Experiment, RunKey
+from .grid import RunKey
 from .restore import Restorer
 from .select import region_names
 
 CONCENTRATION_XS = (1, 3, 5, 10, 20, 40, 60)
 
 
-def kept_runs(exp: Experiment, mc=None, seeds=None, restoring: bool = True) -> list[RunKey]:
+def kept_runs(exp, mc=None, seeds=None, restoring: bool = True) -> list[RunKey]:
     """Fine-tuned models with a kept checkpoint (divided data, kept scales, every seed or ``seeds``), in grid
     order."""
     g = exp.grid_cfg(mc)
@@ -41,7 +41,7 @@ def largest_scale(keys: list[RunKey]) -> list[RunKey]:
     return [k for k in keys if k.scale == top]
 
 
-def restorer_on(exp: Experiment, model, mc=None, what: str = "model") -> Restorer:
+def restorer_on(exp, model, mc=None, what: str = "model") -> Restorer:
     """A Restorer on a fine-tuned ``model`` against the pre-trained weights. Where the model lives with them (a CPU
     run), it gets a private copy of the pre-trained region to swap with (fast, cost independent of k); on a GPU
     the pre-trained weights stay on the host and restoring copies from them."""
@@ -54,18 +54,18 @@ def restorer_on(exp: Experiment, model, mc=None, what: str = "model") -> Restore
     return Restorer(model, base, region=exp.cfg.restore.region)
 
 
-def _restorer(exp: Experiment, key: RunKey, mc=None):
+def _restorer(exp, key: RunKey, mc=None):
     """A Restorer on a fresh fine-tuned model of this grid key (``restorer_on``), with the model and tokenizer."""
     exp.run_unit(key, mc)                       # makes sure the grid unit (and its checkpoint) exists
     model, tok, _ = exp.finetune(key, mc)
     return restorer_on(exp, model, mc, key.label), model, tok
 
 
-def _sweep_spec(exp: Experiment, key: RunKey, mc, what: dict) -> dict:
+def _sweep_spec(exp, key: RunKey, mc, what: dict) -> dict:
     return exp.unit_spec(key, mc) | {"region": exp.cfg.restore.region} | what
 
 
-def update_statistics(exp: Experiment, key: RunKey, mc=None) -> dict:
+def update_statistics(exp, key: RunKey, mc=None) -> dict:
     """Table 3 (concentration of Σ relative change in the top x %) and Tables 9-10 (where the top
     ``redundant_k_percent`` sit: per layer, per module type) for one fine-tuned model."""
     k = exp.cfg.restore.redundant_k_percent
@@ -87,7 +87,7 @@ def update_statistics(exp: Experiment, key: RunKey, mc=None) -> dict:
     return exp.store.compute("param_stats", spec, compute, key.label)
 
 
-def restore_sweep(exp: Experiment, key: RunKey, ks, strategy: str = "top", on_train: bool = False,
+def restore_sweep(exp, key: RunKey, ks, strategy: str = "top", on_train: bool = False,
                   mc=None) -> dict:
     """Restore the top (bottom, random) k % for each k and evaluate in and out of domain, or on the run's own
     training set (Table 6): ``{"rows": [{"k", "per_set"}]}`` with per-fact correctness (``sweep_frame`` gives the
@@ -115,19 +115,19 @@ def restore_sweep(exp: Experiment, key: RunKey, ks, strategy: str = "top", on_tr
     return exp.store.compute("restore", spec, compute, f"{key.label}-{strategy}{'-train' if on_train else ''}")
 
 
-def sweep_frame(exp: Experiment, sweep: dict) -> pd.DataFrame:
+def sweep_frame(exp, sweep: dict) -> pd.DataFrame:
     """One row per k: every set's accuracy and the aggregates (``Experiment.summarize``)."""
     return pd.DataFrame([{"k": r["k"], **exp.summarize(r["per_set"])} for r in sweep["rows"]])
 
 
-def layer_restore(exp: Experiment, key: RunKey, mc=None) -> dict:
+def layer_restore(exp, key: RunKey, mc=None) -> dict:
     """Table 11: in-domain evaluation after restoring every parameter of one group of decoder layers at a time:
     ``{"rows": [{"layers": "0-3", "per_set"}]}`` with per-fact correctness."""
     def compute(tmp):
         restorer, model, tok = _restorer(exp, key, mc)
         n_layers = model.config.num_hidden_layers
         size = exp.cfg.restore.layer_group_size
-        sets = {n: facts for n, facts in exp.eval_sets(mc).items() if n in TEST_SETS}
+        sets = {n: facts for n, facts in exp.eval_sets(mc).items() if n.startswith("test-")}
         rows = []
         for start in range(0, n_layers, size):
             group = list(range(start, min(start + size, n_layers)))
@@ -139,7 +139,7 @@ def layer_restore(exp: Experiment, key: RunKey, mc=None) -> dict:
     return exp.store.compute("layer_restore", spec, compute, key.label)
 
 
-def task_sweep(exp: Experiment, task_cfg, seed: int, mc=None) -> dict:
+def task_sweep(exp, task_cfg, seed: int, mc=None) -> dict:
     """Table 5: fine-tune the pre-trained model on a further task (``sftnb.tasks``; the grid's SFT settings, this
     seed), then restore each k % and score the task's test set. Stores per-example scores for k = 0 (SFT alone),
     every restored k, and the pre-trained model without SFT, so every gain can be bootstrapped over the same
@@ -188,12 +188,12 @@ def task_sweep(exp: Experiment, task_cfg, seed: int, mc=None) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- per model
-def update_stats(exp: Experiment, mc=None) -> dict:
+def update_stats(exp, mc=None) -> dict:
     """Tables 3, 9 and 10: ``update_statistics`` of every kept fine-tuned model (all seeds)."""
     return {k: update_statistics(exp, k, mc) for k in kept_runs(exp, mc, restoring=False)}
 
 
-def restore_sweeps(exp: Experiment, mc=None, on_train: bool = False) -> dict:
+def restore_sweeps(exp, mc=None, on_train: bool = False) -> dict:
     """Tables 4 and 7 ({(RunKey, strategy): sweep} over kept models, all seeds, every ``restore.strategies``), or
     Table 6 (``on_train``: the top strategy at ``restore.train_k_percents`` on each model's training set)."""
     r = exp.cfg.restore
@@ -203,16 +203,17 @@ def restore_sweeps(exp: Experiment, mc=None, on_train: bool = False) -> dict:
     return {(k, s): restore_sweep(exp, k, r.k_percents, s, mc=mc) for k in kept_runs(exp, mc) for s in r.strategies}
 
 
-def layer_sweeps(exp: Experiment, mc=None) -> dict:
+def layer_sweeps(exp, mc=None) -> dict:
     """Table 11: ``layer_restore`` of the kept models at the largest kept scale (seeds: ``restore.layer_seeds``)."""
     seeds = exp.cfg.restore.layer_seeds or exp.grid_cfg(mc).seeds[:1]
     return {k: layer_restore(exp, k, mc) for k in largest_scale(kept_runs(exp, mc, seeds))}
 
 
-def task_sweeps(exp: Experiment) -> dict:
+def task_sweeps(exp) -> dict:
     """Table 5: {(task name, seed): ``task_sweep``} for every configured task, on the main model."""
     return {(t.name, seed): task_sweep(exp, t, seed) for t in exp.cfg.tasks for seed in t.seeds}
 
 
-__all__ = ["update_stats", "restore_sweeps", "layer_sweeps", "task_sweeps", "largest_scale", "kept_runs", "update_statistics", "restore_sweep", "sweep_frame", "layer_restore", "task_sweep",
-           "restorer_on", "CONCENTRATION_XS"]
+__all__ = ["update_stats", "restore_sweeps", "layer_sweeps", "task_sweeps", "largest_scale", "kept_runs",
+           "update_statistics", "restore_sweep", "sweep_frame", "layer_restore", "task_sweep", "restorer_on",
+           "CONCENTRATION_XS"]

@@ -190,8 +190,8 @@ def _gain_claim(folder: Path, pattern: str, domain: str, k_wanted: float) -> lis
         for (training, scale), gg in g.groupby(["training", "scale"], sort=False):
             row = gg[gg["k"] == k].iloc[0]
             per.append(sign_verdict(row, +1))
-            lines.append(f"{training}, n={scale}: " + ", ".join(f"{r['k']:g} %: {_pct(r, True)}"
-                                                                  for _, r in gg.iterrows()) + f" → {per[-1]} at {k:g} %")
+            gains = ", ".join(f"{r['k']:g} %: {_pct(r, True)}" for _, r in gg.iterrows())
+            lines.append(f"{training}, n={scale}: {gains} → {per[-1]} at {k:g} %")
         out.append({"model": model, "metric": metric, "verdict": combine(per), "lines": lines})
     return out
 
@@ -337,6 +337,17 @@ def run_header(exp) -> str:
     return "\n".join(lines)
 
 
+def existing_header(folder: str | Path) -> str:
+    """The run description at the top of an existing report.md (``sftnb report`` keeps it), or ""."""
+    path = Path(folder) / "report.md"
+    if not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    start = text.find("\n\n") + 2
+    end = text.find("## Verdicts")
+    return text[start:end].strip() if 0 < start < end else ""
+
+
 def write_report(folder: str | Path, header: str = "") -> Path:
     """Write ``report.md`` and ``report_verdicts.csv`` into ``folder`` (atomically)."""
     folder = Path(folder)
@@ -352,4 +363,5 @@ def readme_block(folder: str | Path) -> str:
     return f"{README_BEGIN}\n{summary_markdown(table)}\n{README_END}"
 
 
-__all__ = ["report_from_csvs", "write_report", "readme_block", "run_header", "sign_verdict", "combine", "CLAIMS"]
+__all__ = ["report_from_csvs", "write_report", "readme_block", "run_header", "existing_header", "sign_verdict",
+           "combine", "CLAIMS"]

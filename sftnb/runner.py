@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 from .config import load_config, project_root
+from .experiment import Experiment
 from .errors import SftnbError
-from .atomic import atomic_write_json, temp_sibling
+from .atomic import atomic_write_json, atomic_write_text, temp_sibling
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -110,6 +111,32 @@ def _allocator_env() -> None:
         os.environ.setdefault(k, v)
 
 
+def publish_notebooks(executed: Path, target: Path, root: Path) -> Path:
+    """Copies of the executed notebooks for readers (``figures/<run>/notebooks/``): progress bars and other stderr
+    output removed, the machine's paths replaced by paths relative to the project, papermill's timing metadata
+    dropped, so the copies change only when a result does."""
+    import nbformat
+
+    for nb_path in sorted(executed.glob("0[1-9]_*.ipynb")):
+        nb = nbformat.read(nb_path, as_version=4)
+        nb.metadata.pop("papermill", None)
+        for cell in nb.cells:
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+            if cell.cell_type != "code":
+                continue
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
+            for o in cell.outputs:
+                if o.output_type == "stream":
+                    o.text = o.text.replace(str(root) + "/", "")
+                for key in ("text/plain", "text/html", "text/markdown"):
+                    if key in o.get("data", {}):
+                        o.data[key] = o.data[key].replace(str(root) + "/", "")
+        text = nbformat.writes(nb).replace(str(root) + "/", "")
+        atomic_write_text(target / nb_path.name, text + ("" if text.endswith("\n") else "\n"))
+    return target
+
+
 def run_cli(args) -> int:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -127,8 +154,8 @@ def run_cli(args) -> int:
     # --- several processes (torchrun / accelerate launch / srun): sftnb.distributed -----------------------
     from . import distributed
     distributed.check_strategy(cfg)
-    if distributed.world()[1] > 1 and not distributed.run_units(params, {"run": run_override} if run_override
-                                                                else None, root):
+    rank_cfg = load_config(params, {"run": run_override} if run_override else None)
+    if distributed.world()[1] > 1 and not distributed.run_units(lambda: Experiment(rank_cfg, root)):
         return 0                                  # not rank 0: its share of the units is done, rank 0 finished
     # --- end distributed: rank 0 (or the only process) executes the notebooks -------------------------------
     print(f"sftnb run {cfg.run_name}: {len(todo)} notebook(s); store {out}; figures {figures}")
@@ -171,6 +198,8 @@ def run_cli(args) -> int:
                                    "artifacts": {name: _stamp(figures / name) for name in written}})
         print(f"  {nb.stem:<18} {time.perf_counter() - t0:7.1f} s   units computed {computed:3d}, reused {reused:3d}"
               f"   -> {len(written)} file(s): {', '.join(written) if written else '(all up to date)'}")
-    print(f"done in {time.perf_counter() - total:.1f} s; executed notebooks in {executed}; artifacts in {figures}")
+    published = publish_notebooks(executed, figures / "notebooks", root)
+    print(f"done in {time.perf_counter() - total:.1f} s; executed notebooks in {executed} (readable copies in "
+          f"{published}); artifacts in {figures}")
     distributed.finish()                          # several processes: release the ranks waiting for rank 0
     return 0

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .config import LoraConfig, SFTConfig
 from .errors import SftnbError
-from .generation import left_pad
+from .batching import left_pad
 from .models import encode_prompt
 
 IGNORE = -100
@@ -42,7 +42,7 @@ def example_ids(tokenizer, question: str, answer: str) -> tuple[list[int], list[
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad a batch (``sftnb.generation.left_pad``): padding is masked out of attention and loss, and every
+    """Left-pad a batch (``sftnb.batching.left_pad``): padding is masked out of attention and loss, and every
     row's answer ends in the last column (see ``answer_loss``)."""
     input_ids, mask, position_ids = left_pad([ids for ids, _ in examples], pad_id)
     labels, _, _ = left_pad([lab for _, lab in examples], IGNORE)
@@ -88,7 +88,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _autocast(precision: str, device: torch.device):
+def autocast_for(precision: str, device: torch.device):
     if resolve_precision(precision, device) == "bf16-mixed":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -160,7 +160,7 @@ def train_encoded(model, tokenizer, encoded: list[tuple[list[int], list[int]]], 
     t0 = time.perf_counter()
     for batch_idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in batch_idx], pad).items()}
-        with _autocast(cfg.precision, device):
+        with autocast_for(cfg.precision, device):
             loss = answer_loss(model, batch)
         loss.backward()
         if cfg.max_grad_norm:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import claims
+from .launch import pid_alive
 from .atomic import atomic_folder, atomic_write_json, temp_owner_pid
 
 STORE_VERSION = 1
@@ -33,16 +34,6 @@ def canonical_json(obj: Any) -> str:
 
 def spec_hash(kind: str, spec: dict) -> str:
     return hashlib.sha256(canonical_json({"kind": kind, "v": STORE_VERSION, "spec": spec}).encode()).hexdigest()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Unit:
@@ -129,7 +120,7 @@ class Store:
             unit_name = tmp.name[1:].rsplit(".", 1)[0]                 # ".<unit>.tmp-<pid>-<hex>" -> "<unit>"
             if claims.live_claim(tmp.parent / unit_name):               # claims: a live claimer's work in progress
                 continue
-            if not _pid_alive(pid) or pid == os.getpid():
+            if not pid_alive(pid) or pid == os.getpid():
                 shutil.rmtree(tmp, ignore_errors=True)
                 n += 1
         claims.clean_stale_claims(self.root)                            # claims: dead or silent holders

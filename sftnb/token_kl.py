@@ -86,7 +86,7 @@ def select_examples(model, tokenizer, facts: Sequence, relations: dict, best_tem
 def first_token_logits_of(model, tokenizer, prompts: Sequence[str], batch_tokens: int = 16384) -> torch.Tensor:
     """[N, V] float32 (CPU) next-token logits of ``model`` after each prompt text (the model's prompt start
     first, as everywhere)."""
-    from .generation import first_token_logits
+    from .scoring import first_token_logits
     from .models import encode_prompt
 
     if not prompts:

@@ -8,7 +8,7 @@ import pytest
 
 from sftnb import evidence, figures, report
 from sftnb.evaluate import pack_correct, paper_accuracy, pooled_accuracy
-from sftnb.experiment import RunKey
+from sftnb.grid import RunKey
 from sftnb.reports import save_table
 
 
@@ -150,3 +150,30 @@ def test_phenomenon_1_needs_a_decline_after_an_interior_peak(tmp_path):
     _write(tmp_path, "fig02_accuracy_vs_scale_M.csv", cells)
     _write(tmp_path, "fig02_scale_differences_M.csv", diffs)
     assert report.phenomenon_1(tmp_path)[0]["verdict"] == "shown"
+
+
+def test_report_cli_rewrites_the_report_and_the_readme_section(tmp_path, capsys):
+    from sftnb.cli import main
+    _write(tmp_path, "table03_concentration_M.csv", [{"model": "M", "training": "D_train-0", "scale": "60",
+                                                      "top_percent": 1, "n_seeds": 3, "estimate": 0.9, "low": 0.85,
+                                                      "high": 0.95}])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_BEGIN}\nold\n{report.README_END}\noutro\n")
+    assert main(["report", str(tmp_path), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "| Table 3 (§5.1): updates concentrate in few parameters | shown" in text
+    assert text.startswith("intro\n") and text.endswith("outro\n") and (tmp_path / "report.md").is_file()
+    assert main(["report", str(tmp_path / "nope")]) == 2
+
+
+def test_the_committed_report_follows_from_the_committed_csvs():
+    """figures/embedded/report.md's verdicts are what its CSVs give, and the README shows exactly those."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "figures" / "embedded"
+    if not (folder / "report_verdicts.csv").is_file():
+        pytest.skip("figures/embedded has no report yet (make reproduce writes it)")
+    _, table = report.report_from_csvs(folder)
+    committed = pd.read_csv(folder / "report_verdicts.csv")
+    assert table[["claim", "model", "verdict"]].equals(committed[["claim", "model", "verdict"]])
+    assert report.readme_block(folder) in (root / "README.md").read_text(encoding="utf-8")

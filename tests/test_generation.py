@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
+from sftnb import batching as B
 from sftnb import generation as G
-from sftnb.generation import continuation_logprobs, decode, first_token_logits, generate, greedy
+from sftnb.generation import decode, generate, greedy
+from sftnb.scoring import continuation_logprobs, first_token_logits
 from sftnb.models import tiny_model
 
 TEXTS = ["The capital of X is", "X was born in the city of", "X is a", "Who founded X? The founder of X is",
@@ -269,10 +271,28 @@ def test_batches_respect_budget_and_balance():
     order = list(range(len(lengths)))
     cost = lambda rows, i: rows * 2 * (lengths[i] + 4)        # noqa: E731  (n=2, max_new_tokens=4)
     for budget in (1, 40, 100, 200, 10_000):
-        bs = G._batches(order, cost, budget)
+        bs = B.batches(order, cost, budget)
         assert [i for b in bs for i in b] == order                                  # every item once, in order
         assert all(len(b) == 1 or cost(len(b), b[-1]) <= budget for b in bs)      # within budget
-        assert len(bs) == len(G._greedy_batches(order, cost, budget))              # no more batches than greedy
+        assert len(bs) == len(B._greedy_batches(order, cost, budget))              # no more batches than greedy
     # 32 equal prompts, budget for 31: two batches of 16 rather than 31 + 1
-    bs = G._batches(list(range(32)), lambda rows, i: rows * 10, 310)
+    bs = B.batches(list(range(32)), lambda rows, i: rows * 10, 310)
     assert [len(b) for b in bs] == [16, 16]
+
+
+def test_stopping_once_the_answer_is_there_changes_no_correctness():
+    """evaluate_sets stops a completion once it contains its answer; the verdicts equal those on full completions."""
+    from sftnb.evaluate import answer_questions, score
+    from sftnb.facts import Fact
+    model, tok = tiny_model(seed=3)
+    qs = [f"What is the capital of Place{i}?" for i in range(24)]
+    full = answer_questions(model, tok, qs, max_new_tokens=12, progress=False)
+    # answers: a word the model does say (at varying positions) for half the questions, a word it never says else
+    answers = []
+    for i, text in enumerate(full):
+        words = [w for w in text.split() if w.isalpha()]
+        answers.append((words[len(words) // 2],) if i % 2 and words else ("Zzyzx",))
+    facts = [Fact("country_capital", f"Place{i}", a, "test", "in", q) for i, (q, a) in enumerate(zip(qs, answers))]
+    stopped = answer_questions(model, tok, qs, max_new_tokens=12, progress=False, answers=answers)
+    assert score(facts, stopped) == score(facts, full)
+    assert sum(score(facts, full)) >= 2 and any(len(s) < len(f) for s, f in zip(stopped, full))

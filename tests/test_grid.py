@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-import sftnb.experiment as experiment
-from sftnb import reports
+import sftnb.grid as grid_module
 from sftnb.config import load_config
 from sftnb.experiment import Experiment
 
@@ -15,7 +14,7 @@ def smoke_config(tmp_path):
 
 
 def test_interrupted_grid_resumes(tmp_path, monkeypatch):
-    real_train = experiment.train
+    real_train = grid_module.train
     calls = []
 
     def dies_on_third(*a, **k):
@@ -24,14 +23,14 @@ def test_interrupted_grid_resumes(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated kill mid-grid")
         return real_train(*a, **k)
 
-    monkeypatch.setattr(experiment, "train", dies_on_third)
+    monkeypatch.setattr(grid_module, "train", dies_on_third)
     exp = Experiment(smoke_config(tmp_path))
     with pytest.raises(KeyboardInterrupt):
         exp.grid()
     finished = len([u for u in exp.store.computed if u.kind == "sft"])
     assert finished == 2
 
-    monkeypatch.setattr(experiment, "train", real_train)
+    monkeypatch.setattr(grid_module, "train", real_train)
     again = Experiment(smoke_config(tmp_path))
     table = again.grid()
     sft_computed = [u for u in again.store.computed if u.kind == "sft"]

@@ -94,7 +94,7 @@ def test_build_is_a_store_unit_reused_on_rerun_and_loads_with_auto(tmp_path):
 def test_injection_changes_the_model_towards_its_statements(tmp_path):
     """A tiny model shown one statement many times puts more probability on its answer afterwards."""
     from sftnb.config import InjectConfig, SFTConfig
-    from sftnb.generation import continuation_logprobs
+    from sftnb.scoring import continuation_logprobs
     from sftnb.models import encode_prompt, load_model
     from sftnb.store import Store
     fact = Fact("country_capital", "France", ("Paris",), "train", "in", "")

@@ -161,7 +161,8 @@ print(json.dumps({"measured": rss("VmHWM:") - base, "width": width, "keep": keep
 """
 _INFER = _COMMON + r"""
 from collections import Counter
-from sftnb.generation import first_token_logits, generate
+from sftnb.generation import generate
+from sftnb.scoring import first_token_logits
 from sftnb.sft import prompt_ids
 prompts = [prompt_ids(tok, f.question) for f in facts]
 length = Counter(map(len, prompts)).most_common(1)[0][0]

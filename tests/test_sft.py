@@ -5,7 +5,7 @@ import torch
 from sftnb.config import SFTConfig
 from sftnb.facts import Fact
 from sftnb.evaluate import evaluate_sets
-from sftnb.experiment import balanced_sample
+from sftnb.grid import balanced_sample
 from sftnb.models import tiny_model
 from sftnb.sft import IGNORE, collate, example_ids, prompt_ids, qa_prompt, train
 

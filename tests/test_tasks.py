@@ -311,3 +311,46 @@ def test_empty_records_skipped_with_warning(tmp_path):
         task = load_task_files("t", path, path, "rouge", "document", "summary")
     assert len(task.test) == 2
     assert any("skipped 1 record" in str(w.message) and "line 2" in str(w.message) for w in caught)
+
+
+# ---------------------------------------------------------------------------------------------- Table 5 runs
+def test_task_sft_then_full_restoration_gives_back_the_pretrained_score(tmp_path):
+    """Fine-tune the tiny model on the built-in math task, restore 100 % of every parameter: the restored model is
+    the pre-trained one, so its per-example scores equal the pre-SFT ones exactly."""
+    from sftnb.config import load_config
+    from sftnb.experiment import Experiment
+    from sftnb.param_analysis import task_sweep
+
+    cfg = load_config("params/smoke.yaml", {
+        "run": {"out_dir": str(tmp_path / "run"), "figures_dir": str(tmp_path / "fig"), "progress": False},
+        "restore": {"region": "all"},
+        "tasks": [{"name": "math", "kind": "math", "max_train": 8, "max_test": 6, "max_new_tokens": 8,
+                   "k_percents": [50, 100]}]})
+    exp = Experiment(cfg)
+    res = task_sweep(exp, cfg.tasks[0], seed=0)
+    by_k = {r["k"]: r for r in res["rows"]}
+    assert list(by_k) == ["pre-SFT", 0, 50, 100]
+    assert by_k[100]["scores"] == by_k["pre-SFT"]["scores"] and by_k[100]["examples"] == by_k["pre-SFT"]["examples"]
+    assert res["n_train"] == 8 and res["n_test"] == 6 and res["train"]["steps"] == 2
+    again = Experiment(cfg)
+    assert task_sweep(again, cfg.tasks[0], seed=0) == res and not again.store.computed   # a store unit: reused
+
+
+@pytest.mark.parametrize("task,message", [
+    ({"name": "t", "source": "files", "metric": "gsm8k"}, "needs train_path, test_path"),
+    ({"name": "t", "kind": "math", "metric": "bleu"}, "tasks.0.metric"),
+])
+def test_bad_task_params_are_one_line(tmp_path, task, message):
+    from sftnb.config import load_config
+    from sftnb.experiment import Experiment
+    from sftnb.param_analysis import task_sweep
+
+    try:
+        cfg = load_config("params/smoke.yaml", {"tasks": [task], "run": {"out_dir": str(tmp_path / "r"),
+                                                                        "figures_dir": str(tmp_path / "f")}})
+        task_sweep(Experiment(cfg), cfg.tasks[0], 0)
+    except SftnbError as e:
+        assert message in str(e) and "\n" not in str(e)
+    else:
+        pytest.fail("no error")
+    assert not list((tmp_path / "r").glob("task/*")) if (tmp_path / "r").exists() else True

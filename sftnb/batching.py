@@ -1,0 +1,84 @@
+"""Batches of token-id sequences for a causal LM: left padding with explicit positions, and batches of about a
+token budget. Shared by generation (``sftnb.generation``), teacher-forced scoring (``sftnb.scoring``) and SFT
+(``sftnb.sft``), so every forward the package runs pads and positions the same way.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+LOGITS_BUDGET = 1 << 25    # scoring: at most this many logit entries per batch (~128 MB in fp32)
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def pad_id(model, pad_token_id):
+    if pad_token_id is not None:
+        return int(pad_token_id)
+    pid = getattr(model.config, "pad_token_id", None)
+    if isinstance(pid, (list, tuple)):
+        pid = pid[0] if pid else None
+    return 0 if pid is None else int(pid)
+
+
+def cache_kwarg(model) -> str:
+    """The forward() keyword for the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def check_prompts(prompts) -> None:
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty (the engine needs at least one token, e.g. BOS)")
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and position_ids (0 at the first real token) of a left-padded batch: every
+    row's last token sits in the last column (what generation and the answer-only SFT loss both rely on)."""
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = s
+        mask[i, width - len(s):] = 1
+    pos = np.maximum(mask.cumsum(-1) - 1, 0)
+    return tuple(torch.from_numpy(a).to(device) for a in (ids, mask, pos))
+
+
+def _greedy_batches(order: Sequence[int], cost: Callable[[int, int], float], budget: float) -> list[list[int]]:
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for i in order:
+        if batch and cost(len(batch) + 1, i) > budget:
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def batches(order: Sequence[int], cost: Callable[[int, int], float], budget: float) -> list[list[int]]:
+    """Consecutive runs of ``order`` (indices sorted by length); ``cost(rows, i)`` is the cost of a batch of
+    ``rows`` items whose last (longest) item is ``i``. Batches are filled greedily up to ``budget``; when the same
+    number of batches can hold equal shares of the items, those are used instead (no small, inefficient tail
+    batch)."""
+    greedy = _greedy_batches(order, cost, budget)
+    k = len(greedy)
+    if k <= 1:
+        return greedy
+    size = -(-len(order) // k)
+    even = [list(order[s:s + size]) for s in range(0, len(order), size)]
+    if len(even) == k and all(cost(len(b), b[-1]) <= budget for b in even):
+        return even
+    return greedy

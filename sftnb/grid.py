@@ -1,0 +1,224 @@
+"""The SFT grid (paper §3.3-3.4): every model fine-tuned on each mastery category (and on mixed data, and with LoRA)
+at several scales and seeds, each run evaluated in and out of domain and on its first tokens (§4): one store unit
+per run.
+
+``GridRuns`` holds these methods of ``sftnb.experiment.Experiment`` (a mixin: the grid reads the experiment's data,
+models and probes, and the experiment is one object for the notebooks). ``Experiment.work`` lists these units, with
+the others of a run, in dependency order for ``sftnb run`` under torchrun (``sftnb.distributed``).
+"""
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from . import mastery
+from .config import ModelConfig, Scale, scale_order
+from .errors import SftnbError
+from .evaluate import inference_copy, stored
+from .facts import Fact
+from .sft import resolve_precision, train, train_lora
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One SFT run of the grid: how its training set was drawn and fine-tuned."""
+    kind: str            # "divided" (one mastery category), "mixed" (any category) or "lora" (mixed, LoRA)
+    category: int | None
+    scale: Scale
+    seed: int
+
+    @property
+    def label(self) -> str:
+        cat = f"cat{self.category}" if self.category is not None else "mixed"
+        return f"{self.kind}-{cat}-n{self.scale}-s{self.seed}"
+
+
+def balanced_sample(facts: Sequence[Fact], n: int | str, seed: int) -> list[Fact] | None:
+    """``n`` facts drawn round-robin over relations in a seeded order, so per-relation counts differ by at most
+    one (while a relation has facts left); ``"all"`` = every fact; ``None`` when fewer than ``n`` exist."""
+    rng = random.Random(seed)
+    if n == "all":
+        out = list(facts)
+        rng.shuffle(out)
+        return out
+    if n > len(facts):
+        return None
+    by_rel: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f)
+    pools = {r: rng.sample(v, len(v)) for r, v in sorted(by_rel.items())}
+    out: list[Fact] = []
+    while len(out) < n:
+        order = [r for r in sorted(pools) if pools[r]]
+        rng.shuffle(order)
+        for r in order[: n - len(out)]:
+            out.append(pools[r].pop())
+    return out
+
+
+class GridRuns:
+    """The grid's methods of ``Experiment`` (see the module docstring)."""
+
+    def unit_spec(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
+        """The store spec of a grid unit (its fine-tuning and evaluation); None when its category has too few
+        facts. Every unit derived from a fine-tuned model (restoration sweeps ...) extends this spec."""
+        mc = mc or self.cfg.main_model
+        facts = self.training_facts(key, mc)
+        if facts is None:
+            return None
+        # what ran, not what was asked; settings that change no result (how memory is spent) stay out of the key
+        sft = self.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy"})
+        sft["precision"] = resolve_precision(sft["precision"], self.device)
+        if key.kind != "lora":
+            sft.pop("lora")
+        return {"model": self.model_id(mc), "run": key.__dict__, "train": mastery.facts_digest(facts),
+                "sft": sft, "dtype": str(self.train_dtype), "eval": self.eval_spec(mc)}
+
+    def kl_example(self, mc: ModelConfig | None = None) -> tuple[pd.DataFrame, dict] | None:
+        """Figure 3's data: the first §4.1 example under the first divided model (largest kept scale, first seed)
+        that has one: (its top-k table, the example). None when there is no KL example."""
+        mc = mc or self.cfg.main_model
+        ref = self.reference(mc)
+        if not ref["kl_examples"]:
+            return None
+        g = self.grid_cfg(mc)
+        scale = scale_order([s for s in g.keep_checkpoints if s in g.scales] or g.scales)[-1]
+        for cat in g.categories:
+            res = self.run_unit(RunKey("divided", cat, scale, g.seeds[0]), mc)
+            if res is not None and res.get("fig3_example"):
+                return pd.DataFrame(res["fig3_example"]), ref["kl_examples"][0]
+        return None
+
+    def grid_cfg(self, mc: ModelConfig | None = None):
+        """The model's own grid (``models[].grid``) or the run's."""
+        mc = mc or self.cfg.main_model
+        return mc.grid or self.cfg.grid
+
+    def run_keys(self, mc: ModelConfig | None = None) -> list[RunKey]:
+        g = self.grid_cfg(mc)
+        keys = [RunKey("divided", c, s, seed) for c in g.categories for s in g.scales for seed in g.seeds]
+        if g.mixed:
+            keys += [RunKey("mixed", None, s, seed) for s in (g.mixed_scales or g.scales) for seed in g.seeds]
+        if g.lora:
+            keys += [RunKey("lora", None, s, seed) for s in (g.lora_scales or g.scales) for seed in g.seeds]
+        return keys
+
+    def training_facts(self, key: RunKey, mc: ModelConfig | None = None) -> list[Fact] | None:
+        pool = self.sets["train"] if key.category is None else self.categorized(mc)["train"][key.category]
+        return balanced_sample(pool, key.scale, key.seed)
+
+    def checkpoint_dir(self, key: RunKey, mc: ModelConfig | None = None) -> Path | None:
+        """The kept fine-tuned checkpoint of a grid run (a Hugging Face folder: weights, config, tokenizer, so
+        that ``sftnb restore --tuned`` and ``from_pretrained`` take it as it is), or None if it was not kept."""
+        spec = self.unit_spec(key, mc)
+        if spec is None:
+            return None
+        folder = self.store.unit("sft", spec, key.label).file("checkpoint")
+        return folder if (folder / "config.json").is_file() else None
+
+    def finetune(self, key: RunKey, mc: ModelConfig | None = None):
+        """(fine-tuned model, tokenizer, train report): a fresh model of the caller's own, from the kept checkpoint
+        if there is one, else re-trained from its seed (deterministic) starting from the pre-trained weights."""
+        mc = mc or self.cfg.main_model
+        facts = self.training_facts(key, mc)
+        if facts is None:
+            raise SftnbError(f"{key.label}: D_train-{key.category} has too few facts for scale {key.scale}")
+        model, tok = self.pretrained(mc)
+        ckpt = self.checkpoint_dir(key, mc)
+        if ckpt is not None:
+            from safetensors.torch import load_file
+            state = {}
+            for f in sorted(ckpt.glob("*.safetensors")):
+                state |= load_file(str(f), device=str(self.device))
+            # strict=False: a tied output head is saved once (under the embedding's name)
+            model.load_state_dict(state, strict=False)
+            return model, tok, None
+        pairs = [(f.question, f.answers[0]) for f in facts]
+        if key.kind == "lora":
+            merged, report = train_lora(model, tok, pairs, self.cfg.sft, key.seed, self.progress)
+            return merged, tok, report
+        report = train(model, tok, pairs, self.cfg.sft, key.seed, progress=self.progress, desc=key.label)
+        return model, tok, report
+
+    def run_unit(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
+        """Fine-tune, evaluate in and out of domain (and on its training set), first-token KL: one store unit.
+        With ``sft.strategy: fsdp`` under torchrun, every rank trains the run together (``sftnb.fsdp``) and rank 0
+        evaluates and publishes it (``distributed.compute_collective``)."""
+        mc = mc or self.cfg.main_model
+        spec = self.unit_spec(key, mc)
+        if spec is None:
+            return None
+        ref = self.reference(mc)
+        unit = self.store.unit("sft", spec, key.label)
+        if self.cfg.sft.strategy == "fsdp" and key.kind != "lora":
+            from . import distributed
+            return distributed.compute_collective(unit, lambda tmp: self._compute_fsdp(tmp, key, mc, ref))
+        return unit.compute(lambda tmp: self._evaluate_run(tmp, key, mc, ref, *self.finetune(key, mc)))
+
+    def _compute_fsdp(self, tmp, key: RunKey, mc: ModelConfig, ref: dict) -> dict:
+        from .fsdp import train_fsdp
+
+        model = copy.deepcopy(self._template(mc)).requires_grad_(True)   # sharded onto the devices by fsdp
+        pairs = [(f.question, f.answers[0]) for f in self.training_facts(key, mc)]
+        report, state = train_fsdp(model, self.tokenizer(mc), pairs, self.cfg.sft, key.seed, progress=self.progress,
+                                   desc=key.label)
+        if tmp is None:                     # ranks > 0: their part was the training
+            return {}
+        model, tok = self.pretrained(mc)
+        model.load_state_dict(state)
+        return self._evaluate_run(tmp, key, mc, ref, model, tok, report)
+
+    def _evaluate_run(self, tmp, key: RunKey, mc: ModelConfig, ref: dict, model, tok, report) -> dict:
+        from .token_kl import first_token_logits_of, renormalized_kl, topk_table
+
+        if key.scale in self.grid_cfg(mc).keep_checkpoints and key.kind == "divided":
+            model.save_pretrained(tmp / "checkpoint")
+            tok.save_pretrained(tmp / "checkpoint")
+        facts = self.training_facts(key, mc)
+        sets = dict(self.eval_sets(mc))
+        if self.cfg.eval.train_accuracy:
+            sets["train"] = facts
+        res = self.evaluate(model, tok, sets)
+        kl_mean, kl_rows, fig3 = float("nan"), [], None
+        ex = ref["kl_examples"]
+        if ex:
+            with inference_copy(model, self.infer_dtype) as m:
+                ft = first_token_logits_of(m, tok, [e["prompt"] for e in ex], self.cfg.run.batch_tokens)
+            base = torch.load(ref["base_logits_path"])
+            kl = renormalized_kl(ft, base, k=self.cfg.token_kl.k)
+            kl_mean, kl_rows = float(kl.mean()), [round(float(x), 6) for x in kl]
+            fig3 = topk_table(ft[0], base[0], tok, k=self.cfg.token_kl.k).to_dict(orient="list")
+        return {"metrics": self.summarize(res) | {"kl": kl_mean}, "per_set": stored(res),
+                "kl": kl_rows, "fig3_example": fig3, "train": report.to_dict() if report else None,
+                "n_train": len(facts)}
+
+    def grid_results(self, mc: ModelConfig | None = None) -> dict:
+        """{RunKey: stored unit result, or None where the category has too few facts} for the whole grid."""
+        from tqdm.auto import tqdm
+
+        mc = mc or self.cfg.main_model
+        return {key: self.run_unit(key, mc)
+                for key in tqdm(self.run_keys(mc), desc=f"grid {mc.name}", disable=not self.progress)}
+
+    def grid(self, mc: ModelConfig | None = None) -> pd.DataFrame:
+        """Every unit of the grid, computed or reused: one row per run with its metrics."""
+        mc = mc or self.cfg.main_model
+        rows = []
+        for key, res in self.grid_results(mc).items():
+            row = {"model": mc.name, "kind": key.kind, "category": pd.NA if key.category is None else key.category,
+                   "scale": str(key.scale), "seed": key.seed}
+            if res is None:
+                row["status"] = "too few facts"
+            else:
+                row.update(res["metrics"])
+                row.update(status="done", n_train=res["n_train"], seconds=res.get("_seconds"))
+            rows.append(row)
+        df = pd.DataFrame(rows)
+        df["category"] = df["category"].astype("Int64")
+        return df

@@ -1,0 +1,29 @@
+"""Who this process is among the processes of one run: (rank, world_size, local_rank) from the launcher's
+environment -- torchrun and ``accelerate launch`` (RANK, WORLD_SIZE, LOCAL_RANK), else Slurm's ``srun``
+(SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID: the batch script itself is one process even when the job has
+several tasks), else (0, 1, 0). Read by the store's claims and by ``sftnb.distributed``.
+"""
+from __future__ import annotations
+
+import os
+
+
+def world() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) of this process: torchrun / accelerate, else srun, else (0, 1, 0)."""
+    env = os.environ
+    if env.get("WORLD_SIZE"):
+        return int(env.get("RANK", 0)), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if env.get("SLURM_STEP_NUM_TASKS") and env.get("SLURM_PROCID"):
+        return int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def pid_alive(pid: int) -> bool:
+    """Is process ``pid`` (on this host) alive?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
