@@ -61,8 +61,23 @@ def _env(tmp_path: Path, **extra) -> dict:
     return env
 
 
+# Ranks share one stdout pipe, where their lines can interleave; each rank appends its JSON lines to its own file.
+REPORTS = """
+import json, os
+def write_report(rank, obj):
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"report-rank{rank}.jsonl"), "a") as f:
+        f.write(json.dumps(obj) + "\\n")
+"""
+
+
+def _reports(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted(tmp_path.glob("report-rank*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
 def _script(tmp_path: Path, name: str, body: str) -> Path:
     (tmp_path / "standin.py").write_text(STANDIN)
+    (tmp_path / "reports.py").write_text(REPORTS)
     path = tmp_path / name
     path.write_text(textwrap.dedent(body))
     return path
@@ -349,10 +364,11 @@ import json, sys
 from sftnb import distributed
 from sftnb.store import Store
 import standin
+from reports import write_report
 rank, size, _ = distributed.init()
 store = Store(sys.argv[1])
 stats = distributed.compute_all(standin.work(store, n=8, stages=2, sleep=0.3, tag=f"rank{rank}"))
-print("STATS", json.dumps({"rank": rank, "size": size, **stats}), flush=True)
+write_report(rank, {"rank": rank, "size": size, **stats})
 distributed.shutdown()
 """
 
@@ -360,8 +376,8 @@ distributed.shutdown()
 @pytest.mark.slow
 def test_torchrun_compute_all_in_stages_shares_units_evenly(tmp_path):
     script = _script(tmp_path, "stages.py", TORCHRUN_STAGES)
-    proc = _torchrun(tmp_path, script, tmp_path / "store")
-    stats = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("STATS")]
+    _torchrun(tmp_path, script, tmp_path / "store")
+    stats = _reports(tmp_path)
     assert sorted(s["rank"] for s in stats) == [0, 1] and all(s["size"] == 2 and s["stages"] == 2 for s in stats)
     done = _computed(tmp_path / "store")
     assert sorted((s, i) for s, i, _ in done) == [(s, i) for s in range(2) for i in range(8)]   # each once
@@ -404,7 +420,7 @@ def test_srun_style_processes_share_units(tmp_path):
                      SLURM_STEP_NUM_TASKS="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)) for r in range(2)]
     outs = [p.communicate(timeout=90) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    stats = [json.loads(o.split("STATS ", 1)[1]) for o, _ in outs]
+    stats = _reports(tmp_path)
     assert sorted((s["rank"], s["size"]) for s in stats) == [(0, 2), (1, 2)]
     done = _computed(tmp_path / "store")
     assert sorted((s, i) for s, i, _ in done) == [(s, i) for s in range(2) for i in range(8)]
@@ -424,7 +440,7 @@ def test_accelerate_launch_shares_units_too(tmp_path):
                            str(tmp_path / "store")], env=_env(tmp_path), capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    stats = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("STATS")]
+    stats = _reports(tmp_path)
     assert sorted((s["rank"], s["size"]) for s in stats) == [(0, 2), (1, 2)]
     done = _computed(tmp_path / "store")
     assert sorted((s, i) for s, i, _ in done) == [(s, i) for s in range(2) for i in range(8)]
@@ -441,6 +457,7 @@ from sftnb.fsdp import train_fsdp
 from sftnb.models import tiny_model
 from sftnb.store import Store
 import pairs_of
+from reports import write_report
 rank, size, _ = distributed.init()
 store = Store(sys.argv[1])
 cfg = SFTConfig(**json.loads(sys.argv[2]))
@@ -455,7 +472,7 @@ def fn(tmp):                                              # every rank trains; r
     return {"losses": report.losses, "steps": report.steps, "rank": rank}
 for _ in range(2):                                        # the second time every rank reuses it
     result = distributed.compute_collective(unit, fn)
-    print("RESULT", json.dumps({"rank": rank, "result": result, "computed": len(store.computed)}), flush=True)
+    write_report(rank, {"rank": rank, "result": result, "computed": len(store.computed)})
 distributed.shutdown()
 """
 # answers of 2 to 5+ tokens: ranks hold different numbers of answer tokens, so a per-rank mean would differ
@@ -483,8 +500,8 @@ def test_fsdp_training_matches_a_single_process(tmp_path, device):
     sft = {"learning_rate": 1e-3, "batch_size": 4, "epochs": 3, "precision": "fp32", "max_grad_norm": 1.0,
            "warmup_ratio": 0.2}
     gpus = {} if device == "cpu" else {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0,1")}
-    proc = _torchrun(tmp_path, _script(tmp_path, "fsdp.py", FSDP), tmp_path / "store", json.dumps(sft), **gpus)
-    lines = [json.loads(x.split(" ", 1)[1]) for x in proc.stdout.splitlines() if x.startswith("RESULT")]
+    _torchrun(tmp_path, _script(tmp_path, "fsdp.py", FSDP), tmp_path / "store", json.dumps(sft), **gpus)
+    lines = _reports(tmp_path)
     assert len(lines) == 4
     first = [x for x in lines if x["result"].get("steps")]
     assert len(first) == 4 and all(x["result"] == lines[0]["result"] for x in lines)   # every rank gets it
