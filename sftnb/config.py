@@ -29,6 +29,12 @@ def _sorted_unique(values: list, what: str) -> list:
     return values
 
 
+def _check_seeds(v: list[int]) -> list[int]:
+    if not v:
+        raise ValueError("at least one seed")
+    return _sorted_unique(v, "seeds")
+
+
 class DataConfig(_Section):
     source: Literal["builtin", "entityquestions", "file"] = "builtin"
     path: Optional[str] = None                 # EntityQuestions folder, or a JSONL facts file
@@ -193,12 +199,7 @@ class GridConfig(_Section):
         _sorted_unique(ints, "scales")
         return v
 
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v):
-        if not v:
-            raise ValueError("at least one seed")
-        return _sorted_unique(v, "seeds")
+    _seeds = field_validator("seeds")(classmethod(lambda cls, v: _check_seeds(v)))
 
 
 class EvalConfig(_Section):
@@ -239,12 +240,7 @@ class TaskConfig(_Section):
     seeds: list[int] = [0]                     # SFT seeds (each a store unit)
     k_percents: Optional[list[float]] = None   # None: restore.k_percents
 
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v):
-        if not v:
-            raise ValueError("at least one seed")
-        return _sorted_unique(v, "seeds")
+    _seeds = field_validator("seeds")(classmethod(lambda cls, v: _check_seeds(v)))
 
     def spec(self) -> dict:
         return self.model_dump(exclude={"seeds", "k_percents"})

@@ -55,9 +55,9 @@ def combine(verdicts: list[str]) -> str:
     return "inconclusive"
 
 
-def _pct(row, diff: bool = False, scale: float = 100) -> str:
+def _pct(row, diff: bool = False, scale: float = 100, digits: int = 1) -> str:
     iv = Interval(float(row["estimate"]), float(row["low"]), float(row["high"]), n_seeds=int(row.get("n_seeds", 1)))
-    return iv.fmt_diff(scale=scale) if diff else iv.fmt(scale=scale)
+    return iv.fmt_diff(scale=scale, digits=digits) if diff else iv.fmt(scale=scale, digits=digits)
 
 
 def _read(folder: Path, pattern: str) -> pd.DataFrame:
@@ -137,7 +137,8 @@ def kl_finding_1(folder: Path) -> list[dict]:
         per, lines = [], []
         for training, g in d.groupby("training", sort=False):
             signs = [sign_verdict(r, +1) for _, r in g.iterrows()]      # shown = increase, opposite = decrease
-            text = ", ".join(f"{r['versus']}→{r['scale']}: {_pct(r, True, scale=1)}" for _, r in g.iterrows())
+            text = ", ".join(f"{r['versus']}→{r['scale']}: {_pct(r, True, scale=1, digits=4)}"
+                             for _, r in g.iterrows())
             first_drop = signs.index("opposite") if "opposite" in signs else None
             if len(signs) >= 2 and first_drop is not None and "shown" in signs[first_drop + 1:]:
                 v = "shown"
@@ -157,7 +158,7 @@ def kl_finding_2(folder: Path) -> list[dict]:
     rho = _read(folder, "table_token_kl_correlation_*.csv")
     return [{"model": r["model"], "metric": r["metric"], "verdict": sign_verdict(r, -1),
              "lines": [f"{r['metric']} over {int(r['n_runs'])} fine-tuned models: "
-                       f"{_pct(r, True, scale=1)}"]} for _, r in rho.iterrows()]
+                       f"{_pct(r, True, scale=1, digits=2)}"]} for _, r in rho.iterrows()]
 
 
 def table3(folder: Path) -> list[dict]:

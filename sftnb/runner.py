@@ -137,6 +137,24 @@ def publish_notebooks(executed: Path, target: Path, root: Path) -> Path:
     return target
 
 
+def _check_memory_plan(cfg, params: Path) -> None:
+    """Print the memory plan (``sftnb plan``; rank 0 only) and refuse a run that does not fit, before any work:
+    better one line now than an out-of-memory error hours in. A multi-process GPU run plans for its world size."""
+    import torch
+
+    from .launch import world
+    from .plan import format_plan, plan_from_config
+
+    rank, size, _ = world()
+    gpus = size if size > 1 and torch.cuda.is_available() else None
+    p = plan_from_config(cfg, gpus=gpus)
+    if rank == 0:
+        print(format_plan(p), flush=True)
+    if not p.fits:
+        raise SftnbError(f"the memory plan above says run {cfg.run_name!r} does not fit here; change what it "
+                         f"suggests (`sftnb plan {params.name} --gpus N --gpu-memory GB` tries other machines)")
+
+
 def run_cli(args) -> int:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -145,6 +163,7 @@ def run_cli(args) -> int:
     params = Path(args.params).expanduser()
     params = params if params.is_absolute() else (Path.cwd() / params)
     cfg = load_config(params)                         # validate everything before any work starts
+    _check_memory_plan(cfg, params)
     out = Path(args.out).expanduser().resolve() if args.out else cfg.out_dir(root)
     run_override = {"out_dir": str(out)} if args.out else None
     figures = cfg.figures_dir(root)

@@ -74,3 +74,16 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path, monkeypatch, capsys):
     assert "01_demo.ipynb failed in cell" in err and "ValueError: bad things" in err
     assert "Traceback" not in err
     assert not (root / "runs" / "smoke" / "notebooks" / "01_demo.done.json").exists()
+
+
+def test_run_prints_the_memory_plan_and_refuses_a_run_that_does_not_fit(tmp_path, monkeypatch, capsys):
+    import sftnb.plan
+
+    root = make_project(tmp_path, WRITE)
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(runner, "project_root", lambda: root)
+    monkeypatch.setattr(sftnb.plan, "mem_total_gb", lambda: 1e-6)      # a machine with (almost) no memory
+    assert main(["run", "params/smoke.yaml"]) == 2
+    out, err = capsys.readouterr()
+    assert out.strip().endswith("does not fit") and "sftnb: error: the memory plan above says" in err
+    assert err.count("\n") == 1 and not (root / "runs").exists() and not (root / "figures").exists()
