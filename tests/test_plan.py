@@ -297,11 +297,13 @@ def test_embedded_model_shape_without_conversion():
 def test_paper_params_file_plans_like_the_constructed_8b(tmp_path):
     cfg = load_config(ROOT / "params" / "paper-llama3-8b.yaml")
     cfg.models[0].path = str(_llama3_folder(tmp_path))
+    assert cfg.sft.strategy == "fsdp"                        # the paper's protocol is an 8-GPU FSDP run
+    assert plan_from_config(cfg, gpus=8, gpu_memory_gb=80).fits
+    assert not plan_from_config(cfg, gpus=1, gpu_memory_gb=80).fits    # sharded over one GPU: nothing saved
+    cfg.sft.strategy = "single"
     one = plan_from_config(cfg, gpus=1, gpu_memory_gb=80)
     assert not one.fits and one.settings.precision == "bf16-mixed" and one.settings.batch_tokens == 65536
     assert one.stages["sft"].total == sft_memory(model_shape(LLAMA3_8B), PAPER).total
-    cfg.sft.strategy = "fsdp"
-    assert plan_from_config(cfg, gpus=8, gpu_memory_gb=80).fits
 
 
 def test_cli_exit_status_fits_and_does_not_fit(tmp_path, capsys):
