@@ -113,7 +113,8 @@ def main(argv=None):
     dev = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     cuda = dev.type == "cuda"
-    batch_tokens = args.batch_tokens or ((1 << 20) if cuda else 16384)
+    # on an H200, 65,536 token slots beat 524,288 and 2,097,152 (1.24x vs 0.89x vs 0.31x of model.generate)
+    batch_tokens = args.batch_tokens or ((1 << 16) if cuda else 16384)
     naive_batch = args.naive_batch or (1024 if cuda else args.prompts)
     eos = tok.eos_token_id
     prompts = probe_prompts(tok, args.prompts)

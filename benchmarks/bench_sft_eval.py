@@ -25,7 +25,7 @@ from sftnb.config import SFTConfig
 from sftnb.data import load_source
 from sftnb.evaluate import answer_questions
 from sftnb.models import load_model, resolve_dtype
-from sftnb.sft import example_ids, prompt_ids, train
+from sftnb.sft import example_ids, prompt_ids, resolve_precision, train
 
 
 def naive_trainer(model, tok, pairs, bs, precision):
@@ -68,13 +68,15 @@ def main():
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     facts = [f for f in load_source("builtin").facts if f.domain == "in"]
     pairs = [(f.question, f.answers[0]) for f in facts[: a.samples]]
-    cfg = SFTConfig(batch_size=8, precision=a.precision)
-    print(f"{a.model} on {dev}: SFT on {len(pairs)} samples (batch 8, {a.precision}), "
+    # both paths train in the same precision: "auto" is bf16-mixed on CUDA, fp32 on CPU (resolved once, here)
+    precision = resolve_precision(a.precision, dev)
+    cfg = SFTConfig(batch_size=8, precision=precision)
+    print(f"{a.model} on {dev}: SFT on {len(pairs)} samples (batch 8, {precision}), "
           f"greedy answers to {a.questions} questions")
 
     timings = {}
     # each path gets a fresh copy of the model; only the training loop is timed (Trainer() construction is not)
-    for name, make in (("naive Trainer", lambda m: naive_trainer(m, tok, pairs, 8, a.precision).train),
+    for name, make in (("naive Trainer", lambda m: naive_trainer(m, tok, pairs, 8, precision).train),
                        ("sftnb.train", lambda m: lambda: train(m, tok, pairs, cfg, progress=False))):
         m = copy.deepcopy(model)
         run = make(m)

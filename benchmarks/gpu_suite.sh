@@ -36,11 +36,11 @@ fi
 
 # 2. benchmarks against their naive baselines (bf16 on the GPU: dtype auto)
 if [ "$GPUS" -ge 1 ]; then
-  $PY benchmarks/bench_probe.py --prompts 1024 --samples 10 --naive-batch 1024 --batch-tokens 524288 \
+  $PY benchmarks/bench_probe.py --prompts 1024 --samples 10 --naive-batch 1024 --batch-tokens 65536 \
       > "$OUT/probe.log" 2>&1
   row "probe sampling, 1024 prompts x 10, 32 tokens" "$(last "$OUT/probe.log" 'sftnb generate|speed-up' | tr -s ' ')" \
       "$(last "$OUT/probe.log" 'speed-up')"
-  $PY benchmarks/bench_sft_eval.py --samples 1920 --questions 16384 --naive-batch 4096 --skip-one-by-one \
+  $PY benchmarks/bench_sft_eval.py --precision bf16-mixed --samples 1920 --questions 16384 --naive-batch 4096 --skip-one-by-one \
       > "$OUT/sft_eval.log" 2>&1
   row "SFT, 1920 samples, batch 8" "$(last "$OUT/sft_eval.log" 'SFT  ratio')" "$(last "$OUT/sft_eval.log" 'SFT  sftnb')"
   row "greedy evaluation, 16384 questions" "$(last "$OUT/sft_eval.log" 'eval ratio')" \
