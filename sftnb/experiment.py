@@ -44,6 +44,9 @@ class Experiment(GridRuns):
         self.train_dtype = torch.float32 if cfg.run.dtype == "auto" else resolve_dtype(cfg.run.dtype, self.device)
         self.infer_dtype = resolve_dtype(cfg.run.inference_dtype, self.device)
         self.progress = cfg.run.progress
+        if not self.progress:      # transformers' own bars too (loading, saving): nothing on stderr, as nbval expects
+            from transformers.utils import logging as hf_logging
+            hf_logging.disable_progress_bar()
         self._tokenizers: dict[str, object] = {}
         self._templates: dict[str, torch.nn.Module] = {}       # pre-trained model on the CPU, never handed out
         self._probes: dict[tuple[str, str], dict[str, pd.DataFrame]] = {}
