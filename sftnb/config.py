@@ -239,11 +239,12 @@ class TaskConfig(_Section):
     max_new_tokens: Optional[int] = Field(None, ge=1)     # None: the task's default
     seeds: list[int] = [0]                     # SFT seeds (each a store unit)
     k_percents: Optional[list[float]] = None   # None: restore.k_percents
+    learning_rate: Optional[float] = Field(None, gt=0)   # None: sft.learning_rate (the paper's setting)
 
     _seeds = field_validator("seeds")(classmethod(lambda cls, v: _check_seeds(v)))
 
     def spec(self) -> dict:
-        return self.model_dump(exclude={"seeds", "k_percents"})
+        return self.model_dump(exclude={"seeds", "k_percents", "learning_rate"})
 
 
 ModelConfig.model_rebuild()

@@ -155,6 +155,7 @@ def task_sweep(exp, task_cfg, seed: int, mc=None) -> dict:
     digest = hashlib.sha256("\n".join(f"{e.prompt}\t{e.target}" for e in task.train + task.test).encode()).hexdigest()
     sft = exp.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy", "lora"})
     sft["precision"] = resolve_precision(sft["precision"], exp.device)
+    sft["learning_rate"] = task_cfg.learning_rate or sft["learning_rate"]
     spec = {"model": exp.model_id(mc), "task": task_cfg.spec(), "data": digest, "sft": sft, "seed": seed, "ks": ks,
             "region": exp.cfg.restore.region, "dtype": str(exp.train_dtype), "infer_dtype": str(exp.infer_dtype),
             "v": 1}
@@ -172,7 +173,7 @@ def task_sweep(exp, task_cfg, seed: int, mc=None) -> dict:
         model, tok = exp.pretrained(mc)
         rows = [{"k": "pre-SFT", **scored(outputs(model, tok))}]
         report = train(model, tok, [(e.prompt, e.target) for e in task.train], exp.cfg.sft, seed,
-                       progress=exp.progress, desc=f"sft {task.name}")
+                       learning_rate=sft["learning_rate"], progress=exp.progress, desc=f"sft {task.name}")
         restorer = restorer_on(exp, model, mc, task.name)
         restorer.prepare(ks)
         for k in [0, *ks]:

@@ -336,6 +336,32 @@ def test_task_sft_then_full_restoration_gives_back_the_pretrained_score(tmp_path
     assert task_sweep(again, cfg.tasks[0], seed=0) == res and not again.store.computed   # a store unit: reused
 
 
+def test_a_task_learning_rate_trains_at_that_rate_in_its_own_unit(tmp_path, monkeypatch):
+    """``tasks[].learning_rate`` overrides ``sft.learning_rate`` for that task alone, and keys its own unit."""
+    from sftnb import param_analysis
+    from sftnb.config import load_config
+    from sftnb.experiment import Experiment
+
+    import sftnb.sft as sft_module
+
+    seen, original = [], sft_module.train
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("learning_rate"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sft_module, "train", spy)
+    task = {"name": "math", "kind": "math", "max_train": 8, "max_test": 4, "max_new_tokens": 4, "k_percents": [50]}
+    base = {"run": {"out_dir": str(tmp_path / "run"), "figures_dir": str(tmp_path / "fig"), "progress": False}}
+    plain = load_config("params/smoke.yaml", {**base, "tasks": [task]})
+    faster = load_config("params/smoke.yaml", {**base, "tasks": [{**task, "learning_rate": 3e-3}]})
+    param_analysis.task_sweep(Experiment(plain), plain.tasks[0], seed=0)
+    exp = Experiment(faster)
+    param_analysis.task_sweep(exp, faster.tasks[0], seed=0)
+    assert seen == [plain.sft.learning_rate, 3e-3]
+    assert len(exp.store.computed) == 1                          # a different rate is a different unit
+
+
 @pytest.mark.parametrize("task,message", [
     ({"name": "t", "source": "files", "metric": "gsm8k"}, "needs train_path, test_path"),
     ({"name": "t", "kind": "math", "metric": "bleu"}, "tasks.0.metric"),
