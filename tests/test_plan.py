@@ -225,6 +225,7 @@ def measurements():
             proc.wait()
 
 
+@pytest.mark.slow                      # each case trains a small model in a subprocess and measures its peak
 @pytest.mark.parametrize("case", [*SFT_CASES][:3] + [pytest.param("bf16-mixed", marks=pytest.mark.skipif(
     not _native_bf16(), reason="bf16 autocast is emulated (slow) on a CPU without AVX512-BF16/AMX"))])
 def test_sft_estimate_within_25_percent_of_measured(case, measurements):
@@ -239,6 +240,7 @@ def test_sft_estimate_within_25_percent_of_measured(case, measurements):
     assert abs(error) <= 0.25
 
 
+@pytest.mark.slow
 def test_inference_estimates_within_25_percent_of_measured(measurements):
     """Generation (weights + a full batch's KV cache dominate) and a scoring forward (first_token_logits)."""
     m = measurements("inference")

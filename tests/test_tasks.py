@@ -336,6 +336,7 @@ def test_task_sft_then_full_restoration_gives_back_the_pretrained_score(tmp_path
     assert task_sweep(again, cfg.tasks[0], seed=0) == res and not again.store.computed   # a store unit: reused
 
 
+@pytest.mark.slow
 def test_a_task_learning_rate_trains_at_that_rate_in_its_own_unit(tmp_path, monkeypatch):
     """``tasks[].learning_rate`` overrides ``sft.learning_rate`` for that task alone, and keys its own unit."""
     from sftnb import param_analysis
