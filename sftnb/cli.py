@@ -18,6 +18,7 @@ A bad input (path, file, parameter) prints one line ``sftnb: error: ...`` and ex
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import typing
 
@@ -333,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except SftnbError as e:
-        print(f"sftnb: error: {e}", file=sys.stderr)
+        from .launch import world
+        rank, size, _ = world()
+        # one of several processes (torchrun, accelerate, srun): say which one, since each may see other files
+        where = f"[rank {rank} of {size} on {socket.gethostname()}] " if size > 1 else ""
+        print(f"sftnb: error: {where}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sftnb: interrupted (finished units are kept; rerun to resume)", file=sys.stderr)

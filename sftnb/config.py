@@ -108,6 +108,8 @@ class ProbeConfig(_Section):
     max_new_tokens: int = Field(32, ge=1)      # tokens per sample (a sample also stops once it contains the answer)
     stop_at_newline: bool = False              # sampling: a line break ends a sample too (approximation; measured)
     lead_ins: int = Field(8, ge=0)             # likelihood/calibrated: first tokens after which the answer is scored
+    lead_in_depth: int = Field(1, ge=1)        # ... or phrases of up to this many tokens (" a landmark of"), a beam of
+                                               # lead_ins phrases per length: one decode step of lead_ins rows each
     # notebook 01 also probes the study facts (likelihood) with each of these prompt starts (models[].prompt_start:
     # "none", "auto" or a token) and reports mean R and the categories under each; [] = skip
     prompt_start_candidates: list[str] = []

@@ -10,8 +10,9 @@ break then do not count).
 
 Beyond the paper, ``method: likelihood`` replaces the samples by the probability p_t that a T = 0.7 sample of
 template t starts with the answer: directly (teacher-forced), or after one of the model's ``lead_ins`` most likely
-first tokens (" the", " a", " located" ...: one extra decode step for all of them, ``scoring.lead_in_probs``).
-It misses answers that come later in a completion, so it reads low. ``method: calibrated`` corrects that per
+first tokens (" the", " a", " located" ...: one extra decode step for all of them, ``scoring.lead_in_probs``), or
+with ``lead_in_depth`` > 1 after a beam of lead-in phrases of up to that many tokens (" a landmark of": one decode
+step per token). It misses answers that come later in a completion, so it reads low. ``method: calibrated`` corrects that per
 relation (``sftnb.calibration``): q_t = 1 - (1 - p_t)^alpha, alpha fitted so that the relation's mean q matches the
 sampled rate on a subset the run also samples. R is then the mean q_t, rounded to the sampling grid
 (multiples of 1/(N_map x N_sample): the expected number of successes), so category 0 keeps its meaning.
@@ -76,11 +77,17 @@ def _prompts(tokenizer, facts, relations, n_templates):
 
 
 # --------------------------------------------------------------------------------------------- sampling
-def _rates_sampling(model, tokenizer, facts, relations, cfg: ProbeConfig, batch_tokens, progress):
-    prompts, owners = _prompts(tokenizer, facts, relations, cfg.n_templates)
+def _stops(tokenizer, cfg: ProbeConfig) -> set[int]:
+    """The tokens that end a sample: EOS and the like, and with ``stop_at_newline`` every token with a line break."""
     stops = set(stop_token_ids(tokenizer))
     if cfg.stop_at_newline:
         stops |= {i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([t])}
+    return stops
+
+
+def _rates_sampling(model, tokenizer, facts, relations, cfg: ProbeConfig, batch_tokens, progress):
+    prompts, owners = _prompts(tokenizer, facts, relations, cfg.n_templates)
+    stops = _stops(tokenizer, cfg)
     rule = StopRule(word_start_tokens(tokenizer), lambda p, toks: answer_in_text(
         facts[owners[p]].answers, tokenizer.decode(toks, skip_special_tokens=True)))
     outs = generate(model, prompts, n=cfg.n_samples, temperature=cfg.temperature,
@@ -96,8 +103,10 @@ def _rates_sampling(model, tokenizer, facts, relations, cfg: ProbeConfig, batch_
 # --------------------------------------------------------------------------------------------- likelihood
 def _rates_likelihood(model, tokenizer, facts, relations, cfg: ProbeConfig, batch_tokens, progress):
     """p_t per (fact, template): P(the sample starts with an alias) + sum over the ``lead_ins`` most likely other
-    first tokens w of P(w) P(an alias starts right after w), at the sampling temperature. A multi-token alias
-    after w is counted as P(its first token | w) x P(the rest | its first token at the start)."""
+    first tokens w of P(w) P(an alias starts right after w), at the sampling temperature; with ``lead_in_depth``
+    > 1, w ranges over a beam of lead-in phrases of up to that many tokens (``scoring.lead_in_probs``). A lead-in
+    never holds a token that ends a sample (``_stops``). A multi-token alias after w is counted as
+    P(its first token | w) x P(the rest | its first token at the start)."""
     prompts, owners = _prompts(tokenizer, facts, relations, cfg.n_templates)
     spaced, bare = [], []
     for f in facts:
@@ -113,8 +122,8 @@ def _rates_likelihood(model, tokenizer, facts, relations, cfg: ProbeConfig, batc
     if cfg.lead_ins:
         # watched tokens: each alias's first token, spaced and bare (after " the" comes " Paris", after "\n" "Paris")
         watch = [[c[0] for c in spaced[fi]] + [c[0] for c in bare[fi]] for fi in owners]
-        leads = lead_in_probs(model, prompts, watch, cfg.lead_ins, cfg.temperature, stop_token_ids(tokenizer),
-                              batch_tokens, tokenizer.pad_token_id, progress)
+        leads = lead_in_probs(model, prompts, watch, cfg.lead_ins, cfg.temperature, sorted(_stops(tokenizer, cfg)),
+                              batch_tokens, tokenizer.pad_token_id, progress, depth=cfg.lead_in_depth)
         for pi, (fi, lp, li) in enumerate(zip(owners, full, leads)):
             n = len(spaced[fi])
             # P(rest of alias | its first token) from the teacher-forced pass at the start
@@ -179,8 +188,11 @@ def probe_stored(store, model, tokenizer, model_id: str, facts: Sequence[Fact], 
     stores its uncalibrated ``likelihood`` rates (calibration is applied on top, ``sftnb.calibration``)."""
     method = "likelihood" if (method or cfg.method) == "calibrated" else (method or cfg.method)
     frames = []
-    drop = {"chunk_facts", "calibration_facts", "method"} | ({"lead_ins"} if method == "sampling" else
-                                                             {"stop_at_newline", "seed"})
+    # what changes the numbers: sampling is seeded; a lead-in never holds a token that ends a sample
+    drop = {"chunk_facts", "calibration_facts", "method"} | ({"lead_ins", "lead_in_depth"} if method == "sampling"
+                                                             else {"seed"})
+    if cfg.lead_in_depth == 1:          # the default: units stored before the setting existed keep their keys
+        drop.add("lead_in_depth")
     spec_cfg = cfg.model_dump(exclude=drop)
     chunks = [facts[i:i + cfg.chunk_facts] for i in range(0, len(facts), cfg.chunk_facts)]
     for ci, chunk in enumerate(chunks):

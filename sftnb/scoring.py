@@ -3,8 +3,8 @@
     first_token_logits(model, prompts, ...) -> Tensor [N, V] float32 (CPU): the next-token logits (§4's KL)
     continuation_logprobs(model, prompts, continuations, temperature=1.0, ...) -> list[list[float]]: the
         log-probability of each candidate continuation (the likelihood mastery estimator)
-    lead_in_probs(model, prompts, watch, n_lead, temperature=1.0, ...) -> list[dict]: the probability of watched
-        tokens at the start and right after the model's likeliest other first tokens (its lead-ins)
+    lead_in_probs(model, prompts, watch, n_lead, temperature=1.0, ..., depth=1) -> list[dict]: the probability of
+        watched tokens at the start and right after the model's likeliest other first tokens or phrases (lead-ins)
 
 All work on token-id lists in left-padded batches of about ``batch_tokens`` tokens (``sftnb.batching``); only the
 positions needed are projected on the vocabulary (``logits_to_keep``), so any causal LM's own head applies.
@@ -50,18 +50,27 @@ def first_token_logits(model, prompts: Sequence[Sequence[int]], batch_tokens: in
 @torch.inference_mode()
 def lead_in_probs(model, prompts: Sequence[Sequence[int]], watch: Sequence[Sequence[int]], n_lead: int,
                   temperature: float = 1.0, exclude: Sequence[int] = (), batch_tokens: int = 16384,
-                  pad_token_id: int | None = None, progress: bool = False) -> list[dict]:
+                  pad_token_id: int | None = None, progress: bool = False, depth: int = 1) -> list[dict]:
     """For each prompt: the tempered next-token probabilities of the ``watch`` tokens (e.g. an answer's first
-    tokens), the ``n_lead`` most likely other first tokens ("lead-ins", ``exclude`` and the watched ones left
-    out) with their probabilities, and the probabilities of the watched tokens right after each lead-in.
+    tokens), the ``n_lead`` most likely lead-in phrases of up to ``depth`` tokens that are not watched (nor in
+    ``exclude``) with their probabilities, and the probabilities of the watched tokens right after each phrase.
 
-    Each batch is prefilled once; its KV cache is then repeated to the lead-ins, which take one decode step
-    together: the cost is about one teacher-forced pass over the prompts, whatever ``n_lead``.
-    Returns ``[{"start": [p(watch_j)], "leads": [(token, p)], "after": [[p(watch_j | lead)] per lead]}]``."""
+    The phrases are a beam: depth 1 keeps the ``n_lead`` likeliest other first tokens; depth d + 1 keeps the
+    ``n_lead`` likeliest one-token extensions (again neither watched nor excluded) of depth d's phrases. No phrase
+    is a prefix of another one followed by a watched token, so the events "the sample is phrase + watched token"
+    are disjoint, and their probabilities add up (``sftnb.mastery``). " a landmark of | Richmond" is a depth-3
+    lead-in.
+
+    Each batch is prefilled once; its KV cache is then repeated to the phrases, which take one decode step per
+    depth together: the cost is about one teacher-forced pass over the prompts plus ``depth`` x ``n_lead`` tokens.
+    Returns ``[{"start": [p(watch_j)], "leads": [(phrase tokens, p)], "after": [[p(watch_j | phrase)] per
+    phrase]}]``, depth 1's phrases first."""
     from transformers import DynamicCache
 
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
+    if depth < 1:
+        raise ValueError("depth must be >= 1")
     prompts = [list(map(int, p)) for p in prompts]
     check_prompts(prompts)
     pad, dev = pad_id(model, pad_token_id), device_of(model)
@@ -72,38 +81,66 @@ def lead_in_probs(model, prompts: Sequence[Sequence[int]], watch: Sequence[Seque
     out: list[dict] = [{} for _ in prompts]
     ckw = cache_kwarg(model)
     excluded = torch.tensor(sorted(set(map(int, exclude))), dtype=torch.long, device=dev)
+
+    def block(probs: torch.Tensor, batch: list[int], per_row: int) -> torch.Tensor:
+        """probs [len(batch) * per_row, V] with the excluded and each prompt's watched tokens set to -1."""
+        blocked = probs.clone()
+        if excluded.numel():
+            blocked[:, excluded] = -1
+        for j, i in enumerate(batch):
+            if watch[i]:
+                blocked[j * per_row:(j + 1) * per_row, torch.tensor(list(watch[i]), device=dev)] = -1
+        return blocked
+
     bar = tqdm(total=len(prompts), desc="lead-ins", disable=not progress, leave=False)
     for big in batches(order, lambda rows, i: rows * (lengths[i] + 1), batch_tokens):
         for s in range(0, len(big), rows_cap):
             batch = big[s:s + rows_cap]
+            nb = len(batch)
             ids, mask, pos = left_pad([prompts[i] for i in batch], pad, dev)
             cache = DynamicCache(config=model.config)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                            logits_to_keep=1, **{ckw: cache}).logits[:, -1].float()
             probs = (logits / temperature).softmax(-1)
-            blocked = probs.clone()
-            if excluded.numel():
-                blocked[:, excluded] = -1
-            for j, i in enumerate(batch):
-                if watch[i]:
-                    blocked[j, torch.tensor(list(watch[i]), device=dev)] = -1
-            p_lead, leads = blocked.topk(n_lead, dim=-1) if n_lead else (blocked[:, :0], blocked[:, :0].long())
             for j, i in enumerate(batch):
                 w = torch.tensor(list(watch[i]), dtype=torch.long, device=dev)
-                out[i] = {"start": probs[j, w].tolist() if len(w) else [],
-                          "leads": list(zip(leads[j].tolist(), p_lead[j].tolist())), "after": []}
-            if n_lead:
-                for layer in cache.layers:
-                    layer.batch_repeat_interleave(n_lead)
-                step_mask = torch.cat([mask, mask.new_ones((len(batch), 1))], 1).repeat_interleave(n_lead, 0)
-                step_pos = (pos[:, -1:] + 1).repeat_interleave(n_lead, 0)
+                out[i] = {"start": probs[j, w].tolist() if len(w) else [], "leads": [], "after": []}
+            if not n_lead:
+                bar.update(nb)
+                continue
+            # depth 1: the likeliest unwatched first tokens of each prompt
+            p_lead, leads = block(probs, batch, 1).topk(n_lead, dim=-1)              # [nb, n_lead]
+            p_lead = p_lead.clamp_min(0)                                              # a blocked pick counts 0
+            phrases = [[(t,) for t in leads[j].tolist()] for j in range(nb)]
+            for layer in cache.layers:
+                layer.batch_repeat_interleave(n_lead)
+            step_mask = mask.repeat_interleave(n_lead, 0)
+            step_pos = pos[:, -1:].repeat_interleave(n_lead, 0)
+            for d in range(depth):
+                step_mask = torch.cat([step_mask, step_mask.new_ones((nb * n_lead, 1))], 1)
+                step_pos = step_pos + 1
                 after = model(input_ids=leads.reshape(-1, 1), attention_mask=step_mask, position_ids=step_pos,
                               use_cache=True, logits_to_keep=1, **{ckw: cache}).logits[:, -1].float()
-                after = (after / temperature).softmax(-1).view(len(batch), n_lead, -1)
+                after = (after / temperature).softmax(-1)                              # [nb * n_lead, V]
                 for j, i in enumerate(batch):
                     w = torch.tensor(list(watch[i]), dtype=torch.long, device=dev)
-                    out[i]["after"] = after[j][:, w].tolist() if len(w) else [[] for _ in range(n_lead)]
-            bar.update(len(batch))
+                    rows = after[j * n_lead:(j + 1) * n_lead]
+                    out[i]["leads"] += [(ph, float(p)) for ph, p in zip(phrases[j], p_lead[j].tolist())]
+                    out[i]["after"] += rows[:, w].tolist() if len(w) else [[] for _ in range(n_lead)]
+                if d == depth - 1:
+                    break
+                # depth d + 2: the likeliest unwatched one-token extensions of the phrases, over all of them
+                ext = block(after, batch, n_lead) * p_lead.reshape(-1, 1)               # P(phrase + token)
+                p_lead, flat = ext.view(nb, -1).topk(n_lead, dim=-1)                  # [nb, n_lead] over n_lead x V
+                p_lead = p_lead.clamp_min(0)
+                parent, leads = flat // after.shape[-1], flat % after.shape[-1]
+                phrases = [[phrases[j][pa] + (t,) for pa, t in zip(parent[j].tolist(), leads[j].tolist())]
+                           for j in range(nb)]
+                rows_kept = (torch.arange(nb, device=dev)[:, None] * n_lead + parent).reshape(-1)
+                for layer in cache.layers:
+                    layer.batch_select_indices(rows_kept)
+                step_mask = step_mask[rows_kept]
+            bar.update(nb)
     bar.close()
     return out
 

@@ -83,10 +83,46 @@ def test_compare_reports_agreement_and_mean_r():
     assert -1 <= row["rho"] <= 1 and row["mean R (first)"] == pytest.approx(a["R"].mean())
 
 
+def test_lead_in_phrases_are_a_beam_of_disjoint_events_with_their_exact_probabilities():
+    """Depth 3 keeps depth 1's lead-ins first; every phrase's probability is the product of its tempered next-token
+    probabilities, the probabilities after it are those of the watched tokens, and no phrase holds a watched or
+    excluded token (so the events "phrase, then a watched token" are disjoint: their sum stays <= 1)."""
+    from sftnb.models import load_model
+    from sftnb.scoring import continuation_logprobs, lead_in_probs
+
+    model, tok = load_model("tiny-random")
+    prompts = [tok.encode(t, add_special_tokens=False) for t in (" Zorbville is located in", " Mimbleton is in the")]
+    watch = [[5, 17], [40]]
+    kw = dict(temperature=0.7, exclude=[3, 9], batch_tokens=64)
+    one = lead_in_probs(model, prompts, watch, 4, **kw)
+    three = lead_in_probs(model, prompts, watch, 4, depth=3, **kw)
+    assert three == lead_in_probs(model, prompts, watch, 4, depth=3, **kw)           # deterministic
+    for pi, (a, b) in enumerate(zip(one, three)):
+        assert len(a["leads"]) == 4 and len(b["leads"]) == 12
+        assert b["start"] == pytest.approx(a["start"])
+        assert [ph for ph, _ in b["leads"][:4]] == [ph for ph, _ in a["leads"]]
+        assert [p for _, p in b["leads"][:4]] == pytest.approx([p for _, p in a["leads"]])
+        assert np.allclose(b["after"][:4], a["after"], atol=1e-6)
+        phrases = [list(ph) for ph, _ in b["leads"]]
+        assert [len(ph) for ph in phrases] == [1] * 4 + [2] * 4 + [3] * 4
+        assert not any(t in watch[pi] or t in (3, 9) for ph in phrases for t in ph)
+        exact = continuation_logprobs(model, [prompts[pi]], [phrases], temperature=0.7)[0]
+        assert [p for _, p in b["leads"]] == pytest.approx([math.exp(x) for x in exact], rel=1e-4)
+        for (ph, p), row in zip(b["leads"], b["after"]):
+            then = continuation_logprobs(model, [prompts[pi]], [[list(ph) + [w] for w in watch[pi]]],
+                                         temperature=0.7)[0]
+            assert [p * r for r in row] == pytest.approx([math.exp(x) for x in then], rel=1e-4, abs=1e-12)
+        total = sum(b["start"]) + sum(p * sum(row) for (_, p), row in zip(b["leads"], b["after"]))
+        assert total <= 1 + 1e-6
+
+
 @pytest.mark.slow
-def test_an_answer_after_a_lead_in_is_scored_as_sampling_scores_it():
-    """A tiny model taught "X is located in the Y." completes the probe "X is located in" with " the Y": the answer is
-    never the first token, so the start-only likelihood misses it, while the lead-in likelihood and sampling agree."""
+@pytest.mark.parametrize("lead, depth", [(" the", 1), (" the land", 3)])
+def test_an_answer_after_a_lead_in_is_scored_as_sampling_scores_it(lead, depth):
+    """A tiny model taught "X is located in<lead> Y." completes the probe "X is located in" with "<lead> Y": the answer
+    is never the first token, so the start-only likelihood misses it, while the lead-in likelihood (phrases of up
+    to ``depth`` tokens: " the town of" is 4 tokens here, the answer's own first piece the last) and sampling
+    agree."""
     from sftnb.config import InjectConfig, ProbeConfig, SFTConfig
     from sftnb.inject import Exposure, exposure_schedule, inject_model, train_config
     from sftnb.mastery import probe
@@ -98,13 +134,17 @@ def test_an_answer_after_a_lead_in_is_scored_as_sampling_scores_it():
                                                                            ("Mimbleton", "Chile"))]
     model, tok = load_model("tiny-random")
     statements = exposure_schedule([Exposure(f, 128) for f in facts],
-                                   {"city_country": ["{subject} is located in the {answer}."]}, seed=0)
+                                   {"city_country": ["{subject} is located in" + lead + " {answer}."]}, seed=0)
     inject_model(model, tok, statements, train_config(SFTConfig(), InjectConfig(learning_rate=1e-2, batch_size=4)),
                  seed=0, progress=False)
-    cfg = ProbeConfig(n_templates=1, n_samples=20, max_new_tokens=8, lead_ins=4)
+    cfg = ProbeConfig(n_templates=1, n_samples=20, max_new_tokens=12, lead_ins=4, lead_in_depth=depth)
     sampled = probe(model, tok, facts, rels, cfg, "sampling", progress=False)
-    lead = probe(model, tok, facts, rels, cfg, "likelihood", progress=False)
+    lead_in = probe(model, tok, facts, rels, cfg, "likelihood", progress=False)
     start = probe(model, tok, facts, rels, cfg.model_copy(update={"lead_ins": 0}), "likelihood", progress=False)
     assert (sampled["R"] > 0.6).all()
     assert (start["R"] < 0.1).all()
-    assert (abs(lead["R"] - sampled["R"]) < 0.25).all()
+    assert (abs(lead_in["R"] - sampled["R"]) < 0.25).all()
+    if depth > 1:       # the same phrase is out of reach of one-token lead-ins
+        short = probe(model, tok, facts, rels, cfg.model_copy(update={"lead_in_depth": 1}), "likelihood",
+                      progress=False)
+        assert (short["R"] < 0.1).all()

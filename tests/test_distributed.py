@@ -627,3 +627,42 @@ def test_sftnb_run_smoke_under_torchrun_equals_one_process(tmp_path):
     assert multi.returncode == 0, multi.stderr[-3000:]
     a, b = (snapshot(p / "runs" / "smoke") for p in projects)
     assert sorted(a) == sorted(b) and a == b
+
+
+RUN_PER_RANK_HOME = """
+import os, sys
+from pathlib import Path
+os.environ["HOME"] = f"{sys.argv[2]}{os.environ['LOCAL_RANK']}"      # each rank its own home: ~ differs
+import sftnb.runner as runner
+from sftnb.cli import main
+root = Path(sys.argv[1])
+runner.project_root = lambda: root
+os.chdir(root)
+sys.exit(main(["run", "params/smoke.yaml"]))
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_that_cannot_read_the_model_folder_stops_the_run_with_one_line_and_nothing_written(tmp_path):
+    """The model is ``~/tiny``; rank 0's home has it, rank 1's does not (as on a node without the shared disk).
+    Rank 1 says so in one line naming itself, the launch fails, and no unit is computed, claimed or half-written."""
+    from sftnb.models import save_tiny_model
+    from test_runner import make_project
+
+    (tmp_path / "project").mkdir()
+    root = make_project(tmp_path / "project", "raise RuntimeError('the notebooks must not run')")
+    params = root / "params" / "smoke.yaml"
+    params.write_text(params.read_text().replace("path: tiny-random", "path: ~/tiny"))
+    save_tiny_model(tmp_path / "home0" / "tiny", seed=0)
+    (tmp_path / "home1").mkdir()
+    script = _script(tmp_path, "run_per_rank_home.py", RUN_PER_RANK_HOME)
+    proc = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script), root,
+                           tmp_path / "home"], env=_env(tmp_path), capture_output=True, text=True, timeout=180,
+                          cwd=root)
+    assert proc.returncode != 0
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("sftnb: error:")]
+    assert len(ours) == 1, proc.stderr[-3000:]
+    assert ours[0].startswith("sftnb: error: [rank 1 of 2 on ") and f"{tmp_path}/home1/tiny" in ours[0], ours
+    assert "Traceback" not in proc.stdout + "\n".join(l for l in proc.stderr.splitlines() if "sftnb" in l)
+    store = root / "runs" / "smoke"
+    assert not store.exists() or not [p for p in store.rglob("*") if p.is_file()]
