@@ -95,16 +95,31 @@ def _cmd_probe(args) -> int:
     if missing:
         raise SftnbError(f"{args.facts}: unknown relation(s) {', '.join(missing)}")
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.lead_ins < 0 or args.lead_in_depth < 1 or args.calibration_facts < 10:
+        raise SftnbError("--lead-ins must be >= 0, --lead-in-depth >= 1, --calibration-facts >= 10")
     cfg = ProbeConfig(method=args.method, n_templates=args.templates, n_samples=args.samples,
                       temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                      chunk_facts=args.chunk_facts)
+                      chunk_facts=args.chunk_facts, lead_ins=args.lead_ins, lead_in_depth=args.lead_in_depth,
+                      calibration_facts=args.calibration_facts)
     work = out.parent / f".{out.name}.units"
     store = Store(work)
     done_before = sum(1 for _ in work.glob("probe/*/result.json"))
     if done_before:
         print(f"resuming: {done_before} finished chunk(s) of an earlier run in {work}")
+    dtype = str(next(model.parameters()).dtype)
     df = probe_stored(store, model, tok, model_fingerprint(args.model), facts, relations, cfg,
-                      batch_tokens=args.batch_tokens, label="cli", dtype=str(next(model.parameters()).dtype))
+                      batch_tokens=args.batch_tokens, label="cli", dtype=dtype)
+    if cfg.method == "calibrated":
+        # the likelihood above, calibrated per relation on a seeded subset probed with the paper's sampling
+        from .calibration import fit, study_facts
+        subset = study_facts([facts], min(cfg.calibration_facts, len(facts)), cfg.seed)
+        sampled = probe_stored(store, model, tok, model_fingerprint(args.model), subset, relations,
+                               cfg.model_copy(update={"method": "sampling"}), batch_tokens=args.batch_tokens,
+                               label="cli-calibration", dtype=dtype)
+        cal = fit(df, sampled)
+        df = cal.apply(df, cfg.n_samples)
+        print(f"calibrated on {len(subset)} sampled facts: alpha per relation "
+              + ", ".join(f"{r} {a:.3g}" for r, a in cal.alpha.items()))
     lines = df[["relation", "subject", "answers", "split", "domain", "R", "category",
                 "template_rates"]].to_json(orient="records", lines=True, force_ascii=False)
     atomic_write_text(out, lines)
@@ -265,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--temperature", type=float, default=_default(ProbeConfig, "temperature"))
     pr.add_argument("--max-new-tokens", type=int, default=_default(ProbeConfig, "max_new_tokens"))
     pr.add_argument("--method", choices=_choices(ProbeConfig, "method"), default=_default(ProbeConfig, "method"))
+    pr.add_argument("--lead-ins", type=int, default=_default(ProbeConfig, "lead_ins"),
+                    help="likelihood/calibrated: lead-in phrases after which the answer is scored")
+    pr.add_argument("--lead-in-depth", type=int, default=_default(ProbeConfig, "lead_in_depth"),
+                    help="likelihood/calibrated: tokens per lead-in phrase at most (1: single tokens)")
+    pr.add_argument("--calibration-facts", type=int, default=_default(ProbeConfig, "calibration_facts"),
+                    help="calibrated: facts (of --facts, spread over relations) also probed by sampling")
     pr.add_argument("--limit", type=int, default=None, help="probe only the first N facts")
     pr.add_argument("--seed", type=int, default=_default(ProbeConfig, "seed"))
     pr.add_argument("--device", default=_default(RunOptions, "device"))

@@ -100,3 +100,27 @@ def test_probe_cli_resumes_after_an_interruption(tmp_path, capsys, monkeypatch):
     assert "resuming: 1 finished chunk" in capsys.readouterr().out
     assert calls == [2, 1]                                  # chunks 2 and 3 only: chunk 1 was reused
     assert out.read_text() == clean.read_text()
+
+
+def test_probe_cli_calibrated_samples_a_subset_and_calibrates(tmp_path, capsys):
+    """`sftnb probe --method calibrated`: the likelihood of every fact, calibrated per relation on a subset that is
+    also sampled (the rates land on the sampling grid); a bad setting is one line."""
+    import json
+    facts = tmp_path / "f.jsonl"
+    pairs = [("France", "Paris"), ("Peru", "Lima"), ("Chile", "Santiago"), ("Spain", "Madrid"), ("Italy", "Rome"),
+             ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Cuba", "Havana"), ("Iran", "Tehran"),
+             ("Oman", "Muscat")]
+    facts.write_text("".join(json.dumps({"relation": "country_capital", "subject": c, "answers": [a]}) + "\n"
+                             for c, a in pairs))
+    out = tmp_path / "probe.jsonl"
+    args = ["probe", "--model", "tiny-random", "--facts", str(facts), "--out", str(out), "--templates", "2",
+            "--samples", "2", "--max-new-tokens", "4", "--method", "calibrated", "--lead-ins", "2",
+            "--lead-in-depth", "2", "--calibration-facts", "10"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "calibrated on 10 sampled facts: alpha per relation country_capital" in printed
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(pairs)
+    assert all(abs(r["R"] * 4 - round(r["R"] * 4)) < 1e-9 and r["category"] == category(r["R"]) for r in rows)
+    assert main(args[:-2] + ["--calibration-facts", "3"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
