@@ -5,7 +5,7 @@
     sftnb restore --base DIR --tuned DIR --k 20[,40,...] --out DIR [--strategy top|bottom|random] [--region R]
     sftnb inject  --model M --facts F --exposures 0,1,2,4,8,16 --out DIR [--train-per-count N ...]
     sftnb run     params/<name>.yaml [--only 01,03] [--out runs/<name>]
-    sftnb report  figures/<run> [--readme README.md]
+    sftnb report  figures/<run> [--readme README.md]  |  sftnb report --paper
     sftnb plan    params/<name>.yaml [--gpus N] [--gpu-memory GB] [--host-memory GB]
 
 ``sftnb plan`` prints the memory plan (sftnb.plan) and exits 0 when it fits, 1 when it does not.
@@ -220,6 +220,16 @@ def _cmd_report(args) -> int:
     from .config import project_root
     from .report import README_BEGIN, README_END, readme_block, write_report, existing_header
 
+    if args.paper:
+        from .paper_rows import ASSUMPTIONS
+        from .report import paper_verdicts
+
+        print(f"the paper's own numbers under every rule ({ASSUMPTIONS}):")
+        for _, r in paper_verdicts().iterrows():
+            print(f"{r['claim']}: {r['verdict']} -- {r['finding']}")
+        return 0
+    if not args.run:
+        raise SftnbError("give a run folder (figures/<run>) or --paper")
     folder = Path(args.run)
     if not folder.is_dir():
         folder = project_root() / "figures" / args.run
@@ -328,8 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     ij.set_defaults(func=_cmd_inject)
 
     rp = sub.add_parser("report", help="paper vs this run: report.md from a run's CSVs")
-    rp.add_argument("run", help="figures/<run> or a run name")
+    rp.add_argument("run", nargs="?", help="figures/<run> or a run name")
     rp.add_argument("--readme", help="also rewrite the verdict table between the report markers of this README")
+    rp.add_argument("--paper", action="store_true",
+                    help="apply every rule to the paper's own numbers and print one verdict per claim")
     rp.set_defaults(func=_cmd_report)
 
     rn = sub.add_parser("run", help="run notebooks 01-06 headless with papermill")

@@ -23,7 +23,8 @@ import pandas as pd
 from .config import scale_order
 from .evaluate import unpack_correct
 from .mastery import CATEGORIES
-from .stats import Interval, ci_difference, ci_level, ci_mean_items, ci_spearman
+from .stats import POSITIVE, Interval, ci_difference, ci_level, ci_mean_items
+from .stats_rank import ci_spearman, ci_spearman_within
 
 DOMAINS = ("test", "testood")
 AGGREGATES = {"Acc": "category", "Acc (pooled)": "pooled"}
@@ -46,7 +47,8 @@ def set_correctness(per_set_runs: Sequence[dict], name: str) -> np.ndarray:
     return np.stack([np.array(unpack_correct(ps[name]["correct"]), dtype=float) for ps in per_set_runs])
 
 
-def _row(interval: Interval, **ids) -> dict:
+def interval_row(interval: Interval, **ids) -> dict:
+    """A tidy row: what identifies it, n_seeds, n_facts and the interval."""
     return {**ids, "n_seeds": interval.n_seeds, "n_facts": interval.n_items, "estimate": interval.estimate,
             "low": interval.low, "high": interval.high}
 
@@ -59,12 +61,12 @@ def level_rows(per_set_runs: Sequence[dict], min_facts: int, categories: bool = 
         if correct.shape[1] == 0:
             continue
         for metric, agg in AGGREGATES.items():
-            rows.append(_row(ci_level(correct, strata, aggregate=agg, min_per_category=min_facts),
+            rows.append(interval_row(ci_level(correct, strata, aggregate=agg, min_per_category=min_facts),
                              domain=domain, metric=metric, **ids))
         for c in CATEGORIES if categories else ():
             sel = strata == c
             if sel.any():
-                rows.append(_row(ci_level(correct[:, sel], None, aggregate="pooled"), domain=domain,
+                rows.append(interval_row(ci_level(correct[:, sel], None, aggregate="pooled"), domain=domain,
                                  metric=f"Acc-{c}", **ids))
     return rows
 
@@ -76,7 +78,7 @@ def difference_row(a_runs: Sequence[dict], b_runs: Sequence[dict], domain: str, 
     b, _ = domain_correctness(b_runs, domain)
     iv = ci_difference(a, b, strata, paired_seeds=paired_seeds, aggregate=AGGREGATES[metric],
                        min_per_category=min_facts)
-    return _row(iv, domain=domain, metric=metric, **ids)
+    return interval_row(iv, domain=domain, metric=metric, **ids)
 
 
 def headline_metric(cells: pd.DataFrame) -> str:
@@ -154,11 +156,11 @@ def kl_cells(results: dict, category: int, model: str) -> pd.DataFrame:
         kl = np.array([r["kl"] for _, r in runs], dtype=float)
         ids = {"model": model, "training": f"D_train-{cat}", "scale": str(scale)}
         if kl.size:
-            rows.append(_row(ci_mean_items(kl), metric="KL", **ids))
+            rows.append(interval_row(ci_mean_items(kl, bounds=POSITIVE), metric="KL", **ids))
         name = f"test-{category}"
         if name in runs[0][1]["per_set"] and runs[0][1]["per_set"][name]["n"]:
             correct = set_correctness([r["per_set"] for _, r in runs], name)
-            rows.append(_row(ci_level(correct, None, aggregate="pooled"), metric=f"Acc_test-{category}", **ids))
+            rows.append(interval_row(ci_level(correct, None, aggregate="pooled"), metric=f"Acc_test-{category}", **ids))
     return pd.DataFrame(rows)
 
 
@@ -176,7 +178,7 @@ def kl_scale_differences(results: dict, model: str) -> pd.DataFrame:
             if a.size == 0 or b.size == 0:
                 continue
             iv = ci_difference(a, b, None, paired_seeds=False, aggregate="pooled")
-            rows.append(_row(iv, model=model, training=f"D_train-{cat}", scale=str(nxt), versus=str(prev),
+            rows.append(interval_row(iv, model=model, training=f"D_train-{cat}", scale=str(nxt), versus=str(prev),
                              metric="KL"))
     return pd.DataFrame(rows)
 
@@ -195,176 +197,74 @@ def kl_accuracy_correlation(results: dict, category: int, model: str) -> pd.Data
                           "estimate": iv.estimate, "low": iv.low, "high": iv.high}])
 
 
-# --------------------------------------------------------------------------------------------- §5
-def restore_rows(sweeps: dict, min_facts: int, model: str, on_train: bool = False) -> pd.DataFrame:
-    """Tables 4 and 6: for each fine-tuned configuration (category, scale, strategy) over its seeds and each
-    restored k: the level and the gain over the same models unrestored (k = 0; paired seeds and facts).
-    ``sweeps``: {(RunKey, strategy): stored sweep result}."""
-    groups: dict[tuple, list] = defaultdict(list)
-    for (key, strategy), res in sweeps.items():
-        groups[(key.category, key.scale, strategy)].append((key.seed, res))
+def kl_accuracy_within_scale(results: dict, category: int, model: str, min_scale: int = 60) -> pd.DataFrame:
+    """Finding 2 (§4.2) within scale: Spearman's rho(KL, Acc_test-``category``) over the divided runs of each scale,
+    and pooled within scale over the scales >= ``min_scale`` (the paper's range) with a bootstrap over cells,
+    seeds nested in cells (``stats.ci_spearman_within``): the primary row. The rho over all runs pooled across
+    scales is kept beside it as ``descriptive``: scale drives KL and accuracy together, so it can reverse."""
+    pts = [(key, float(np.mean(r["kl"])), r["metrics"].get(f"acc_test-{category}"))
+           for key, r in results.items() if r is not None and key.kind == "divided" and r.get("kl")]
+    pts = [(k, kl, a) for k, kl, a in pts if a is not None and np.isfinite(a)]
+    metric = f"rho(KL, Acc_test-{category})"
     rows = []
-    for (cat, scale, strategy), runs in sorted(groups.items(), key=lambda g: (str(g[0][1]), g[0][0], g[0][2])):
-        runs = sorted(runs, key=lambda x: x[0])
-        by_k = defaultdict(list)
-        for _, res in runs:
-            for r in res["rows"]:
-                by_k[r["k"]].append(r["per_set"])
-        ids = {"model": model, "training": f"D_train-{cat}", "scale": str(scale), "strategy": strategy}
-        for k, per_sets in by_k.items():
-            if on_train:
-                base, now = set_correctness(by_k[0], "train"), set_correctness(per_sets, "train")
-                rows.append(_row(ci_level(now, None, aggregate="pooled"), k=k, domain="train", metric="Acc",
-                                 kind="level", **ids))
-                if k:
-                    rows.append(_row(ci_difference(base, now, None, paired_seeds=True, aggregate="pooled"), k=k,
-                                     domain="train", metric="Acc", kind="gain", **ids))
-                continue
-            for domain in DOMAINS:
-                for metric in AGGREGATES:
-                    correct, strata = domain_correctness(per_sets, domain)
-                    if correct.shape[1] == 0:
-                        continue
-                    rows.append(_row(ci_level(correct, strata, aggregate=AGGREGATES[metric],
-                                              min_per_category=min_facts),
-                                     k=k, domain=domain, metric=metric, kind="level", **ids))
-                    if k:
-                        rows.append(difference_row(by_k[0], per_sets, domain, metric, min_facts, paired_seeds=True,
-                                                   k=k, kind="gain", **ids))
+
+    def add(iv, what, scales, role):
+        rows.append({"model": model, "metric": metric, "what": what, "scales": scales, "role": role,
+                     "n_runs": iv.n_items, "estimate": iv.estimate, "low": iv.low, "high": iv.high})
+
+    def order(points):
+        return [str(s) for s in scale_order({str(p[0].scale) for p in points})]
+
+    inside = [p for p in pts if _scale_at_least(p[0].scale, min_scale)]
+    add(ci_spearman_within([p[1] for p in inside], [p[2] for p in inside], [str(p[0].scale) for p in inside],
+                           [f"{p[0].category}@{p[0].scale}" for p in inside]) if inside
+        else Interval(np.nan, np.nan, np.nan), "within scale (stratified)", " ".join(order(inside)), "primary")
+    for scale in order(pts):
+        sub = [p for p in pts if str(p[0].scale) == scale]
+        add(ci_spearman([p[1] for p in sub], [p[2] for p in sub]) if len(sub) >= 4 else
+            Interval(np.nan, np.nan, np.nan, n_items=len(sub)), f"at n={scale}", scale, "secondary")
+    if len(pts) >= 4:
+        add(ci_spearman([p[1] for p in pts], [p[2] for p in pts]), "pooled over scales", " ".join(order(pts)),
+            "descriptive")
     return pd.DataFrame(rows)
 
 
-def layer_rows(layer_results: dict, unrestored: dict, min_facts: int, model: str, metric: str) -> pd.DataFrame:
-    """Table 11: Acc_test after restoring each layer group, and its change from the unrestored model (paired over
-    facts and seeds). ``layer_results``: {RunKey: stored layer sweep}; ``unrestored``: {RunKey: grid result}."""
-    groups: dict[tuple, list] = defaultdict(list)
-    for key, res in layer_results.items():
-        groups[(key.category, key.scale)].append(key)
+def _scale_at_least(scale, n: int) -> bool:
+    return not str(scale).isdigit() or int(scale) >= n          # "All" (the whole category) is the largest
+
+
+def kl_u_rows(results: dict, model: str, pivot: str = "240") -> pd.DataFrame:
+    """Finding 1 (§4.2), pre-specified around the paper's minimum (``pivot`` = 240): per training category, KL at
+    the pivot minus KL at the smallest scale ("first decreases") and KL at the largest scale minus KL at the
+    pivot ("then increases"); paired over the §4.1 examples, independent seeds. Empty without the pivot and a
+    scale on each side of it."""
+    groups = {g: v for g, v in group_runs(results).items() if g[0] == "divided"}
     rows = []
-    for (cat, scale), keys in sorted(groups.items(), key=lambda g: (str(g[0][1]), g[0][0])):
-        keys = sorted(keys, key=lambda k: k.seed)
-        base = [unrestored[k]["per_set"] for k in keys]
-        for i, layers in enumerate(r["layers"] for r in layer_results[keys[0]]["rows"]):
-            now = [layer_results[k]["rows"][i]["per_set"] for k in keys]
-            ids = {"model": model, "training": f"D_train-{cat}", "scale": str(scale), "layers": layers}
-            correct, strata = domain_correctness(now, "test")
-            rows.append(_row(ci_level(correct, strata, aggregate=AGGREGATES[metric], min_per_category=min_facts),
-                             domain="test", metric=metric, kind="level", **ids))
-            rows.append(difference_row(base, now, "test", metric, min_facts, paired_seeds=True, kind="gain", **ids))
+    for cat in sorted({c for _, c, _ in groups}):
+        scales = scale_order(str(s) for _, c, s in groups if c == cat)
+        if pivot not in scales or scales[0] == pivot or scales[-1] == pivot:
+            continue
+        by = {str(s): np.array([r["kl"] for _, r in v], dtype=float) for (_, c, s), v in groups.items() if c == cat}
+        for step, (a, b) in (("decrease", (scales[0], pivot)), ("increase", (pivot, scales[-1]))):
+            iv = ci_difference(by[a], by[b], None, paired_seeds=False, aggregate="pooled")
+            rows.append(interval_row(iv, model=model, training=f"D_train-{cat}", step=step, scale=b, versus=a, metric="KL"))
     return pd.DataFrame(rows)
 
 
-def strategy_rows(results: dict, sweeps: dict, no_sft: dict, min_facts: int, model: str, metric: str,
-                  instruct: dict | None = None, instruct_note: str | None = None) -> pd.DataFrame:
-    """Table 7 (App. C.3), each column defined as the paper does: the instruct model (where params name one); the
-    pre-trained model without SFT; SFT (Mixed), the best over data volumes; SFT (Divided), the best category at
-    the largest scale; LoRA (on mixed data), the best over data volumes; Parameter Restoration, the best restored
-    model (k > 0, top strategy) of the divided runs at the largest scale whose checkpoints were kept. "Best" is
-    by the estimate of ``metric`` on the test domain, as the paper reports the best (which favours whatever was
-    tried most). Rows: the level of each column on both domains, and each column's difference from SFT (Divided)
-    (paired over facts; over seeds too when the models are the same, i.e. restoration of the chosen divided
-    configuration)."""
-    groups = group_runs(results)
-    agg = AGGREGATES[metric]
-
-    def score(per_sets):
-        correct, strata = domain_correctness(per_sets, "test")
-        return float(ci_level(correct, strata, aggregate=agg, min_per_category=min_facts, n_boot=100).estimate)
-
-    def best_of(kind, scales=None):
-        cands = [(g, [r["per_set"] for _, r in v]) for g, v in groups.items()
-                 if g[0] == kind and (scales is None or g[2] in scales)]
-        return max(cands, key=lambda c: np.nan_to_num(score(c[1]), nan=-1), default=None)
-
-    columns: dict[str, tuple[list[dict], str, tuple | None]] = {}
-    if instruct is not None:
-        columns[f"{model}-Instruct"] = ([instruct], "instruct model, no SFT", None)
-    columns[f"{model} (no SFT)"] = ([no_sft], "pre-trained, no SFT", None)
-    divided = [g for g in groups if g[0] == "divided"]
-    top = scale_order(g[2] for g in divided)[-1] if divided else None
-    for kind, name, scales in (("mixed", "SFT (Mixed)", None), ("divided", "SFT (Divided)", {top}),
-                               ("lora", "LoRA", None)):
-        found = best_of(kind, scales)
-        if found is not None:
-            g, per_sets = found
-            label = f"n={g[2]}" if kind != "divided" else f"D_train-{g[1]}, n={g[2]}"
-            columns[name] = (per_sets, label, g)
-    kept_top = scale_order(k.scale for k, _ in sweeps)[-1] if sweeps else None   # the largest restored scale
-    if sweeps:
-        by_cat_k: dict[tuple, list] = defaultdict(list)
-        for (key, strategy), res in sorted(sweeps.items(), key=lambda kv: kv[0][0].seed):
-            if strategy == "top" and key.scale == kept_top:
-                for r in res["rows"]:
-                    if r["k"]:
-                        by_cat_k[(key.category, r["k"])].append(r["per_set"])
-        if by_cat_k:
-            (cat, k), per_sets = max(by_cat_k.items(), key=lambda kv: np.nan_to_num(score(kv[1]), nan=-1))
-            columns["Parameter Restoration"] = (per_sets, f"D_train-{cat}, n={kept_top}, restore {k:g}%",
-                                                ("divided", cat, kept_top))
+def category_spread_rows(results: dict, min_facts: int, model: str, metric: str, low: int = 0,
+                         high: int = 2) -> pd.DataFrame:
+    """Phenomenon 2, the paper's pair at every scale: Acc(D_train-``high``) - Acc(D_train-``low``) (test domain;
+    paired facts, independent seeds), so its value at the largest scale and its growth from the smallest can be
+    tested."""
+    groups = {g: v for g, v in group_runs(results).items() if g[0] == "divided"}
     rows = []
-    if instruct is None:            # the paper's first column: n/a, and why
-        note = instruct_note or "no instruct model named in params (models[].instruct_path)"
-        rows += [{"model": model, "strategy": f"{model}-Instruct", "configuration": f"n/a: {note}",
-                  "domain": d, "metric": metric, "kind": "level", "n_seeds": 0, "n_facts": 0,
-                  "estimate": np.nan, "low": np.nan, "high": np.nan} for d in DOMAINS]
-    for name, (per_sets, label, g) in columns.items():
-        for domain in DOMAINS:
-            correct, strata = domain_correctness(per_sets, domain)
-            rows.append(_row(ci_level(correct, strata, aggregate=agg, min_per_category=min_facts), model=model,
-                             strategy=name, configuration=label, domain=domain, metric=metric, kind="level"))
-    if "SFT (Divided)" in columns:
-        ref_sets, _, ref_g = columns["SFT (Divided)"]
-        for name, (per_sets, label, g) in columns.items():
-            if name == "SFT (Divided)":
-                continue
-            paired = g == ref_g and len(per_sets) == len(ref_sets)
-            for domain in DOMAINS:
-                rows.append(difference_row(ref_sets, per_sets, domain, metric, min_facts, paired_seeds=paired,
-                                           model=model, strategy=name, configuration=label, kind="vs SFT (Divided)"))
-    return pd.DataFrame(rows)
-
-
-def task_rows(sweeps: dict, model: str) -> pd.DataFrame:
-    """Table 5: per task and metric column, the score before SFT, after SFT (k = 0) and after restoring each k %
-    (levels over the test examples and seeds), and each restored k's change from k = 0 (paired over examples and
-    seeds). ``sweeps``: {(task, seed): ``param_analysis.task_sweep`` result}."""
-    by_task: dict[str, list] = defaultdict(list)
-    for (task, seed), res in sorted(sweeps.items(), key=lambda kv: kv[0]):
-        by_task[task].append(res)
-    rows = []
-    for task, runs in by_task.items():
-        ks = [r["k"] for r in runs[0]["rows"]]
-        for col in runs[0]["rows"][0]["scores"]:
-            vals = {k: np.array([[x for x in r["rows"][i]["scores"][col]] for r in runs], dtype=float)
-                    for i, k in enumerate(ks)}
-            for k in ks:
-                rows.append(_row(ci_level(vals[k], None, aggregate="pooled"), model=model, task=task,
-                                 metric=col, k=k, kind="level"))
-                if k not in (0, "pre-SFT"):
-                    rows.append(_row(ci_difference(vals[0], vals[k], None, paired_seeds=True, aggregate="pooled"),
-                                     model=model, task=task, metric=col, k=k, kind="gain"))
-            rows.append(_row(ci_difference(vals["pre-SFT"], vals[0], None, paired_seeds=True, aggregate="pooled"),
-                             model=model, task=task, metric=col, k=0, kind="SFT vs pre-SFT"))
-    return pd.DataFrame(rows)
-
-
-def concentration_rows(stats: dict, model: str, which: str = "concentration") -> pd.DataFrame:
-    """Table 3: the share of the total relative change held by the top x % of parameters, per training set and
-    scale, mean over seeds with a t-interval (a property of each fine-tuned model: no test facts involved)."""
-    from scipy import stats as sps
-
-    groups: dict[tuple, list] = defaultdict(list)
-    for key, s in stats.items():
-        groups[(key.category, key.scale)].append(pd.DataFrame(s[which]))
-    rows = []
-    for (cat, scale), frames in sorted(groups.items(), key=lambda g: (str(g[0][1]), g[0][0])):
-        shares = np.stack([f["share"].to_numpy(dtype=float) for f in frames])
-        n = len(frames)
-        half = (sps.t.ppf(0.975, n - 1) * shares.std(0, ddof=1) / np.sqrt(n)) if n > 1 else np.zeros(shares.shape[1])
-        for j, x in enumerate(frames[0]["top_percent"]):
-            m = float(shares[:, j].mean())
-            rows.append({"model": model, "training": f"D_train-{cat}", "scale": str(scale), "top_percent": x,
-                         "n_seeds": n, "estimate": m, "low": m - half[j], "high": m + half[j]})
+    for scale in scale_order({str(s) for _, _, s in groups}):
+        a = next((v for (_, c, s), v in groups.items() if c == low and str(s) == scale), None)
+        b = next((v for (_, c, s), v in groups.items() if c == high and str(s) == scale), None)
+        if a and b:
+            rows.append(difference_row([r["per_set"] for _, r in a], [r["per_set"] for _, r in b], "test", metric,
+                                       min_facts, paired_seeds=False, model=model, scale=scale,
+                                       training=f"D_train-{high}", versus=f"D_train-{low}"))
     return pd.DataFrame(rows)
 
 
@@ -378,17 +278,17 @@ def testbed_rows(testbed: pd.DataFrame, model: str) -> pd.DataFrame:
     for count, g in planned.groupby("exposure", sort=True):
         after, before = g["R"].to_numpy(dtype=float), g["R_before"].to_numpy(dtype=float)
         cats = np.bincount(g["category"].to_numpy(dtype=int), minlength=5)
-        rows.append(_row(ci_level(after, None, aggregate="pooled"), model=model, what="mean R after injection",
+        rows.append(interval_row(ci_level(after, None, aggregate="pooled"), model=model, what="mean R after injection",
                          exposure=int(count), R_before=float(before.mean()),
                          **{f"category {c}": int(cats[c]) for c in CATEGORIES}))
     rho = ci_spearman(planned["exposure"].to_numpy(dtype=float), planned["R"].to_numpy(dtype=float))
-    rows.append(_row(rho, model=model, what="Spearman rho(exposure, R)"))
+    rows.append(interval_row(rho, model=model, what="Spearman rho(exposure, R)"))
     for what, g in (("R change, exposure-0 facts", planned[planned["exposure"] == 0]),
                     ("R change, facts outside the plan", testbed[testbed["exposure"].isna()])):
         if len(g):
             iv = ci_difference(g["R_before"].to_numpy(dtype=float), g["R"].to_numpy(dtype=float), None,
                                paired_seeds=True, aggregate="pooled")
-            rows.append(_row(iv, model=model, what=what, R_before=float(g["R_before"].mean())))
+            rows.append(interval_row(iv, model=model, what=what, R_before=float(g["R_before"].mean())))
     return pd.DataFrame(rows)
 
 
@@ -401,7 +301,8 @@ def pick(frame: pd.DataFrame, **where) -> pd.DataFrame:
     return frame[mask]
 
 
-__all__ = ["domain_correctness", "set_correctness", "level_rows", "difference_row", "headline_metric", "grid_cells",
+__all__ = ["domain_correctness", "interval_row", "DOMAINS", "AGGREGATES", "set_correctness", "level_rows", "difference_row", "headline_metric", "grid_cells",
            "scale_differences", "category_differences", "kl_cells", "kl_scale_differences",
-           "kl_accuracy_correlation", "restore_rows", "layer_rows", "strategy_rows", "concentration_rows", "pick",
-           "group_runs", "testbed_rows", "task_rows"]
+           "kl_accuracy_correlation", "kl_accuracy_within_scale", "kl_u_rows", "category_spread_rows",
+           "pick",
+           "group_runs", "testbed_rows"]

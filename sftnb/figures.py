@@ -282,7 +282,7 @@ def fig_restore_curve(rows: pd.DataFrame, metric: str, title: str):
 
 def strategies_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Table 7: each strategy's best configuration, its Acc_test and Acc_testood (headline aggregate) with 95 %
-    intervals, and what it is (``evidence.strategy_rows``)."""
+    intervals, and what it is (``evidence_restoration.strategy_rows``)."""
     if rows.empty:
         return pd.DataFrame()
     level = rows[rows["kind"] == "level"]

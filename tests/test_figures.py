@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sftnb import evidence, figures, report
+from sftnb import evidence, evidence_restoration, figures, report
 from sftnb.evaluate import pack_correct, paper_accuracy, pooled_accuracy
 from sftnb.grid import RunKey
 from sftnb.reports import save_table
@@ -81,7 +81,7 @@ def test_table7_restoration_column_compares_restored_models_only_and_instruct_is
     # the unrestored model (k = 0) is the best, yet restoration must report its best *restored* model
     sweeps = {(RunKey("divided", 1, 60, 0), "top"): _sweep({0: _per_set(good), 5: _per_set(worse),
                                                               20: _per_set(worse)})}
-    rows = evidence.strategy_rows(results, sweeps, _per_set(worse), 20, "M", "Acc", None, "it is itself instruct")
+    rows = evidence_restoration.strategy_rows(results, sweeps, _per_set(worse), 20, "M", "Acc", None, "it is itself instruct")
     level = rows[(rows["kind"] == "level") & (rows["domain"] == "test")].set_index("strategy")
     assert level.loc["Parameter Restoration", "estimate"] < level.loc["SFT (Divided)", "estimate"]
     assert level.loc["Parameter Restoration", "configuration"].startswith("D_train-1, n=60, restore")
@@ -108,54 +108,37 @@ def _write(folder, name, rows):
     pd.DataFrame(rows).to_csv(folder / name, index=False)
 
 
-@pytest.mark.parametrize("low,high,expected", [(0.01, 0.05, "shown"), (-0.05, -0.01, "opposite"),
-                                               (-0.01, 0.02, "inconclusive"), (math.nan, math.nan, "inconclusive")])
-def test_sign_verdict(low, high, expected):
-    assert report.sign_verdict({"low": low, "high": high}, +1) == expected
-
-
-def test_combination_rule():
-    assert report.combine(["shown", "shown", "inconclusive"]) == "shown"
-    assert report.combine(["shown", "opposite", "shown"]) == "inconclusive"
-    assert report.combine(["opposite", "inconclusive"]) == "opposite"
-    assert report.combine([]) == "inconclusive"
-
-
 def test_report_verdicts_follow_from_the_csvs_and_change_with_them(tmp_path):
-    diff = {"model": "M", "domain": "test", "metric": "Acc", "training": "D_train-2", "versus": "D_train-0",
-            "scale": "60", "n_seeds": 3, "n_facts": 200, "estimate": 0.05, "low": 0.01, "high": 0.09}
-    _write(tmp_path, "table02_differences_M.csv", [diff])
-    conc = [{"model": "M", "training": "D_train-0", "scale": "60", "top_percent": 1, "n_seeds": 3,
+    spread = [{"model": "M", "domain": "test", "metric": "Acc", "training": "D_train-2", "versus": "D_train-0",
+               "scale": s, "n_seeds": 3, "n_facts": 200, "estimate": e, "low": e - 0.03, "high": e + 0.03}
+              for s, e in (("240", 0.03), ("1920", 0.12))]
+    cells = [{"model": "M", "kind": "divided", "training": f"D_train-{c}", "scale": s, "domain": "test",
+              "metric": "Acc", "n_seeds": 3, "n_facts": 100, "estimate": 0.5, "low": 0.45, "high": 0.55}
+             for c in range(5) for s in ("240", "1920")]
+    _write(tmp_path, "fig02_accuracy_vs_scale_M.csv", cells)
+    _write(tmp_path, "table02_spread_M.csv", spread)
+    conc = [{"model": "M", "training": "D_train-0", "scale": "240", "top_percent": 1, "n_seeds": 3,
              "estimate": 0.9, "low": 0.85, "high": 0.95}]
     _write(tmp_path, "table03_concentration_M.csv", conc)
     text, table = report.report_from_csvs(tmp_path)
     verdict = dict(zip(table["claim"], table["verdict"]))
-    assert verdict["Phenomenon 2 (§3.4): the spread across training categories"] == "shown"
-    assert verdict["Table 3 (§5.1): updates concentrate in few parameters"] == "shown"
-    assert "no data" in report.summary_markdown(table)
-    _write(tmp_path, "table02_differences_M.csv", [diff | {"estimate": -0.05, "low": -0.09, "high": -0.01}])
+    p2 = "Phenomenon 2 (§3.4): the spread across training categories"
+    assert verdict[p2] == "shown"
+    assert verdict["Table 3 (§5.1): updates concentrate in the top 1 %"] == "shown"
+    assert verdict["Phenomenon 1 (§3.4): a peak at 240, then a decline"] == "no data"   # no scale differences
+    assert "no data" in report.summary_markdown(table) and "**out of range**:" in text
+    _write(tmp_path, "table02_spread_M.csv", [r | {"estimate": -r["estimate"], "low": -r["high"], "high": -r["low"]}
+                                             for r in spread])
     _, table2 = report.report_from_csvs(tmp_path)
-    assert dict(zip(table2["claim"], table2["verdict"]))["Phenomenon 2 (§3.4): the spread across training "
-                                                         "categories"] == "opposite"
+    assert dict(zip(table2["claim"], table2["verdict"]))[p2] == "opposite"
     report.write_report(tmp_path)
-    assert report.readme_block(tmp_path).startswith(report.README_BEGIN)
-
-
-def test_phenomenon_1_needs_a_decline_after_an_interior_peak(tmp_path):
-    cells = [{"model": "M", "kind": "divided", "training": "D_train-0", "scale": s, "domain": "test",
-              "metric": "Acc", "n_seeds": 3, "n_facts": 100, "estimate": e, "low": e - 0.02, "high": e + 0.02}
-             for s, e in (("15", 0.40), ("30", 0.55), ("60", 0.45))]
-    diffs = [{"model": "M", "kind": "divided", "training": "D_train-0", "scale": s, "versus": "60", "domain": "test",
-              "metric": "Acc", "n_seeds": 3, "n_facts": 100, "estimate": e, "low": e - 0.03, "high": e + 0.03}
-             for s, e in (("15", 0.05), ("30", -0.10))]
-    _write(tmp_path, "fig02_accuracy_vs_scale_M.csv", cells)
-    _write(tmp_path, "fig02_scale_differences_M.csv", diffs)
-    assert report.phenomenon_1(tmp_path)[0]["verdict"] == "shown"
+    block = report.readme_block(tmp_path)
+    assert block.startswith(report.README_BEGIN) and f"- {p2}, M: **opposite**: spread at n=1920" in block
 
 
 def test_report_cli_rewrites_the_report_and_the_readme_section(tmp_path, capsys):
     from sftnb.cli import main
-    _write(tmp_path, "table03_concentration_M.csv", [{"model": "M", "training": "D_train-0", "scale": "60",
+    _write(tmp_path, "table03_concentration_M.csv", [{"model": "M", "training": "D_train-0", "scale": "240",
                                                       "top_percent": 1, "n_seeds": 3, "estimate": 0.9, "low": 0.85,
                                                       "high": 0.95}])
     readme = tmp_path / "README.md"
@@ -163,7 +146,7 @@ def test_report_cli_rewrites_the_report_and_the_readme_section(tmp_path, capsys)
     assert main(["report", str(tmp_path), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "STALE-VERDICTS" not in text
-    assert re.search(r"\| Table 3 \(§5\.1\): updates concentrate in few parameters +\| shown +\|", text)
+    assert re.search(r"\| Table 3 \(§5\.1\): updates concentrate in the top 1 % +\| shown +\|", text)
     assert text.startswith("intro\n") and text.endswith("outro\n") and (tmp_path / "report.md").is_file()
     assert main(["report", str(tmp_path / "nope")]) == 2
 
