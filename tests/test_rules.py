@@ -299,3 +299,19 @@ def test_report_paper_cli_prints_one_line_per_claim(capsys):
     assert len(out) == 1 + len(rules.CLAIMS) and "n = 3 runs" in out[0]
     assert sum(": shown -- " in line for line in out) == len(rules.CLAIMS) - 2
     assert main(["report"]) == 2
+
+
+@pytest.mark.parametrize("rho,expected", [(-0.6, "shown"), (0.6, "opposite"), (-0.05, "inconclusive")])
+def test_finding_2_on_the_primary_row(rho, expected):
+    rows = pd.DataFrame([_iv(rho, 0.2, model="M", metric="rho(KL, Acc_test-4)", what="within scale (stratified)",
+                             scales="60 240", role="primary", n_runs=30),
+                         _iv(-rho, 0.1, model="M", metric="rho(KL, Acc_test-4)", what="pooled over scales",
+                             scales="60 240", role="descriptive", n_runs=30)])
+    r = _rule("section4_finding_2")(Tables(kl_within=rows))[0]
+    assert r.verdict == expected and "descriptive" in r.lines[-1]
+
+
+def test_restoration_finding_1_out_of_range_below_the_papers_scales():
+    t = _restore([60], [0.05] * 5)
+    t.update(_shares(60, 0.92))
+    assert _verdict("section5_finding_1", t) == "out of range"
