@@ -31,6 +31,7 @@ ARTIFACTS = {
     "category_differences": ("table02_differences_*.csv",),
     "category_spread": ("table02_spread_*.csv",),
     "kl_levels": ("fig05_kl_vs_scale_*.csv",),
+    "kl_steps": ("fig05_kl_steps_*.csv",),
     "kl_u": ("fig05_kl_u_*.csv",),
     "kl_within": ("table_token_kl_within_scale_*.csv",),
     "concentration": ("table03_concentration_*.csv",),

@@ -5,7 +5,7 @@ import pandas as pd
 
 from .verdicts import (INCONCLUSIVE, K_PAPER, LARGE, NO_DATA, OPPOSITE, OUT_OF_RANGE, PEAK, SHOWN, TASK_MARGIN,
                        Result, Tables, combine, difference_of, family_lines, fmt, have, headline, holm_signs, large,
-                       mark, mean_of, n_of, parts, scales_of, verdict_of)
+                       mark, mean_of, n_of, outside, parts, scales_of, verdict_of)
 
 
 # --------------------------------------------------------------------------------------------- §5
@@ -21,7 +21,7 @@ def _zeros(t: Tables, model: str) -> bool:
 def _shares(t: Tables, model: str) -> tuple[pd.DataFrame, str]:
     if _zeros(t, model):
         return t.of("concentration_nonzero", model), ("the pre-trained weights hold exact zeros (r = |s-p|/|p| is "
-                                                      "infinite there): judged with them excluded")
+                                                      "infinite there): the rule takes the shares with them excluded")
     return t.of("concentration", model), "no exact zeros in the pre-trained weights"
 
 
@@ -38,7 +38,8 @@ def table3(t: Tables) -> list[Result]:
         inside = d[[n_of(s) >= 240 for s in d["scale"]]]
         if inside.empty:
             out.append(Result(model, OUT_OF_RANGE, [f"needs a fine-tuned model at a scale >= 240; this run has "
-                                                   f"{have(set(d['scale']))}", note], "share"))
+                                                   f"{have(set(d['scale']))}", note] + outside(
+                d, lambda r: f"{r['training']}, n={r['scale']}: top-1 % share (%)", diff=False), "share"))
             continue
         rows = [r for _, r in inside.iterrows()]
         signs = holm_signs(rows, expected=1, thresholds=0.70)
@@ -70,6 +71,10 @@ def _restore_domain(g: pd.DataFrame, ks=(K_PAPER,)) -> tuple[str | None, str]:
     return top, ""
 
 
+def _outside_gains(g: pd.DataFrame) -> list[str]:
+    return outside(g, lambda r: f"{r['training']}, n={r['scale']}, {r['k']:g} %: gain") if len(g) else []
+
+
 def table4(t: Tables) -> list[Result]:
     """Primary family: at the largest scale (>= 960; the paper: 1,920) and k = 20 %, the gain in Acc_test of each
     training set's models from restoring the most-changed parameters (paired seeds and facts), Holm over the
@@ -82,7 +87,7 @@ def table4(t: Tables) -> list[Result]:
         g = g[g["domain"] == "test"] if len(g) else g
         top, why = _restore_domain(g)
         if top is None:
-            out.append(Result(model, OUT_OF_RANGE, [why]))
+            out.append(Result(model, OUT_OF_RANGE, [why] + _outside_gains(g)))
             continue
         prim = g[(g["scale"] == top) & (g["k"] == K_PAPER)]
         rows = [r for _, r in prim.iterrows()]
@@ -104,7 +109,7 @@ def table6(t: Tables) -> list[Result]:
         g = _gains(t, "restore_train", model)
         top, why = _restore_domain(g)
         if top is None:
-            out.append(Result(model, OUT_OF_RANGE, [why]))
+            out.append(Result(model, OUT_OF_RANGE, [why] + _outside_gains(g)))
             continue
         prim = [r for _, r in g[(g["scale"] == top) & (g["k"] == K_PAPER)].iterrows()]
         avg = mean_of(prim)

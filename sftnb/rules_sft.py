@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from .verdicts import (INCONCLUSIVE, LARGE, NO_DATA, OPPOSITE, OUT_OF_RANGE, PEAK, SHOWN, Result, Tables, combine,
-                       difference_of, family_lines, fmt, have, headline, holm_signs, large, mark, parts, scales_of,
-                       verdict_of)
+                       difference_of, family_lines, fmt, have, headline, holm_signs, large, mark, outside, parts,
+                       scales_of, verdict_of)
 
 
 # --------------------------------------------------------------------------------------------- §3.4
@@ -23,7 +23,8 @@ def phenomenon_1(t: Tables) -> list[Result]:
         top = large(scales)
         if PEAK not in scales or top is None:
             out.append(Result(model, OUT_OF_RANGE, [f"needs the scales 240 and >= {LARGE}; this run has "
-                                                   f"{have(scales)}"]))
+                                                   f"{have(scales)}"] + outside(
+                d, lambda r: f"{r['training']}: Acc(n={r['versus']}) - Acc(n={r['scale']})")))
             continue
         metric = d["metric"].iloc[0] if len(d) else headline(cells)
         rows = [r for _, r in d[(d["scale"] == PEAK) & (d["versus"].astype(str) == top)].iterrows()] if len(d) else []
@@ -53,7 +54,8 @@ def phenomenon_2(t: Tables) -> list[Result]:
         top = large(scales)
         if top is None:
             out.append(Result(model, OUT_OF_RANGE, [f"needs a scale >= {LARGE} (the paper: 1,920); this run has "
-                                                   f"{have(scales)}"]))
+                                                   f"{have(scales)}"] + outside(
+                spread, lambda r: f"n={r['scale']}: D_train-2 - D_train-0")))
             continue
         present = scales_of(spread["scale"]) if len(spread) else []
         if top not in present or len(present) < 2:
@@ -88,8 +90,9 @@ def kl_finding_1(t: Tables) -> list[Result]:
         ordered = scales_of(scales)
         if PEAK not in scales or ordered[0] == PEAK or ordered[-1] == PEAK or u.empty:
             out.append(Result(model, OUT_OF_RANGE, [f"needs the scale 240 with a smaller and a larger one (the "
-                                                   f"paper: 60, 240, ..., 1,920); this run has {have(scales)}"],
-                              "KL"))
+                                                   f"paper: 60, 240, ..., 1,920); this run has {have(scales)}"]
+                              + outside(t.of("kl_steps", model), lambda r: f"{r['training']}: KL(n={r['scale']}) - "
+                                        f"KL(n={r['versus']})", 1, 4), "KL"))
             continue
         rows = [r for _, r in u.iterrows()]
         expected = [-1 if r["step"] == "decrease" else 1 for r in rows]

@@ -231,6 +231,13 @@ def fmt(row, scale: float = 100, digits: int = 1, diff: bool = True, threshold: 
     return f"{e:{s}.{digits}f} [{lo:{s}.{digits}f}, {hi:{s}.{digits}f}]"
 
 
+def outside(frame: pd.DataFrame, label, scale: float = 100, digits: int = 1, diff: bool = True) -> list[str]:
+    """Lines for rows a run has outside a claim's domain: shown for information, never judged."""
+    if frame is None or len(frame) == 0:
+        return []
+    return [f"descriptive, outside the domain: {label(r)}: {fmt(r, scale, digits, diff)}" for _, r in frame.iterrows()]
+
+
 def mark(sign: int) -> str:
     return {1: " (significant, as claimed)", -1: " (significant, reversed)", 0: ""}[sign]
 
@@ -238,4 +245,4 @@ def mark(sign: int) -> str:
 __all__ = ["Tables", "LARGE", "PEAK", "K_PAPER", "TASK_MARGIN", "n_of", "scales_of", "have", "headline", "large",
            "family_lines", "VERDICTS", "DEFINITIONS", "SHOWN", "OPPOSITE", "INCONCLUSIVE", "OUT_OF_RANGE", "NO_DATA", "Result",
            "p_value", "holm", "holm_signs", "verdict_of", "combine", "parts", "combine_independent", "mean_of",
-           "difference_of", "fmt", "mark"]
+           "difference_of", "fmt", "mark", "outside"]
