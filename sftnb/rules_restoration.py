@@ -5,7 +5,8 @@ import pandas as pd
 
 from .verdicts import (INCONCLUSIVE, K_PAPER, LARGE, NO_DATA, OPPOSITE, OUT_OF_RANGE, PEAK, SHOWN, TASK_MARGIN,
                        Result, Tables, combine, difference_of, family_lines, fmt, have, headline, holm_signs, large,
-                       mark, mean_of, n_of, outside, parts, scales_of, verdict_of)
+                       mark, mean_of, n_of, outside, parts, scales_of, superlative,
+                       verdict_of)
 
 
 # --------------------------------------------------------------------------------------------- §5
@@ -192,7 +193,9 @@ def table5(t: Tables) -> list[Result]:
         rows = [r for _, r in g.iterrows()]
         signs = holm_signs(rows, expected=1, thresholds=-TASK_MARGIN)
         v = SHOWN if all(s == 1 for s in signs) else OPPOSITE if -1 in signs and 1 not in signs else INCONCLUSIVE
-        lines = family_lines(rows, signs, lambda r: f"{r['task']} {r['metric']}, {r['k']:g} %: change")
+        lines = [f"{signs.count(1)} of {len(rows)} changes (task, metric, k <= 20 %) significantly above -2 points, "
+                 f"{signs.count(-1)} significantly below"]
+        lines += family_lines(rows, signs, lambda r: f"{r['task']} {r['metric']}, {r['k']:g} %: change")
         out.append(Result(model, v, lines, "task score"))
     return out
 
@@ -228,8 +231,9 @@ def table11(t: Tables) -> list[Result]:
     contrast averaged over the training sets at the largest scale restored by layers, Holm over the three:
     (a) "the lower layers are most crucial": lowest - top < 0 and lowest - mean(middle) < 0; (b) "the middle
     layers have the least impact": mean(middle) - top > 0 and mean(middle) - lowest > 0. A half is shown when its
-    two contrasts are significant as claimed, opposite when one is significantly reversed and none holds; the
-    claim is shown (opposite) when both halves are, else inconclusive. Needs 3 layer groups."""
+    two contrasts are significant as claimed, opposite when either is significantly reversed (another group is
+    significantly more crucial, or less); the claim is shown (opposite) when both halves are, else
+    inconclusive. Needs 3 layer groups."""
     out = []
     for model in t.models("layers"):
         d = t.of("layers", model)
@@ -253,7 +257,7 @@ def table11(t: Tables) -> list[Result]:
             b_top.append(difference_of(middle, high))
         contrasts = [mean_of(a_top), mean_of(a_mid), mean_of(b_top)]
         s_lt, s_lm, s_mt = holm_signs(contrasts, expected=[-1, -1, 1])
-        half_a, half_b = parts([s_lt, s_lm]), parts([s_mt, s_lm])
+        half_a, half_b = superlative([s_lt, s_lm]), superlative([s_mt, s_lm])
         v = SHOWN if half_a == half_b == SHOWN else OPPOSITE if half_a == half_b == OPPOSITE else INCONCLUSIVE
         seeds = int(lv["n_seeds"].min())
         lines = [f"(a) lowest - top: {fmt(contrasts[0])}{mark(s_lt)}; lowest - middle: {fmt(contrasts[1])}"

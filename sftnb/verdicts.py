@@ -128,6 +128,15 @@ def parts(signs: list[int]) -> str:
     return INCONCLUSIVE
 
 
+def superlative(signs: list[int]) -> str:
+    """A statement that one group is the most (least) of several, tested by its comparisons with each other:
+    shown when every comparison is significant as claimed, opposite when any is significantly reversed (another
+    group is significantly more, or less), else inconclusive."""
+    if signs and all(s == 1 for s in signs):
+        return SHOWN
+    return OPPOSITE if any(s == -1 for s in signs) else INCONCLUSIVE
+
+
 # --------------------------------------------------------------------------------------------- combining rows
 def combine_independent(rows, weights) -> dict:
     """sum_i w_i x_i of independent estimates with its interval (variances add; see the module doc). Rows are
@@ -244,5 +253,5 @@ def mark(sign: int) -> str:
 
 __all__ = ["Tables", "LARGE", "PEAK", "K_PAPER", "TASK_MARGIN", "n_of", "scales_of", "have", "headline", "large",
            "family_lines", "VERDICTS", "DEFINITIONS", "SHOWN", "OPPOSITE", "INCONCLUSIVE", "OUT_OF_RANGE", "NO_DATA", "Result",
-           "p_value", "holm", "holm_signs", "verdict_of", "combine", "parts", "combine_independent", "mean_of",
+           "p_value", "holm", "holm_signs", "verdict_of", "combine", "parts", "superlative", "combine_independent", "mean_of",
            "difference_of", "fmt", "mark", "outside"]
