@@ -28,6 +28,9 @@ then rank 0 alone executes notebooks 01-06 with papermill
 the experiment has no ``work()`` the ranks skip that step and rank 0's notebooks compute everything as in a
 single-process run.
 
+*Listed when reached.* A stage may be a ``Deferred``: its units are listed when the ranks reach it, after the
+stages before it are finished (which SFT runs exist depends on the probe's categories).
+
 *Collective units.* With ``sft.strategy: fsdp`` one SFT run spans every rank (``sftnb.fsdp``). Such units are
 listed in a ``Collective`` stage: every rank calls each of its units, in the same order. Each callable computes
 its unit through ``compute_collective(unit, fn)``: rank 0 checks the store and claims the unit (waiting if
@@ -61,6 +64,15 @@ _cpu_group = None
 
 class Collective(list):
     """A stage whose units every rank runs together, in the same order (FSDP SFT units; see the module doc)."""
+
+
+class Deferred:
+    """Stages listed when ``compute_all`` reaches them: ``make()`` returns one stage's units (a flat list, or a
+    ``Collective``) or a list of stages.
+    Listing some stages needs what earlier stages compute (the probe categories decide which SFT runs exist)."""
+
+    def __init__(self, make: Callable[[], Sequence[Callable[[], object]]]):
+        self.make = make
 
 
 # ------------------------------------------------------------------------------------------- who am I
@@ -140,8 +152,10 @@ def share_order(n: int, rank: int, size: int) -> list[int]:
 
 
 def _stages(work) -> list[Sequence[Callable[[], object]]]:
+    if isinstance(work, Collective):
+        return [work]
     work = list(work)
-    if work and all(callable(u) for u in work):
+    if work and all(callable(u) and not isinstance(u, Deferred) for u in work):
         return [work]                                    # a flat list is one stage
     return work
 
@@ -154,8 +168,14 @@ def compute_all(work, rank: int | None = None, world: int | None = None) -> dict
     env_rank, env_size, _ = _world()
     rank = env_rank if rank is None else rank
     size = env_size if world is None else world
-    t0, units, skips = time.perf_counter(), 0, 0
-    for stage in _stages(work):
+    t0, units, skips, n_stages = time.perf_counter(), 0, 0, 0
+    todo = _stages(work)
+    while todo:
+        stage = todo.pop(0)
+        if isinstance(stage, Deferred):                  # its stages, listed now (every rank lists the same)
+            todo[:0] = _stages(stage.make())
+            continue
+        n_stages += 1
         units += len(stage)
         if isinstance(stage, Collective):
             for unit in stage:
@@ -163,7 +183,7 @@ def compute_all(work, rank: int | None = None, world: int | None = None) -> dict
         else:
             skips += _share(stage, rank, size)
         barrier()
-    return {"stages": len(_stages(work)), "units": units, "busy_skips": skips,
+    return {"stages": n_stages, "units": units, "busy_skips": skips,
             "seconds": round(time.perf_counter() - t0, 3)}
 
 

@@ -13,28 +13,30 @@ bootstrapped over the same test facts (``sftnb.stats``).
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from typing import Iterable, Sequence
 
 import torch
 
 from .facts import Fact
+from .batching import device_of
 from .generation import StopRule, decode, generate
 from .matching import answer_in_text
-from .models import encode_prompt, stop_token_ids, word_start_tokens
+from .models import copy_model, encode_prompt, stop_token_ids, word_start_tokens
 from .sft import prompt_ids
 
 
 @contextlib.contextmanager
 def inference_copy(model, dtype: torch.dtype | None):
     """The model itself, or a temporary copy in ``dtype`` (bf16 decoding is ~4x faster on a bf16-capable CPU
-    while training keeps fp32 weights)."""
+    while training keeps fp32 weights). The copy is made in ``dtype`` tensor by tensor (``models.copy_model``):
+    beside the model, the device holds one copy in ``dtype``, never a second full-precision one. (A caller that
+    needs the model no more casts it in place instead, as ``GridRuns._evaluate_run`` does.)"""
     current = next(model.parameters()).dtype
     if dtype is None or dtype == current:
         yield model
         return
-    twin = copy.deepcopy(model).to(dtype)
+    twin = copy_model(model, device_of(model), dtype).eval()
     try:
         yield twin
     finally:

@@ -30,7 +30,9 @@ What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_
 
 Batching: a batch of B prompts of longest length L costs ``B * n * (L + max_new_tokens)`` token slots (its KV cache
 at the end of decoding); batches are filled, in length order, up to ``batch_tokens`` (a single prompt always
-forms a batch even when it alone exceeds the budget). On a GPU use a large budget (e.g. 2**19 for a 135M model).
+forms a batch even when it alone exceeds the budget). ``batch_tokens="auto"`` (``run.batch_tokens: auto``, the
+default) sizes the budget from the device's free memory with ``sftnb.memory``'s formula for a batch's peak (the
+H200 logs: a 135M model ran 4x faster at 2**21 token slots than at 2**16); on a CPU it is ``CPU_BATCH_TOKENS``.
 
 Determinism: the uniform that picks token t of sample j of a prompt is a hash of (seed, the prompt's token ids,
 the prompt's occurrence number among identical prompts in the call, j, t). Samples therefore do not depend on
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import batches, cache_kwarg, check_prompts, device_of, left_pad, pad_id
+from .batching import batches, cache_kwarg, check_prompts, device_of, left_pad, pad_id, resolve_budget
 
 CHECK_EVERY = 4            # decode steps between "who finished?" checks on a GPU (each one is a host sync)
 MIN_SHARED = 4             # a batch whose prompts all start with at least this many equal tokens prefills them once
@@ -232,6 +234,23 @@ class StopRule:
     done: Callable[[int, list[int]], bool]
 
 
+def _stop_check(stop: StopRule, candidates: torch.Tensor, alive: torch.Tensor, tokens: torch.Tensor, step: int,
+                n: int, owners) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The live rows the stop rule ends at ``step``: (their live indices, their original rows), or None. ONE
+    device-to-host transfer per check: the candidate flags, each live row's original index and its tokens so far
+    travel as one int32 block (a row-by-row ``.tolist()`` is one synchronisation per candidate)."""
+    block = torch.cat([candidates[:, None].int(), alive[:, None].int(), tokens[alive, :step].int()], 1).cpu()
+    live, rows = [], []
+    for r in block[:, 0].nonzero().squeeze(-1).tolist():              # host memory from here on
+        row = int(block[r, 1])
+        if stop.done(owners[row // n], block[r, 2:].tolist()):
+            live.append(r)
+            rows.append(row)
+    if not live:
+        return None
+    return torch.tensor(live, dtype=torch.long), torch.tensor(rows, dtype=torch.long)
+
+
 @torch.inference_mode()
 def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, uniforms, stop=None, owners=None):
     from transformers import DynamicCache
@@ -284,11 +303,10 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
         if step == max_new_tokens - 1:
             break
         if stop is not None and step and step % check_every == check_every - 1:
-            for r in (boundary[nxt] & ~done).nonzero().squeeze(-1).tolist():   # host sync: CPU, or every few steps
-                row = int(alive[r])
-                if stop.done(owners[row // n], tokens[row, :step].tolist()):
-                    done[r] = True
-                    lengths[row] = step
+            hits = _stop_check(stop, boundary[nxt] & ~done, alive, tokens, step, n, owners)
+            if hits is not None:
+                done[hits[0].to(dev)] = True
+                lengths[hits[1].to(dev)] = step
         if (eos_t is not None or stop is not None) and step % check_every == check_every - 1:
             keep = (~done).nonzero().squeeze(-1)               # host sync, once every check_every steps
             if keep.numel() == 0:
@@ -306,11 +324,13 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
 
 def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature: float = 0.0,
              max_new_tokens: int = 32, eos_token_ids: Sequence[int] | int | None = (),
-             pad_token_id: int | None = None, seed: int = 0, batch_tokens: int = 16384, progress: bool = True,
+             pad_token_id: int | None = None, seed: int = 0, batch_tokens: int | str | None = "auto",
+             progress: bool = True,
              desc: str = "generate", stop: StopRule | None = None) -> list[list[list[int]]]:
     """For each prompt (token ids), ``n`` completions as token-id lists, cut before the first EOS (the EOS itself
     is dropped). ``temperature`` 0 is greedy decoding (then the ``n`` completions are identical; use n=1).
-    Batches hold about ``batch_tokens`` token slots (rows x (longest prompt + max_new_tokens)); see the module
+    Batches hold about ``batch_tokens`` token slots (rows x (longest prompt + max_new_tokens)); ``"auto"``: as many
+    as the free device memory holds (``batching.resolve_budget``; ``CPU_BATCH_TOKENS`` on a CPU). See the module
     docstring for batching and determinism."""
     if n < 1 or max_new_tokens < 1:
         raise ValueError("n and max_new_tokens must be at least 1")
@@ -322,6 +342,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     pad = pad_id(model, pad_token_id)
     lengths = [len(p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+    batch_tokens = resolve_budget(batch_tokens, model, lambda: slot_bytes(model, max(lengths), max_new_tokens, n,
+                                                                          temperature > 0))
     keys = _prompt_keys(prompts, seed) if temperature > 0 else None
     results: list[list[list[int]]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
@@ -335,6 +357,17 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
         bar.update(len(batch))
     bar.close()
     return results
+
+
+def slot_bytes(model, prompt: int, new: int, n: int, sampling: bool) -> float:
+    """Peak device bytes of a generate() batch per token slot of its budget (``sftnb.memory.generation_peak``:
+    KV cache, logits, sampler and forward), for prompts of ``prompt`` tokens."""
+    from .memory import generation_peak, model_shape
+
+    shape = model_shape(model.config.to_dict())
+    b = next(model.parameters()).element_size()
+    slots = 1 << 22
+    return generation_peak(shape, b, slots, prompt, new, n, sampling).total / slots
 
 
 def greedy(model, prompts: Sequence[Sequence[int]], **kw) -> list[list[int]]:
