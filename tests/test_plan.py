@@ -304,8 +304,23 @@ def test_paper_params_file_plans_like_the_constructed_8b(tmp_path):
     assert not plan_from_config(cfg, gpus=1, gpu_memory_gb=80).fits    # sharded over one GPU: nothing saved
     cfg.sft.strategy = "single"
     one = plan_from_config(cfg, gpus=1, gpu_memory_gb=80)
-    assert not one.fits and one.settings.precision == "bf16-mixed" and one.settings.batch_tokens == 65536
+    assert not one.fits and one.settings.precision == "bf16-mixed" and one.settings.batch_tokens is None   # auto
     assert one.stages["sft"].total == sft_memory(model_shape(LLAMA3_8B), PAPER).total
+
+
+def test_auto_batch_tokens_fill_the_device_and_fit():
+    """run.batch_tokens: auto: each inference stage's budget fills USABLE of the device beside what it holds,
+    as batching.resolve_budget sizes it from the free memory; a fixed budget is planned as set."""
+    shape = model_shape(LLAMA3_8B)
+    s = replace(PAPER, gpus=8, strategy="fsdp", batch_tokens=None)
+    p = plan(shape, s)
+    assert p.fits
+    for stage in ("probe", "eval", "restore"):
+        assert 0.97 * p.capacity <= p.stages[stage].total <= p.capacity, stage
+    assert plan(shape, replace(s, gpu_memory_gb=141)).stages["probe"].parts["KV cache"] > \
+        1.5 * p.stages["probe"].parts["KV cache"]
+    cpu = plan(shape, replace(s, on_cpu=True, gpu_memory_gb=1000))
+    assert cpu.stages["probe"].total == probe_memory(shape, replace(s, on_cpu=True, batch_tokens=16384)).total
 
 
 def test_cli_exit_status_fits_and_does_not_fit(tmp_path, capsys):
