@@ -253,7 +253,15 @@ def _cmd_plan(args) -> int:
 
     cfg = load_config(args.params)
     p = plan_from_config(cfg, args.gpus, args.gpu_memory, args.host_memory)
-    print(format_plan(p))
+    lines = format_plan(p).splitlines()
+    if not p.settings.on_cpu:          # the time estimate goes before the last line (fits / does not fit)
+        from .timeplan import estimate, format_time
+        try:
+            lines[-1:-1] = format_time(*estimate(cfg, p.shape.params, p.settings.gpus, p.shape.layers),
+                                     p.settings.gpus).splitlines()
+        except SftnbError as e:
+            lines.insert(-1, f"time: not estimated ({e})")
+    print("\n".join(lines))
     return 0 if p.fits else 1
 
 

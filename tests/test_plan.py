@@ -359,3 +359,35 @@ def test_cli_bad_input_is_status_2(case, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("sftnb: error: ") and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------ time plan
+def test_time_plan_counts_the_work_and_prints_its_assumptions(tmp_path, capsys):
+    """Issue 23: ``sftnb plan`` on GPUs also estimates each stage's wall time from resources/throughput.json (only
+    measured rows, each naming its log), printing every assumption, and still ends with fits / does not fit."""
+    from sftnb import timeplan
+
+    rows = timeplan.throughput_table()
+    assert {r["stage"] for r in rows} >= {"probe", "sft", "eval"}
+    assert all((ROOT / r["source"]).is_file() and str(r["rate"]) in (ROOT / r["source"]).read_text() for r in rows)
+    params = _params(tmp_path, str(_llama3_folder(tmp_path)), run={"device": "cuda"},
+                     data={"source": "builtin", "max_train_per_relation": 20, "max_test_per_relation": 10,
+                           "max_testood_per_relation": 10},
+                     probe={"n_templates": 2, "n_samples": 10}, sft={"strategy": "fsdp"},
+                     grid={"scales": [8, 16], "seeds": [0]})
+    cfg = load_config(params)
+    one, _ = timeplan.estimate(cfg, 8_030_261_248, 1)
+    eight, assumptions = timeplan.estimate(cfg, 8_030_261_248, 8)
+    for a, b in zip(one, eight):
+        assert a.work == b.work and a.seconds == pytest.approx(8 * b.seconds)      # shared over the GPUs
+    counts = timeplan._counts(cfg)
+    assert one[0].work == counts["prompts"] * 10                                    # sampling: N_map x N_sample
+    assert one[1].work == 5 * (8 + 16) + (8 + 16) * 2                              # divided, mixed, lora samples
+    row = timeplan._row("probe")
+    assert one[0].seconds == pytest.approx(one[0].work / (row["rate"] * row["params"] / 8_030_261_248))
+    assert main(["plan", str(params), "--gpus", "8", "--gpu-memory", "80"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "fits"
+    assert any(line.startswith("time on 8 GPU(s)") for line in out)
+    assert sum(line.startswith("  assumption: ") for line in out) == len(assumptions) >= 5
+    assert any("call2_probe_2097152.log" in line for line in out)
