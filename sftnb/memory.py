@@ -264,6 +264,15 @@ def sft_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
     return Estimate({"weights": p * b, f"{s.optimizer} states": opt, **last})
 
 
+def fsdp_gather_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
+    """Rank 0 after the last FSDP step: its weight and optimizer shards (gradients, activations and gathered units
+    are freed) and the full trained weights gathered onto its host (``fsdp.full_state_dict``, cpu_offload). On a
+    GPU these live on the host; on a CPU, where the device is the host, rank 0 peaks at max(sft, this) + template."""
+    p, b = shape.params, s.weight_bytes
+    return Estimate({"weight+optimizer shards": (p * b + int(p * optimizer_bytes_per_param(s))) // s.gpus,
+                     "gathered state": p * b})
+
+
 def lora_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
     """LoRA: frozen weights (+ autocast copies), activations with the adapters' extra inputs, adapter states."""
     proj = shape.projections()
