@@ -217,6 +217,29 @@ def _expand_cache(cache, n: int, capacity: int) -> None:
             layer.batch_repeat_interleave(n)
 
 
+def _static_cache(model, cache, n: int, capacity: int):
+    """After prefill: a transformers ``StaticCache`` of ``capacity`` positions holding the prefill's keys/values
+    repeated n times (prompt -> its samples), and the decode-step function: on CUDA the model's forward through
+    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: one replay per step instead of an eager forward's many
+    kernel launches; every step has the same shapes), elsewhere the plain forward. Rows never leave a static batch:
+    finished ones are masked by their recorded length, and the batch ends when all are done."""
+    from transformers import StaticCache
+
+    static = StaticCache(config=model.config, max_cache_len=capacity)
+    for dyn, layer in zip(cache.layers, static.layers):
+        keys, values = dyn.keys.repeat_interleave(n, 0), dyn.values.repeat_interleave(n, 0)
+        layer.lazy_initialization(keys, values)
+        layer.update(keys, values)
+    step = model
+    if device_of(model).type == "cuda":
+        compiled = getattr(model, "_sftnb_compiled_step", None)
+        if compiled is None:
+            compiled = torch.compile(model.forward, mode="reduce-overhead", dynamic=False)
+            model._sftnb_compiled_step = compiled
+        step = compiled
+    return static, step
+
+
 def _select_cache(cache, keep: torch.Tensor) -> None:
     for layer in cache.layers:
         if hasattr(layer, "batch_select_indices"):
@@ -252,7 +275,8 @@ def _stop_check(stop: StopRule, candidates: torch.Tensor, alive: torch.Tensor, t
 
 
 @torch.inference_mode()
-def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, uniforms, stop=None, owners=None):
+def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, uniforms, stop=None, owners=None,
+                    static=False):
     from transformers import DynamicCache
 
     dev = device_of(model)
@@ -276,7 +300,12 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
                 **{ckw: cache})
     logits = out.logits[:, -1]
     width = mask.shape[1]
-    _expand_cache(cache, n, width + max_new_tokens)
+    step_fn = model
+    static = static and _plain_layers(cache)          # sliding-window layers keep the dynamic path
+    if static:
+        cache, step_fn = _static_cache(model, cache, n, width + max_new_tokens)
+    else:
+        _expand_cache(cache, n, width + max_new_tokens)
     if n > 1:
         logits = logits.repeat_interleave(n, 0)
         mask = mask.repeat_interleave(n, 0)
@@ -311,13 +340,14 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
             keep = (~done).nonzero().squeeze(-1)               # host sync, once every check_every steps
             if keep.numel() == 0:
                 break
-            if keep.numel() < done.numel():                    # compact: finished rows leave batch and cache
+            if keep.numel() < done.numel() and not static:     # compact: finished rows leave batch and cache
                 _select_cache(cache, keep)
                 alive, nxt, mask, last_pos, done = alive[keep], nxt[keep], mask[keep], last_pos[keep], done[keep]
         last_pos = last_pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask[:, :width + step + 1],
-                    position_ids=last_pos[:, None], use_cache=True, **{ckw: cache})
-        logits = out.logits[:, -1]
+        # static: the whole mask every step (one shape for the CUDA graph; the cache masks unwritten positions)
+        out = step_fn(input_ids=nxt[:, None], attention_mask=mask if static else mask[:, :width + step + 1],
+                      position_ids=last_pos[:, None], use_cache=True, **{ckw: cache})
+        logits = out.logits[:, -1].clone() if static else out.logits[:, -1]   # graph outputs are overwritten
     tokens, lengths = tokens.cpu(), lengths.cpu().tolist()
     return [tokens[r, :lengths[r]].tolist() for r in range(rows)]
 
@@ -326,12 +356,13 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
              max_new_tokens: int = 32, eos_token_ids: Sequence[int] | int | None = (),
              pad_token_id: int | None = None, seed: int = 0, batch_tokens: int | str | None = "auto",
              progress: bool = True,
-             desc: str = "generate", stop: StopRule | None = None) -> list[list[list[int]]]:
+             desc: str = "generate", stop: StopRule | None = None, static: bool = False) -> list[list[list[int]]]:
     """For each prompt (token ids), ``n`` completions as token-id lists, cut before the first EOS (the EOS itself
     is dropped). ``temperature`` 0 is greedy decoding (then the ``n`` completions are identical; use n=1).
     Batches hold about ``batch_tokens`` token slots (rows x (longest prompt + max_new_tokens)); ``"auto"``: as many
     as the free device memory holds (``batching.resolve_budget``; ``CPU_BATCH_TOKENS`` on a CPU). See the module
-    docstring for batching and determinism."""
+    docstring for batching and determinism. ``static``: decode with a static KV cache, and on CUDA through CUDA
+    graphs (``_static_cache``); the same tokens as the dynamic path (tested on the CPU)."""
     if n < 1 or max_new_tokens < 1:
         raise ValueError("n and max_new_tokens must be at least 1")
     prompts = [list(map(int, p)) for p in prompts]
@@ -351,7 +382,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     for batch in batches(order, cost, batch_tokens):
         uniforms = _uniforms(keys[batch], n, max_new_tokens) if keys is not None else None
         outs = _generate_batch(model, [prompts[i] for i in batch], n, temperature, max_new_tokens, eos, pad,
-                               uniforms, stop, batch)
+                               uniforms, stop, batch, static)
         for j, i in enumerate(batch):
             results[i] = outs[j * n:(j + 1) * n]
         bar.update(len(batch))

@@ -335,3 +335,20 @@ def test_stop_rule_check_is_one_transfer_and_asks_what_a_row_by_row_check_asks()
     asked.clear()
     assert G._stop_check(rule, torch.zeros(6, dtype=torch.bool), alive, full_tokens, 5, 2, owners) is None
     assert asked == []
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_static_cache_path_gives_the_dynamic_paths_tokens(tiny, prompts, temperature):
+    """Issue 23: the static-KV-cache decode (on CUDA also CUDA graphs; here its uncompiled form) gives the tokens
+    of the dynamic path for a seed, with EOS and the stop rule ending rows (rows stay in a static batch)."""
+    model, tok = tiny
+    kw = dict(n=3 if temperature else 1, temperature=temperature, max_new_tokens=9, seed=5, progress=False,
+              batch_tokens=1 << 20)
+    base = generate(model, prompts, **kw)
+    assert generate(model, prompts, static=True, **kw) == base
+    # an EOS that fires, and a stop rule that ends every row at its first word boundary after 2 tokens
+    eos = sorted({c[0][2] for c in base if len(c[0]) > 2})[:2]
+    rule = G.StopRule(torch.ones(model.config.vocab_size, dtype=torch.bool), lambda p, toks: len(toks) >= 2)
+    for extra in ({"eos_token_ids": eos}, {"stop": rule}):
+        dyn = generate(model, prompts, **kw, **extra)
+        assert dyn != base and generate(model, prompts, static=True, **kw, **extra) == dyn
