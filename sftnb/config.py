@@ -152,6 +152,9 @@ class SFTConfig(_Section):
     # fully sharded over the ranks (weights, gradients and optimizer states / number of ranks; sft.batch_size stays
     # the global batch, split over the ranks)
     strategy: Literal["single", "fsdp"] = "single"
+    # fsdp: ranks per sharded run. auto: the smallest group (a divisor of the world size) on which `sftnb plan` says
+    # the SFT stage fits; the run's ranks form world / fsdp_ranks groups that train different runs at once
+    fsdp_ranks: Union[Literal["auto"], int] = "auto"
     # adamw: torch AdamW, two states in the weights' dtype (8 B per parameter over fp32 weights); adamw_8bit /
     # paged_adamw_8bit: bitsandbytes (CUDA), two 8-bit states (~2 B per parameter); paged: the states live in CUDA
     # unified memory and move to host RAM when the device runs short

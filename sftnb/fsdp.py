@@ -82,11 +82,13 @@ def shard(model: torch.nn.Module, mesh=None, mp_policy=None) -> torch.nn.Module:
 
 
 def sharded_from_rank0(config, state: dict[str, torch.Tensor] | None, mesh=None, mp_policy=None,
-                       dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+                       dtype: torch.dtype = torch.float32, broadcast: bool = True) -> torch.nn.Module:
     """A model built on the meta device (no memory) from ``config``, sharded (``shard``), then given the weights
     ``state`` that rank 0 holds (its CPU template's; the other ranks pass None): ``set_model_state_dict`` with
     ``broadcast_from_rank0`` sends each rank only its shards. So the full weights are read and held once, on rank
-    0's host, and no rank ever copies the whole model."""
+    0's host, and no rank ever copies the whole model. With ``broadcast=False`` every rank passes a full ``state``
+    (its own template) and takes its shards from it: a mesh of some of the ranks, without rank 0, cannot receive
+    a broadcast from rank 0."""
     from accelerate import init_empty_weights
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoModelForCausalLM
@@ -100,15 +102,25 @@ def sharded_from_rank0(config, state: dict[str, torch.Tensor] | None, mesh=None,
         for n, b in model.named_buffers():
             b.copy_(buffers[n])
     set_model_state_dict(model, state or {}, options=StateDictOptions(full_state_dict=True,
-                                                                      broadcast_from_rank0=True))
+                                                                      broadcast_from_rank0=broadcast))
     return model
 
 
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The full (unsharded) weights on rank 0's CPU; ``{}`` on the other ranks. Every rank must call it."""
+def full_state_dict(model: torch.nn.Module, mesh=None) -> dict[str, torch.Tensor]:
+    """The full (unsharded) weights on the CPU of the mesh's first rank (rank 0 without a mesh); ``{}`` on the
+    other ranks. Every rank of the mesh must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if mesh is None:
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    first = _dist().get_rank(mesh.get_group()) == 0
+    out = {}
+    for name, t in model.state_dict().items():          # one tensor gathered at a time (a group collective)
+        full = t.full_tensor() if hasattr(t, "full_tensor") else t
+        if first:
+            out[name] = full.detach().cpu().clone()
+        del full
+    return out
 
 
 def train_fsdp(model, tokenizer, pairs: list[tuple[str, str]], cfg, seed: int = 0,
@@ -160,4 +172,4 @@ def train_fsdp(model, tokenizer, pairs: list[tuple[str, str]], cfg, seed: int = 
         losses.append(round(total.item() / n_global, 5))
     model.eval()
     report = TrainReport(len(batches), len(order), time.perf_counter() - t0, losses)
-    return report, full_state_dict(model)
+    return report, full_state_dict(model, mesh)

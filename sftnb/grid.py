@@ -73,7 +73,7 @@ class GridRuns:
         if facts is None:
             return None
         # what ran, not what was asked; settings that change no result (how memory is spent) stay out of the key
-        sft = self.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy"})
+        sft = self.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy", "fsdp_ranks"})
         sft["precision"] = resolve_precision(sft["precision"], self.device)
         if key.kind != "lora":
             sft.pop("lora")
@@ -150,14 +150,34 @@ class GridRuns:
         """The grid's units as ``sftnb run``'s ranks share them (``Experiment.work``): a run each, claimed by
         whichever rank is free. With ``sft.strategy: fsdp`` the sharded runs form a ``Collective`` stage (every
         rank trains each together) and the LoRA runs, which train on one device, a shared stage after it."""
-        from .distributed import Collective
+        from .distributed import Grouped
 
         mc = mc or self.cfg.main_model
         keys = [k for k in self.run_keys(mc) if self.training_facts(k, mc) is not None]
         unit = lambda k: (lambda: self.run_unit(k, mc))           # noqa: E731
         if self.cfg.sft.strategy != "fsdp":
             return [unit(k) for k in keys]
-        return [Collective(unit(k) for k in keys if k.kind != "lora"), [unit(k) for k in keys if k.kind == "lora"]]
+        sharded = Grouped([unit(k) for k in keys if k.kind != "lora"], self.fsdp_ranks())
+        return [sharded, [unit(k) for k in keys if k.kind == "lora"]]
+
+    def fsdp_ranks(self) -> int:
+        """Ranks per sharded run: ``sft.fsdp_ranks``, or (auto) the smallest divisor of the world size on whose
+        GPUs the plan's SFT stage fits (all of them on a CPU, where nothing limits a group)."""
+        from .launch import world
+
+        size = world()[1]
+        if self.cfg.sft.fsdp_ranks != "auto":
+            if size % self.cfg.sft.fsdp_ranks:
+                raise SftnbError(f"sft.fsdp_ranks {self.cfg.sft.fsdp_ranks} does not divide the {size} ranks")
+            return self.cfg.sft.fsdp_ranks
+        if self.device.type != "cuda":
+            return size
+        from .plan import plan_from_config
+        for g in [d for d in range(1, size + 1) if size % d == 0]:
+            p = plan_from_config(self.cfg, gpus=g)
+            if p.stages["sft"].total <= p.capacity:
+                return g
+        return size
 
     def run_unit(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
         """Fine-tune, evaluate in and out of domain (and on its training set), first-token KL: one store unit.
@@ -179,14 +199,18 @@ class GridRuns:
 
         from .fsdp import device, mixed_precision, sharded_from_rank0, train_fsdp
 
-        # no copy of the model on any rank: built empty, sharded, and given rank 0's pre-trained weights shard by
-        # shard (broadcast from rank 0)
-        template = self._template(mc)
-        model = sharded_from_rank0(template.config, template.state_dict() if tmp is not None else None,
+        from . import distributed
+
+        # no copy of the model on any rank: built empty and sharded over the run's group (distributed.group_mesh;
+        # all ranks when None), each rank taking its shards from the pre-trained template -- rank 0's, broadcast,
+        # when the run spans every rank; each rank's own (every rank keeps one) in a group of some of them
+        template, mesh = self._template(mc), distributed.group_mesh()
+        state = template.state_dict() if tmp is not None or mesh is not None else None
+        model = sharded_from_rank0(template.config, state, mesh=mesh, broadcast=mesh is None,
                                    mp_policy=mixed_precision(self.cfg.sft.precision, device()))
         pairs = [(f.question, f.answers[0]) for f in self.training_facts(key, mc)]
         report, state = train_fsdp(model, self.tokenizer(mc), pairs, self.cfg.sft, key.seed, progress=self.progress,
-                                   desc=key.label)
+                                   desc=key.label, mesh=mesh)
         del model
         if tmp is None:                     # ranks > 0: their part was the training
             return {}

@@ -476,7 +476,8 @@ def fn(tmp):                                              # every rank trains; r
     torch.save(state, tmp / "state.pt")
     return {"losses": report.losses, "steps": report.steps, "rank": rank}
 for _ in range(2):                                        # the second time every rank reuses it
-    result = distributed.compute_collective(unit, fn)
+    with distributed.lockstep():                          # every rank calls it together (a Collective stage)
+        result = distributed.compute_collective(unit, fn)
     write_report(rank, {"rank": rank, "result": result, "computed": len(store.computed)})
 distributed.shutdown()
 """
@@ -698,8 +699,9 @@ from sftnb import distributed
 from sftnb.config import load_config
 from sftnb.experiment import Experiment
 root = Path(sys.argv[1])
+extra = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
 rank, size, _ = distributed.init()
-cfg = load_config(root / "params" / "smoke.yaml", {"probe": {"chunk_facts": 8}, "run": {"progress": False}})
+cfg = load_config(root / "params" / "smoke.yaml", {"probe": {"chunk_facts": 8}, "run": {"progress": False}, **extra})
 exp = Experiment(cfg, root)
 for mc in cfg.models:
     distributed.compute_all(exp.work(mc))
@@ -738,3 +740,45 @@ def test_four_ranks_share_the_smoke_run_unit_by_unit_and_equal_one_process(tmp_p
     assert len(evaluating) >= 3, by_kind
     a, b = (snapshot(p / "runs" / "smoke") for p in roots)
     assert sorted(a) == sorted(b) and a == b
+
+
+@pytest.mark.slow
+def test_fsdp_runs_train_in_groups_of_ranks_at_once(tmp_path):
+    """Issue 23: with ``sft.strategy: fsdp`` and ``sft.fsdp_ranks: 2`` under 4 ranks, the sharded runs train on
+    two groups of 2 ranks (a DeviceMesh each) at the same time, each run computed once by one group, whose leader
+    (rank 0 or 2) publishes it; the LoRA runs and everything else are shared by rank. The results equal a
+    one-process run's: the same accuracies, losses within float32 rounding."""
+    import shutil
+
+    roots = []
+    for name in ("one", "groups"):
+        project = tmp_path / name
+        shutil.copytree(ROOT / "params", project / "params")
+        roots.append(project)
+    script = _script(tmp_path, "work.py", WORK)
+    single = subprocess.run([sys.executable, str(script), roots[0]], env=_env(tmp_path), capture_output=True,
+                            text=True, timeout=900)
+    assert single.returncode == 0, single.stderr[-3000:]
+    _torchrun(tmp_path, script, roots[1], json.dumps({"sft": {"strategy": "fsdp", "fsdp_ranks": 2}}), nproc=4,
+              timeout=900)
+    log = [json.loads(x) for x in (roots[1] / "runs" / "smoke" / "units.log.jsonl").read_text().splitlines()]
+    sharded = [e for e in log if e["event"] == "computed" and e["kind"] == "sft" and not e["unit"].startswith("lora")]
+    assert {e["rank"] for e in sharded} == {0, 2}, sharded                    # both group leaders published runs
+    assert len({e["unit"] for e in sharded}) == len(sharded)
+    # the two groups trained at the same time: some run of one group started before the other's first ended
+    spans = {}
+    for e in sharded:
+        res = json.loads((roots[1] / "runs" / "smoke" / "sft" / e["unit"] / "result.json").read_text())
+        spans.setdefault(e["rank"], []).append((e["t"] - res["_seconds"], e["t"]))
+    (a0, a1), (b0, b1) = min(spans[0]), min(spans[2])
+    assert a0 < b1 and b0 < a1, spans
+    one, groups = (Store(p / "runs" / "smoke").units("sft") for p in roots)
+    by_label = lambda units: {u["path"].name: u["result"] for u in units}    # noqa: E731
+    one, groups = by_label(one), by_label(groups)
+    assert sorted(one) == sorted(groups)
+    for label, res in one.items():
+        other = groups[label]
+        acc = lambda r: json.dumps({k: v for k, v in r["metrics"].items() if k.startswith("acc")})   # noqa: E731
+        assert acc(res) == acc(other), label                                      # (NaN where n/a, in both)
+        if res["train"]:
+            assert max(abs(x - y) for x, y in zip(res["train"]["losses"], other["train"]["losses"])) < 1e-4, label
