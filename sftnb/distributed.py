@@ -36,7 +36,8 @@ stages before it are finished (which SFT runs exist depends on the probe's categ
 groups of consecutive ranks (``groups``: torch.distributed.new_group, a DeviceMesh per group for FSDP2) and the
 groups share the runs as ranks share a plain stage -- several runs train at once, one per group. Inside a group
 the leader (its first rank) claims and tells the others (``_compute_in_group``), so the group moves in lockstep.
-LoRA runs, which train on one device, are a plain stage after it.
+LoRA runs, which train on one device, come with it (``Grouped.then``): a rank whose group has no run left
+takes them, before the stage's barrier.
 
 *Collective units.* A group of every rank is a ``Collective`` stage: every rank calls each of its units, in the same order. Each callable computes
 its unit through ``compute_collective(unit, fn)``: rank 0 checks the store and claims the unit (waiting if
@@ -79,9 +80,9 @@ class Grouped(list):
     world / size groups (``groups``) that share the units as ranks share a plain stage, several training at once
     (the FSDP SFT runs, sharded over the smallest group on which they fit)."""
 
-    def __init__(self, units, size: int):
+    def __init__(self, units, size: int, then: Sequence[Callable[[], object]] = ()):
         super().__init__(units)
-        self.size = size
+        self.size, self.then = size, list(then)       # then: plain units a rank takes once its group is done
 
 
 class Deferred:
@@ -233,7 +234,7 @@ def share_order(n: int, rank: int, size: int) -> list[int]:
 
 
 def _stages(work) -> list[Sequence[Callable[[], object]]]:
-    if isinstance(work, Collective):
+    if isinstance(work, (Collective, Grouped)):
         return [work]
     work = list(work)
     if work and all(callable(u) and not isinstance(u, Deferred) for u in work):
@@ -265,6 +266,9 @@ def compute_all(work, rank: int | None = None, world: int | None = None) -> dict
                 else:                                   # Collective, or one group of every rank
                     for unit in stage:
                         unit()
+            if isinstance(stage, Grouped) and stage.then:   # no barrier before: a group done early takes these
+                units += len(stage.then)
+                skips += _share(stage.then, rank, size)
         else:
             skips += _share(stage, rank, size)
         barrier()

@@ -148,8 +148,9 @@ class GridRuns:
 
     def run_units(self, mc: ModelConfig | None = None) -> list:
         """The grid's units as ``sftnb run``'s ranks share them (``Experiment.work``): a run each, claimed by
-        whichever rank is free. With ``sft.strategy: fsdp`` the sharded runs form a ``Collective`` stage (every
-        rank trains each together) and the LoRA runs, which train on one device, a shared stage after it."""
+        whichever rank is free. With ``sft.strategy: fsdp`` the sharded runs form a ``Grouped`` stage (groups of
+        ``fsdp_ranks`` ranks train different runs at once) and the LoRA runs, which train on one device, follow in
+        the same stage, taken by ranks whose group is done."""
         from .distributed import Grouped
 
         mc = mc or self.cfg.main_model
@@ -157,8 +158,9 @@ class GridRuns:
         unit = lambda k: (lambda: self.run_unit(k, mc))           # noqa: E731
         if self.cfg.sft.strategy != "fsdp":
             return [unit(k) for k in keys]
-        sharded = Grouped([unit(k) for k in keys if k.kind != "lora"], self.fsdp_ranks())
-        return [sharded, [unit(k) for k in keys if k.kind == "lora"]]
+        # LoRA runs train on one device: ranks whose group has no sharded run left take them (Grouped.then)
+        return Grouped([unit(k) for k in keys if k.kind != "lora"], self.fsdp_ranks(),
+                       then=[unit(k) for k in keys if k.kind == "lora"])
 
     def fsdp_ranks(self) -> int:
         """Ranks per sharded run: ``sft.fsdp_ranks``, or (auto) the smallest divisor of the world size on whose
