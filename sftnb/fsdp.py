@@ -15,16 +15,22 @@ The reported per-step loss is the all-reduced sum over ranks divided by that cou
 a single process's. A rank whose share of a (last, small) batch is empty still takes part in the collectives with
 a zero-weighted forward/backward of the batch's first example.
 
-After training, ``full_state_dict`` gathers the full weights on rank 0 (``get_model_state_dict`` with
-``full_state_dict=True, cpu_offload=True``; the other ranks get ``{}``) for saving and evaluation in a plain
-(unsharded) model.
+Precision comes from FSDP2's ``MixedPrecisionPolicy`` (``mixed_precision``): bf16 compute and all-gathers with
+fp32 gradient reduction into fp32 shards for ``bf16-mixed`` (a GPU's ``auto``), plain fp32 otherwise -- no
+autocast, which kept a bf16 copy of every gathered weight until the backward pass.
 
-Pass the model on the CPU (e.g. a copy of the experiment's CPU template): ``fully_shard`` moves each layer to
-the rank's GPU and shards it there, so a GPU never holds more than its shards plus one gathered layer.
+The model is built empty on the meta device, sharded, and given its weights shard by shard
+(``sharded_from_rank0``: ``set_model_state_dict(..., full_state_dict=True, broadcast_from_rank0=True)`` from rank
+0's pre-trained template, or each rank's own template in a group without rank 0): no rank copies the whole model
+for a run, and a GPU never holds more than its shards plus the gathered layers.
 
-Such an SFT unit spans every rank: see ``sftnb.distributed.compute_collective`` (rank 0 claims, computes the
-rest of the unit and publishes; the others train with it and receive the result). Validation: a run with
-``sft.strategy: fsdp`` started as one process is refused when it starts (``distributed.check_strategy``).
+After training, ``full_state_dict`` gathers the full weights on the CPU of the mesh's first rank (the other ranks
+get ``{}``) for saving and evaluation in a plain (unsharded) model.
+
+Such an SFT unit spans a group of ranks (``mesh``; all of them by default): see
+``sftnb.distributed.compute_collective`` (the group's first rank claims, computes the rest of the unit and
+publishes; the others train with it and receive the result). Validation: a run with ``sft.strategy: fsdp``
+started as one process is refused when it starts (``distributed.check_strategy``).
 """
 from __future__ import annotations
 

@@ -183,8 +183,8 @@ class GridRuns:
 
     def run_unit(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
         """Fine-tune, evaluate in and out of domain (and on its training set), first-token KL: one store unit.
-        With ``sft.strategy: fsdp`` under torchrun, every rank trains the run together (``sftnb.fsdp``) and rank 0
-        evaluates and publishes it (``distributed.compute_collective``)."""
+        With ``sft.strategy: fsdp`` under torchrun, the ranks of one group (``run_units``) train the run together
+        (``sftnb.fsdp``) and the group's first rank evaluates and publishes it (``distributed.compute_collective``)."""
         mc = mc or self.cfg.main_model
         spec = self.unit_spec(key, mc)
         if spec is None:
@@ -199,9 +199,8 @@ class GridRuns:
     def _compute_fsdp(self, tmp, key: RunKey, mc: ModelConfig, ref: dict) -> dict:
         from transformers import AutoModelForCausalLM
 
-        from .fsdp import device, mixed_precision, sharded_from_rank0, train_fsdp
-
         from . import distributed
+        from .fsdp import device, mixed_precision, sharded_from_rank0, train_fsdp
 
         # no copy of the model on any rank: built empty and sharded over the run's group (distributed.group_mesh;
         # all ranks when None), each rank taking its shards from the pre-trained template -- rank 0's, broadcast,
