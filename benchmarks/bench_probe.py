@@ -24,8 +24,9 @@ import time
 import torch
 
 
-def probe_prompts(tokenizer, count: int) -> list[list[int]]:
-    """``count`` probe prompts (BOS + mapping-template text), cycling over relations, templates and subjects."""
+def probe_prompts(tokenizer, count: int, with_answers: bool = False):
+    """``count`` probe prompts (BOS + mapping-template text), cycling over relations, templates and subjects
+    (and, ``with_answers``, each prompt's answers)."""
     from sftnb.builtin_facts import load_builtin
     from sftnb.relations import builtin_relations
 
@@ -39,13 +40,14 @@ def probe_prompts(tokenizer, count: int) -> list[list[int]]:
         rel = rels[rid]
         streams.append(((f, t) for f in fl for t in range(len(rel.mapping_templates))))
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    out = []
+    out, answers = [], []
     for pair in itertools.chain.from_iterable(zip(*streams)):     # round robin over relations
         f, t = pair
         out.append(bos + tokenizer.encode(rels[f.relation].mapping(t, f.subject), add_special_tokens=False))
+        answers.append(f.answers)
         if len(out) == count:
             break
-    return out
+    return (out, answers) if with_answers else out
 
 
 def _sync(device):
@@ -74,11 +76,11 @@ def run_naive(model, tok, prompts, n, temperature, max_new, batch, eos, seed):
     return outs
 
 
-def run_ours(model, prompts, n, temperature, max_new, batch_tokens, eos, seed):
+def run_ours(model, prompts, n, temperature, max_new, batch_tokens, eos, seed, stop=None, static=False):
     from sftnb.generation import generate
 
     out = generate(model, prompts, n=n, temperature=temperature, max_new_tokens=max_new, eos_token_ids=eos,
-                   seed=seed, batch_tokens=batch_tokens, progress=False)
+                   seed=seed, batch_tokens=batch_tokens, progress=False, stop=stop, static=static)
     _sync(next(model.parameters()).device)
     return out
 
@@ -93,8 +95,14 @@ def main(argv=None):
     ap.add_argument("--dtype", default="fastest",
                     help="fastest (bf16 on a GPU or a CPU with native bf16, else fp32), auto, float32, bfloat16, float16")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch-tokens", type=int, default=None,
-                    help="engine token budget per batch (default 16384 on CPU, 2**20 on CUDA)")
+    ap.add_argument("--batch-tokens", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="engine token budget per batch; auto (default): what the free GPU memory holds "
+                         "(sftnb.batching.resolve_budget), 16384 on a CPU")
+    ap.add_argument("--stop-rule", action="store_true",
+                    help="the engine ends a sample once it contains its answer, as the mastery probe does "
+                         "(model.generate runs every sample to EOS or max_new_tokens)")
+    ap.add_argument("--static", action="store_true",
+                    help="the engine's static KV cache + CUDA graphs path (sftnb.generation, CUDA only)")
     ap.add_argument("--naive-batch", type=int, default=None,
                     help="prompts per model.generate call (default: all prompts on CPU, 1024 on CUDA)")
     ap.add_argument("--skip-naive", action="store_true")
@@ -113,24 +121,35 @@ def main(argv=None):
     dev = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     cuda = dev.type == "cuda"
-    # on an H200, 65,536 token slots beat 524,288 and 2,097,152 (1.24x vs 0.89x vs 0.31x of model.generate)
-    batch_tokens = args.batch_tokens or ((1 << 16) if cuda else 16384)
+    # on an H200, 2,097,152 token slots beat 524,288 and 65,536 (1.24x vs 0.89x vs 0.31x of model.generate:
+    # benchmarks/results/h200-2026-11-26/call2_probe_*.log); "auto" takes what the free memory holds
+    from sftnb.batching import resolve_budget
+    from sftnb.generation import StopRule, slot_bytes
+    from sftnb.matching import answer_in_text
+    from sftnb.models import word_start_tokens
+
+    batch_tokens = resolve_budget(args.batch_tokens, model, lambda: slot_bytes(model, 24, args.max_new_tokens,
+                                                                               args.samples, True))
     naive_batch = args.naive_batch or (1024 if cuda else args.prompts)
     eos = tok.eos_token_id
-    prompts = probe_prompts(tok, args.prompts)
+    prompts, answers = probe_prompts(tok, args.prompts, with_answers=True)
+    stop = StopRule(word_start_tokens(tok), lambda p, toks: answer_in_text(
+        answers[p], tok.decode(toks, skip_special_tokens=True))) if args.stop_rule else None
     gens = len(prompts) * args.samples
     lens = [len(p) for p in prompts]
     print(f"model {args.model} on {dev} ({torch.cuda.get_device_name(dev) if cuda else 'cpu'}), {dtype}, "
           f"torch threads {torch.get_num_threads()}, loaded in {time.perf_counter() - t0:.1f} s")
     print(f"{len(prompts)} prompts (length {min(lens)}-{max(lens)} tokens, e.g. {tok.decode(prompts[0])!r}) x "
           f"{args.samples} samples, T={args.temperature}, max {args.max_new_tokens} new tokens; "
-          f"engine batch_tokens={batch_tokens}, naive {naive_batch} prompts/call")
+          f"engine batch_tokens={batch_tokens}{' (auto)' if args.batch_tokens == 'auto' else ''}, stop rule "
+          f"{'on' if stop else 'off'}{', static cache + CUDA graphs' if args.static else ''}, "
+          f"naive {naive_batch} prompts/call")
 
     warm = prompts[:min(len(prompts), 4)]
     kw = dict(n=args.samples, temperature=args.temperature, max_new=args.max_new_tokens, eos=eos, seed=args.seed)
     if not args.skip_naive:
         run_naive(model, tok, warm, batch=naive_batch, **kw)
-    run_ours(model, warm, batch_tokens=batch_tokens, **kw)
+    run_ours(model, warm, batch_tokens=batch_tokens, stop=stop, static=args.static, **kw)
 
     rates = {}
     if not args.skip_naive:
@@ -142,7 +161,7 @@ def main(argv=None):
         print(f"naive model.generate : {dt:8.2f} s  {rates['naive']:10.1f} generations/s  "
               f"(~{new_tok / gens:.1f} new tokens/generation)")
     t = time.perf_counter()
-    ours = run_ours(model, prompts, batch_tokens=batch_tokens, **kw)
+    ours = run_ours(model, prompts, batch_tokens=batch_tokens, stop=stop, static=args.static, **kw)
     dt = time.perf_counter() - t
     rates["ours"] = gens / dt
     mean_len = sum(len(c) for per in ours for c in per) / gens

@@ -56,7 +56,12 @@ def main():
     ap.add_argument("--eval-dtype", default="fastest", choices=["auto", "fastest", "float32", "bfloat16", "float16"],
                     help="inference weights for every evaluation path")
     ap.add_argument("--naive-batch", type=int, default=None, help="questions per generate call (default: all)")
-    ap.add_argument("--batch-tokens", type=int, default=None, help="engine token budget (default 16384; 2**20 on CUDA)")
+    ap.add_argument("--batch-tokens", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="engine token budget; auto (default): what the free GPU memory holds, 16384 on a CPU")
+    ap.add_argument("--stop-rule", action="store_true",
+                    help="the engine stops an answer once it contains the expected one (as evaluate_sets does)")
+    ap.add_argument("--static", action="store_true", help="the engine's static KV cache + CUDA graphs path (CUDA)")
+    ap.add_argument("--skip-sft", action="store_true", help="evaluation only")
     ap.add_argument("--skip-one-by-one", action="store_true", help="skip the 1-question-per-call reference path")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a = ap.parse_args()
@@ -64,7 +69,6 @@ def main():
         torch.set_num_threads(a.threads)
     model, tok = load_model(a.model, device=a.device, dtype="float32")
     dev = next(model.parameters()).device
-    a.batch_tokens = a.batch_tokens or ((1 << 20) if dev.type == "cuda" else 16384)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     facts = [f for f in load_source("builtin").facts if f.domain == "in"]
     pairs = [(f.question, f.answers[0]) for f in facts[: a.samples]]
@@ -76,8 +80,9 @@ def main():
 
     timings = {}
     # each path gets a fresh copy of the model; only the training loop is timed (Trainer() construction is not)
-    for name, make in (("naive Trainer", lambda m: naive_trainer(m, tok, pairs, 8, precision).train),
-                       ("sftnb.train", lambda m: lambda: train(m, tok, pairs, cfg, progress=False))):
+    for name, make in (() if a.skip_sft else (
+            ("naive Trainer", lambda m: naive_trainer(m, tok, pairs, 8, precision).train),
+            ("sftnb.train", lambda m: lambda: train(m, tok, pairs, cfg, progress=False)))):
         m = copy.deepcopy(model)
         run = make(m)
         sync(); t = time.perf_counter()
@@ -85,10 +90,12 @@ def main():
         sync(); timings[name] = time.perf_counter() - t
         print(f"  SFT  {name:<18} {len(pairs) / timings[name]:8.1f} samples/s")
         del m
-    print(f"  SFT  ratio: {timings['naive Trainer'] / timings['sftnb.train']:.2f}x")
+    if timings:
+        print(f"  SFT  ratio: {timings['naive Trainer'] / timings['sftnb.train']:.2f}x")
 
     facts_q = [f for f in load_source("builtin").facts if f.split == "test"]
     qs = [facts_q[i % len(facts_q)].question for i in range(a.questions)]
+    answers = [facts_q[i % len(facts_q)].answers for i in range(a.questions)] if a.stop_rule else None
     eval_dtype = resolve_dtype(a.eval_dtype, dev)
     eval_model = model.to(eval_dtype)                  # the same inference weights for every path
     eos = tok.eos_token_id
@@ -112,7 +119,7 @@ def main():
 
     def engine(questions):
         answer_questions(eval_model, tok, questions, max_new_tokens=16, batch_tokens=a.batch_tokens,
-                         progress=False)
+                         progress=False, answers=answers[:len(questions)] if answers else None, static=a.static)
 
     paths = {"naive generate, batched": batched_generate, "sftnb engine": engine}
     if not a.skip_one_by_one:
@@ -126,7 +133,8 @@ def main():
         print(f"  eval {name:<28} {rates[name]:9.1f} questions/s")
     print(f"  eval ratio vs batched generate: {rates['sftnb engine'] / rates['naive generate, batched']:.2f}x"
           + (f"; vs 1 at a time: {rates['sftnb engine'] / rates['naive generate, 1 at a time']:.2f}x"
-             if "naive generate, 1 at a time" in rates else "") + f"   ({str(eval_dtype).removeprefix('torch.')} weights)")
+             if "naive generate, 1 at a time" in rates else "") + f"   ({str(eval_dtype).removeprefix('torch.')} weights"
+          f"{', stop rule on' if answers else ''}{', static cache + CUDA graphs' if a.static else ''})")
 
 if __name__ == "__main__":
     main()

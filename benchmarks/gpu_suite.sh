@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# One GPU check in one call: on whatever GPUs this machine has, run
-#   1. the smoke params end to end on CUDA (six notebooks, papermill), with the memory plan first;
-#   2. the probe, SFT and evaluation benchmarks against their naive baselines (each prints its ratio);
-#   3. a 2-rank torchrun run of the smoke params where there are 2 GPUs or more;
-# and print one table at the end. Everything it writes goes under $OUT (default ./gpu-suite), logs included.
+# One GPU check in one call of at most 8 minutes (issue 23): on whatever GPUs this machine has, run
+#   1. the memory plan against measured peaks (benchmarks/plan_check.py: probe and evaluation batches, the
+#      package's own budget, run.batch_tokens auto, vs torch.cuda.max_memory_allocated);
+#   2. probe sampling, stop rule on, against model.generate: the dynamic engine, then its static KV cache +
+#      CUDA graphs path (benchmarks/bench_probe.py);
+#   3. greedy evaluation, stop rule on, against batched model.generate: dynamic, then static
+#      (benchmarks/bench_sft_eval.py --skip-sft);
+#   4. with SMOKE=1: the smoke params end to end (6 notebooks); with 2 GPUs or more: 2 torchrun ranks on them;
+# and print one table at the end, ratios and throughput rows included. Everything goes under $OUT (default
+# ./gpu-suite), logs included. Each step has its own time limit (LIMIT_* seconds), so one hang cannot eat the call.
 #
 #   bash benchmarks/gpu_suite.sh                      # from the repository root, the package on PYTHONPATH or installed
 #   OUT=/tmp/suite PY=python3 bash benchmarks/gpu_suite.sh
+#   DRY=1 bash benchmarks/gpu_suite.sh                # on a CPU: the same steps, tiny model and sizes (tests run it)
 #
 # On a machine without pip access run it from the tree (PYTHONPATH=.) with the embedded model's GGUF staged as
 # ../shared/tools/gpu-stage-smollm2.sh explains; it needs torch, transformers, peft, papermill (smoke run) and gguf.
@@ -14,52 +20,78 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 OUT=${OUT:-gpu-suite}
+DRY=${DRY:-0}
+SMOKE=${SMOKE:-0}
 mkdir -p "$OUT"
 export PYTHONPATH="${PYTHONPATH:-}:$PWD"
 GPUS=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 CARD=$($PY -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA GPU')" 2>/dev/null)
-echo "gpu_suite: $GPUS GPU(s): $CARD; logs in $OUT"
+echo "gpu_suite: $GPUS GPU(s): $CARD; dry run: $DRY; logs in $OUT"
 declare -a ROWS
-
 row() { ROWS+=("$1|$2|$3"); }
-last() { grep -E "$2" "$1" | tail -n 1; }
+last() { grep -E "$2" "$1" | tail -n 1 | tr -s ' '; }
+# run LABEL LOG LIMIT_S CMD...: the command under its own time limit; a failure is a table row, not an abort
+run() {
+  local label=$1 log=$2 limit=$3; shift 3
+  local t0; t0=$(date +%s)
+  timeout "$limit" "$@" > "$log" 2>&1
+  local rc=$?
+  [ $rc -eq 0 ] || row "$label" "FAILED (exit $rc$([ $rc -eq 124 ] && echo ", over ${limit} s")): $(tail -n 1 "$log" | cut -c1-120)" "$log"
+  echo "  $label: exit $rc in $(( $(date +%s) - t0 )) s" >&2
+  return $rc
+}
 
-# 1. smoke params end to end on CUDA (the plan first: its last line says fits / does not fit)
-$PY -m sftnb plan params/smoke.yaml > "$OUT/plan.log" 2>&1
-row "memory plan, smoke params" "$(tail -n 1 "$OUT/plan.log")" "$OUT/plan.log"
-t0=$(date +%s)
-if $PY -m sftnb run params/smoke.yaml --out "$OUT/smoke-run" --force > "$OUT/smoke.log" 2>&1; then
-  row "smoke params end to end (6 notebooks)" "ok in $(( $(date +%s) - t0 )) s" "$OUT/smoke.log"
+if [ "$DRY" = 1 ]; then                 # tiny sizes on the CPU: checks the suite itself, measures nothing
+  MODEL="--model tiny-random --device cpu"; PROMPTS=32; QUESTIONS=64; NAIVE=32; PLAN_PROMPTS=64
+  export MALLOC_MMAP_THRESHOLD_=65536 OMP_NUM_THREADS=1
 else
-  row "smoke params end to end (6 notebooks)" "FAILED: $(tail -n 1 "$OUT/smoke.log")" "$OUT/smoke.log"
+  MODEL=""; PROMPTS=1024; QUESTIONS=16384; NAIVE=1024; PLAN_PROMPTS=2048
 fi
+# worst case 90 + 2 x 100 + 2 x 75 = 440 s, under the 8 minutes of one call with the model loads around it
+LIMIT_PLAN=${LIMIT_PLAN:-90}; LIMIT_PROBE=${LIMIT_PROBE:-100}; LIMIT_EVAL=${LIMIT_EVAL:-75}; LIMIT_SMOKE=${LIMIT_SMOKE:-150}
 
-# 2. benchmarks against their naive baselines (bf16 on the GPU: dtype auto)
-if [ "$GPUS" -ge 1 ]; then
-  $PY benchmarks/bench_probe.py --prompts 1024 --samples 10 --naive-batch 1024 --batch-tokens 65536 \
-      > "$OUT/probe.log" 2>&1
-  row "probe sampling, 1024 prompts x 10, 32 tokens" "$(last "$OUT/probe.log" 'sftnb generate|speed-up' | tr -s ' ')" \
-      "$(last "$OUT/probe.log" 'speed-up')"
-  $PY benchmarks/bench_sft_eval.py --precision bf16-mixed --samples 1920 --questions 16384 --naive-batch 4096 --skip-one-by-one \
-      > "$OUT/sft_eval.log" 2>&1
-  row "SFT, 1920 samples, batch 8" "$(last "$OUT/sft_eval.log" 'SFT  ratio')" "$(last "$OUT/sft_eval.log" 'SFT  sftnb')"
-  row "greedy evaluation, 16384 questions" "$(last "$OUT/sft_eval.log" 'eval ratio')" \
-      "$(last "$OUT/sft_eval.log" 'eval sftnb')"
-else
-  row "benchmarks" "skipped: no CUDA GPU" "-"
-fi
-
-# 3. two ranks sharing one run's units (torchrun), where there are 2 GPUs or more
-if [ "$GPUS" -ge 2 ]; then
-  t0=$(date +%s)
-  if $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m sftnb run params/smoke.yaml \
-      --out "$OUT/smoke-2ranks" --force > "$OUT/two_ranks.log" 2>&1; then
-    row "smoke params, torchrun 2 ranks" "ok in $(( $(date +%s) - t0 )) s" "$(last "$OUT/two_ranks.log" 'units done')"
-  else
-    row "smoke params, torchrun 2 ranks" "FAILED: $(tail -n 1 "$OUT/two_ranks.log")" "$OUT/two_ranks.log"
+if [ "$GPUS" -ge 1 ] || [ "$DRY" = 1 ]; then
+  # 1. the plan against measured peaks
+  if run "memory plan vs measured peak" "$OUT/plan_check.log" "$LIMIT_PLAN" \
+      $PY benchmarks/plan_check.py $MODEL --prompts $PLAN_PROMPTS; then
+    row "memory plan vs measured peak (probe, eval batches; batch_tokens auto)" "$(last "$OUT/plan_check.log" '^plan check')" \
+        "$(grep -E '^(probe|eval) ' "$OUT/plan_check.log" | sed -E 's/ +/ /g; s/batch peak beside the weights: //' | paste -sd ';' -)"
   fi
+  # 2. probe sampling with the stop rule on, dynamic then static + CUDA graphs
+  for mode in dynamic static; do
+    extra=$([ $mode = static ] && echo --static)
+    log="$OUT/probe_$mode.log"
+    if run "probe sampling ($mode)" "$log" "$LIMIT_PROBE" $PY benchmarks/bench_probe.py $MODEL --prompts $PROMPTS \
+        --samples 10 --naive-batch $NAIVE --stop-rule $extra; then
+      row "probe sampling, $PROMPTS prompts x 10, <= 32 tokens, stop rule on, $mode, budget auto" \
+          "$(last "$log" 'speed-up')" "$(last "$log" 'naive model.generate') / $(last "$log" 'sftnb generate')"
+    fi
+  done
+  # 3. greedy evaluation with the stop rule on, dynamic then static + CUDA graphs
+  for mode in dynamic static; do
+    extra=$([ $mode = static ] && echo --static)
+    log="$OUT/eval_$mode.log"
+    if run "greedy evaluation ($mode)" "$log" "$LIMIT_EVAL" $PY benchmarks/bench_sft_eval.py $MODEL --skip-sft \
+        --questions $QUESTIONS --naive-batch $(( NAIVE * 4 )) --skip-one-by-one --stop-rule $extra; then
+      row "greedy evaluation, $QUESTIONS questions, <= 16 tokens, stop rule on, $mode" "$(last "$log" 'eval ratio')" \
+          "$(last "$log" 'eval naive') / $(last "$log" 'eval sftnb')"
+    fi
+  done
 else
-  row "smoke params, torchrun 2 ranks" "skipped: $GPUS GPU(s)" "-"
+  row "benchmarks" "skipped: no CUDA GPU (DRY=1 runs them tiny on the CPU)" "-"
+fi
+
+# 4. optional: smoke params end to end, and 2 ranks where there are 2 GPUs
+if [ "$SMOKE" = 1 ]; then
+  run "smoke params end to end" "$OUT/smoke.log" "$LIMIT_SMOKE" \
+      $PY -m sftnb run params/smoke.yaml --out "$OUT/smoke-run" --force \
+    && row "smoke params end to end (6 notebooks)" "ok" "$(last "$OUT/smoke.log" '^done in')"
+fi
+if [ "$GPUS" -ge 2 ] && [ "$SMOKE" = 1 ]; then
+  run "smoke params, torchrun 2 ranks" "$OUT/two_ranks.log" "$LIMIT_SMOKE" \
+      $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m sftnb run params/smoke.yaml \
+      --out "$OUT/smoke-2ranks" --force \
+    && row "smoke params, torchrun 2 ranks" "ok" "$(last "$OUT/two_ranks.log" 'units done')"
 fi
 
 echo

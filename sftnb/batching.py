@@ -10,6 +10,10 @@ import numpy as np
 import torch
 
 LOGITS_BUDGET = 1 << 25    # scoring: at most this many logit entries per batch (~128 MB in fp32)
+# run.batch_tokens "auto" on a CPU, where there is no free device memory to size batches by: the budget measured
+# fastest for the embedded 135M model on a 2-core Xeon (larger batches gain nothing there and cost RAM)
+CPU_BATCH_TOKENS = 16384
+USABLE = 0.90              # share of the free device memory an "auto" budget may fill (sftnb.memory.USABLE)
 
 
 def device_of(model) -> torch.device:
@@ -23,6 +27,29 @@ def pad_id(model, pad_token_id):
     if isinstance(pid, (list, tuple)):
         pid = pid[0] if pid else None
     return 0 if pid is None else int(pid)
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """Bytes a new batch may take on ``device``: up to USABLE of the device minus what torch holds now (the rule
+    ``sftnb plan`` checks every stage against), and never more than is free (another process, the CUDA context);
+    None on a CPU (no such query: its budget is ``CPU_BATCH_TOKENS``)."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    held, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+    return max(0, int(min(USABLE * total - held, free + reserved - held)))
+
+
+def resolve_budget(batch_tokens, model, bytes_per_token: Callable[[], float]) -> int:
+    """``batch_tokens`` as given, or for ``"auto"`` / None the largest budget whose batches fit the free device
+    memory (``bytes_per_token()``: a batch's peak per budget token, ``sftnb.memory``'s formula), or
+    ``CPU_BATCH_TOKENS`` on a CPU."""
+    if batch_tokens not in (None, "auto"):
+        return int(batch_tokens)
+    room = free_device_bytes(device_of(model))
+    if room is None:
+        return CPU_BATCH_TOKENS
+    return max(64, int(room / bytes_per_token()))
 
 
 def cache_kwarg(model) -> str:

@@ -76,7 +76,7 @@ def _cmd_probe(args) -> int:
     from .store import Store
 
     for name in ("templates", "samples", "max_new_tokens", "batch_tokens", "chunk_facts"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) != "auto" and getattr(args, name) < 1:
             raise SftnbError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.temperature > 0:
         raise SftnbError("--temperature must be positive")
@@ -263,7 +263,15 @@ def _cmd_plan(args) -> int:
 
     cfg = load_config(args.params)
     p = plan_from_config(cfg, args.gpus, args.gpu_memory, args.host_memory)
-    print(format_plan(p))
+    lines = format_plan(p).splitlines()
+    if not p.settings.on_cpu:          # the time estimate goes before the last line (fits / does not fit)
+        from .timeplan import estimate, format_time
+        try:
+            lines[-1:-1] = format_time(*estimate(cfg, p.shape.params, p.settings.gpus, p.shape.layers),
+                                     p.settings.gpus).splitlines()
+        except SftnbError as e:
+            lines.insert(-1, f"time: not estimated ({e})")
+    print("\n".join(lines))
     return 0 if p.fits else 1
 
 
@@ -301,8 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default=_default(RunOptions, "device"))
     pr.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                     help="auto: bf16 on GPU, fp32 on CPU; fastest: also bf16 on a CPU with native bf16 (AMX ...)")
-    pr.add_argument("--batch-tokens", type=int, default=_default(RunOptions, "batch_tokens"),
-                    help="tokens per generation batch (GPU: 2**19)")
+    pr.add_argument("--batch-tokens", type=lambda v: v if v == "auto" else int(v),
+                    default=_default(RunOptions, "batch_tokens"),
+                    help="token slots per generation batch; auto (default): what the free GPU memory holds, "
+                         "16384 on a CPU")
     pr.add_argument("--chunk-facts", type=int, default=_default(ProbeConfig, "chunk_facts"),
                     help="facts per saved chunk: an interrupted probe resumes at the first unfinished chunk")
     pr.set_defaults(func=_cmd_probe)

@@ -152,6 +152,9 @@ class SFTConfig(_Section):
     # fully sharded over the ranks (weights, gradients and optimizer states / number of ranks; sft.batch_size stays
     # the global batch, split over the ranks)
     strategy: Literal["single", "fsdp"] = "single"
+    # fsdp: ranks per sharded run. auto: the smallest group (a divisor of the world size) on which `sftnb plan` says
+    # the SFT stage fits; the run's ranks form world / fsdp_ranks groups that train different runs at once
+    fsdp_ranks: Union[Literal["auto"], int] = "auto"
     # adamw: torch AdamW, two states in the weights' dtype (8 B per parameter over fp32 weights); adamw_8bit /
     # paged_adamw_8bit: bitsandbytes (CUDA), two 8-bit states (~2 B per parameter); paged: the states live in CUDA
     # unified memory and move to host RAM when the device runs short
@@ -280,10 +283,19 @@ class RunOptions(_Section):
     # probe/eval weights: auto = bf16 on GPU, fp32 on CPU; fastest = bf16 also on a CPU with native bf16
     # (sftnb.models.cpu_has_native_bf16), fp32 on one without (there bf16 is emulated and ~4x slower)
     inference_dtype: Literal["auto", "fastest", "float32", "bfloat16", "float16"] = "auto"
-    batch_tokens: int = Field(16384, ge=64)    # generation batches hold about this many tokens
+    # generation / scoring batches hold about this many token slots; auto: as many as the free device memory holds
+    # (sftnb.batching.resolve_budget; on a CPU batching.CPU_BATCH_TOKENS = 16384)
+    batch_tokens: Union[Literal["auto"], int] = "auto"
     out_dir: Optional[str] = None              # store + checkpoints (default runs/<run_name>)
     figures_dir: Optional[str] = None          # tables + figures (default figures/<run_name>)
     progress: bool = True
+
+    @field_validator("batch_tokens")
+    @classmethod
+    def _batch_tokens(cls, v):
+        if v != "auto" and v < 64:
+            raise ValueError("must be auto or at least 64")
+        return v
 
 
 class ExperimentConfig(_Section):

@@ -28,8 +28,18 @@ then rank 0 alone executes notebooks 01-06 with papermill
 the experiment has no ``work()`` the ranks skip that step and rank 0's notebooks compute everything as in a
 single-process run.
 
-*Collective units.* With ``sft.strategy: fsdp`` one SFT run spans every rank (``sftnb.fsdp``). Such units are
-listed in a ``Collective`` stage: every rank calls each of its units, in the same order. Each callable computes
+*Listed when reached.* A stage may be a ``Deferred``: its units are listed when the ranks reach it, after the
+stages before it are finished (which SFT runs exist depends on the probe's categories).
+
+*Groups of ranks.* With ``sft.strategy: fsdp`` each SFT run is sharded over a group of ``sft.fsdp_ranks`` ranks
+(auto: the smallest group on which the plan says it fits), listed in a ``Grouped`` stage: the world splits into
+groups of consecutive ranks (``groups``: torch.distributed.new_group, a DeviceMesh per group for FSDP2) and the
+groups share the runs as ranks share a plain stage -- several runs train at once, one per group. Inside a group
+the leader (its first rank) claims and tells the others (``_compute_in_group``), so the group moves in lockstep.
+LoRA runs, which train on one device, come with it (``Grouped.then``): a rank whose group has no run left
+takes them, before the stage's barrier.
+
+*Collective units.* A group of every rank is a ``Collective`` stage: every rank calls each of its units, in the same order. Each callable computes
 its unit through ``compute_collective(unit, fn)``: rank 0 checks the store and claims the unit (waiting if
 another job holds it), broadcasts whether it must be computed; if so, every rank runs ``fn`` -- on rank 0 as the
 unit's ``compute`` function with its temporary folder, on the others with ``None`` -- and rank 0 publishes; the
@@ -38,6 +48,8 @@ result is then broadcast, so every rank returns it. ``fn`` must make the same co
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 import time
@@ -61,6 +73,25 @@ _cpu_group = None
 
 class Collective(list):
     """A stage whose units every rank runs together, in the same order (FSDP SFT units; see the module doc)."""
+
+
+class Grouped(list):
+    """A stage of collective units, each computed by one group of ``size`` ranks: the world splits into
+    world / size groups (``groups``) that share the units as ranks share a plain stage, several training at once
+    (the FSDP SFT runs, sharded over the smallest group on which they fit)."""
+
+    def __init__(self, units, size: int, then: Sequence[Callable[[], object]] = ()):
+        super().__init__(units)
+        self.size, self.then = size, list(then)       # then: plain units a rank takes once its group is done
+
+
+class Deferred:
+    """Stages listed when ``compute_all`` reaches them: ``make()`` returns one stage's units (a flat list, or a
+    ``Collective``) or a list of stages.
+    Listing some stages needs what earlier stages compute (the probe categories decide which SFT runs exist)."""
+
+    def __init__(self, make: Callable[[], Sequence[Callable[[], object]]]):
+        self.make = make
 
 
 # ------------------------------------------------------------------------------------------- who am I
@@ -105,14 +136,77 @@ def barrier() -> None:
         dist.barrier(group=_cpu_group)
 
 
-def broadcast(obj=None):
-    """Rank 0's ``obj`` on every rank (pickled over the CPU group; a no-op in a single process)."""
+def broadcast(obj=None, group=None):
+    """Rank 0's ``obj`` on every rank (pickled over the CPU group; a no-op in a single process); with ``group``
+    (a ``Group``), the group leader's on the group's ranks."""
     if not initialized():
         return obj
     import torch.distributed as dist
     box = [obj]
-    dist.broadcast_object_list(box, src=0, group=_cpu_group)
+    if group is None:
+        dist.broadcast_object_list(box, src=0, group=_cpu_group)
+    else:
+        dist.broadcast_object_list(box, src=group.ranks[0], group=group.cpu)
     return box[0]
+
+
+# ------------------------------------------------------------------------------------------- groups of ranks
+class Group:
+    """One group of consecutive ranks: its index, its ranks (the first leads), its process group (the run's
+    backend: NCCL on GPUs) and its CPU (gloo) group for coordination."""
+
+    def __init__(self, index: int, ranks: list[int], pg, cpu):
+        self.index, self.ranks, self.pg, self.cpu = index, ranks, pg, cpu
+
+
+_groups: dict[int, list[Group]] = {}
+_current: contextvars.ContextVar = contextvars.ContextVar("sftnb_group", default=None)
+_lockstep: contextvars.ContextVar = contextvars.ContextVar("sftnb_lockstep", default=False)   # in a collective stage
+
+
+def groups(size: int) -> list[Group]:
+    """The world split into groups of ``size`` consecutive ranks (made once per size: every rank must call this,
+    in the same order, since torch.distributed.new_group is collective)."""
+    import torch
+    import torch.distributed as dist
+
+    if size not in _groups:
+        world_size, made = dist.get_world_size(), []
+        for i, start in enumerate(range(0, world_size - world_size % size, size)):
+            ranks = list(range(start, start + size))
+            pg = dist.new_group(ranks, timeout=timedelta(seconds=TIMEOUT_S))
+            cpu = dist.new_group(ranks, backend="gloo", timeout=timedelta(seconds=TIMEOUT_S)) \
+                if torch.cuda.is_available() else pg
+            made.append(Group(i, ranks, pg, cpu))
+        _groups[size] = made
+    return _groups[size]
+
+
+@contextlib.contextmanager
+def lockstep():
+    """Declare that every rank runs the enclosed ``compute_collective`` calls together, in the same order (what a
+    Collective stage does; for callers outside ``compute_all``)."""
+    token = _lockstep.set(True)
+    try:
+        yield
+    finally:
+        _lockstep.reset(token)
+
+
+def current_group() -> Group | None:
+    """The group this rank computes a ``Grouped`` unit with (None outside a Grouped stage)."""
+    return _current.get()
+
+
+def group_mesh():
+    """The DeviceMesh of the current group, for FSDP (None outside a Grouped stage: the whole world)."""
+    group = current_group()
+    if group is None:
+        return None
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from .fsdp import device
+    return DeviceMesh.from_group(group.pg, device().type)
 
 
 def shutdown() -> None:
@@ -140,8 +234,10 @@ def share_order(n: int, rank: int, size: int) -> list[int]:
 
 
 def _stages(work) -> list[Sequence[Callable[[], object]]]:
+    if isinstance(work, (Collective, Grouped)):
+        return [work]
     work = list(work)
-    if work and all(callable(u) for u in work):
+    if work and all(callable(u) and not isinstance(u, Deferred) for u in work):
         return [work]                                    # a flat list is one stage
     return work
 
@@ -154,17 +250,46 @@ def compute_all(work, rank: int | None = None, world: int | None = None) -> dict
     env_rank, env_size, _ = _world()
     rank = env_rank if rank is None else rank
     size = env_size if world is None else world
-    t0, units, skips = time.perf_counter(), 0, 0
-    for stage in _stages(work):
+    t0, units, skips, n_stages = time.perf_counter(), 0, 0, 0
+    todo = _stages(work)
+    while todo:
+        stage = todo.pop(0)
+        if isinstance(stage, Deferred):                  # its stages, listed now (every rank lists the same)
+            todo[:0] = _stages(stage.make())
+            continue
+        n_stages += 1
         units += len(stage)
-        if isinstance(stage, Collective):
-            for unit in stage:
-                unit()
+        if isinstance(stage, (Collective, Grouped)):
+            with lockstep():
+                if isinstance(stage, Grouped) and initialized() and stage.size < size:
+                    skips += _share_grouped(stage, rank)
+                else:                                   # Collective, or one group of every rank
+                    for unit in stage:
+                        unit()
+            if isinstance(stage, Grouped) and stage.then:   # no barrier before: a group done early takes these
+                units += len(stage.then)
+                skips += _share(stage.then, rank, size)
         else:
             skips += _share(stage, rank, size)
         barrier()
-    return {"stages": len(_stages(work)), "units": units, "busy_skips": skips,
+    return {"stages": n_stages, "units": units, "busy_skips": skips,
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _share_grouped(stage: Grouped, rank: int) -> int:
+    """A Grouped stage: the groups share its units as ranks share a plain stage (``_share``, group index for
+    rank); inside a group every rank walks the same units in lockstep, since ``compute_collective`` makes the
+    leader's decision (compute / published / busy elsewhere) every member's. Ranks left over when the group size
+    does not divide the world only wait at the stage's barrier."""
+    made = groups(stage.size)
+    mine = next((g for g in made if rank in g.ranks), None)
+    if mine is None:
+        return 0
+    token = _current.set(mine)
+    try:
+        return _share(stage, mine.index, len(made))
+    finally:
+        _current.reset(token)
 
 
 def _share(stage: Sequence[Callable[[], object]], rank: int, size: int) -> int:
@@ -198,6 +323,16 @@ def compute_collective(unit, fn: Callable[[Path | None], dict]) -> dict:
     returns the result. In a single process it is ``unit.compute(fn)``."""
     if not initialized():
         return unit.compute(fn)
+    if not _lockstep.get():
+        # called outside a Collective / Grouped stage (a restoration sweep needs its fine-tuned run): the ranks are
+        # not together here, so no collective call: the unit was computed by its stage, read it
+        if not unit.done:
+            raise SftnbError(f"{unit.kind}/{unit.path.name} spans several ranks and is computed in its own stage; "
+                             f"it is missing (did that stage fail?)")
+        return unit.compute(fn)
+    group = current_group()
+    if group is not None:
+        return _compute_in_group(unit, fn, group)
     rank = world()[0]
     claim = None
     if rank == 0 and not unit.done:
@@ -205,19 +340,44 @@ def compute_collective(unit, fn: Callable[[Path | None], dict]) -> dict:
             claim = claims.claim_or_wait(unit)
     if not broadcast(claim is not None if rank == 0 else None):
         return broadcast(unit.compute(fn) if rank == 0 else None)     # published already: rank 0 reads it
-    if rank != 0:
+    return _compute_claimed(unit, fn, claim, rank == 0, None)
+
+
+def _compute_claimed(unit, fn, claim, leader: bool, group: "Group | None") -> dict:
+    """Every rank of the group (or of the world) runs ``fn``; the leader, holding ``claim``, publishes."""
+    if not leader:
         fn(None)
-        status, value = broadcast(None)
+        status, value = broadcast(None, group)
         if status != "ok":
-            raise SftnbError(f"rank 0 failed to compute {unit.kind}/{unit.path.name}: {value}")
+            raise SftnbError(f"the leading rank failed to compute {unit.kind}/{unit.path.name}: {value}")
         return value
     try:
         with claim:
             result = unit.compute(fn)                   # this process holds the claim: computes it (re-entrant)
     except BaseException as e:
-        broadcast(("error", f"{type(e).__name__}: {e}"))
+        broadcast(("error", f"{type(e).__name__}: {e}"), group)
         raise
-    return broadcast(("ok", result))[1]
+    return broadcast(("ok", result), group)[1]
+
+
+def _compute_in_group(unit, fn, group: Group) -> dict:
+    """``compute_collective`` inside a Grouped stage: the group leader tries the claim without waiting and tells
+    the group what it found -- a unit published already (every member returns it), one computed by another group
+    (every member raises ``claims.Busy``, so the group moves on together), or one this group computes."""
+    leader = world()[0] == group.ranks[0]
+    decision, claim = None, None
+    if leader:
+        try:
+            claim = None if unit.done else claims.claim_or_wait(unit)
+            decision = "compute" if claim is not None else "done"
+        except claims.Busy as e:
+            decision = ("busy", str(e))
+    decision = broadcast(decision, group)
+    if decision == "done":
+        return broadcast(unit.compute(fn) if leader else None, group)
+    if decision != "compute":
+        raise claims.Busy(unit.path, {"host": "another group", "rank": decision[1]})
+    return _compute_claimed(unit, fn, claim, leader, group)
 
 
 # ------------------------------------------------------------------------------------------- sftnb run

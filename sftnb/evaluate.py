@@ -13,28 +13,30 @@ bootstrapped over the same test facts (``sftnb.stats``).
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from typing import Iterable, Sequence
 
 import torch
 
 from .facts import Fact
+from .batching import device_of
 from .generation import StopRule, decode, generate
 from .matching import answer_in_text
-from .models import encode_prompt, stop_token_ids, word_start_tokens
+from .models import copy_model, encode_prompt, stop_token_ids, word_start_tokens
 from .sft import prompt_ids
 
 
 @contextlib.contextmanager
 def inference_copy(model, dtype: torch.dtype | None):
     """The model itself, or a temporary copy in ``dtype`` (bf16 decoding is ~4x faster on a bf16-capable CPU
-    while training keeps fp32 weights)."""
+    while training keeps fp32 weights). The copy is made in ``dtype`` tensor by tensor (``models.copy_model``):
+    beside the model, the device holds one copy in ``dtype``, never a second full-precision one. (A caller that
+    needs the model no more casts it in place instead, as ``GridRuns._evaluate_run`` does.)"""
     current = next(model.parameters()).dtype
     if dtype is None or dtype == current:
         yield model
         return
-    twin = copy.deepcopy(model).to(dtype)
+    twin = copy_model(model, device_of(model), dtype).eval()
     try:
         yield twin
     finally:
@@ -42,23 +44,23 @@ def inference_copy(model, dtype: torch.dtype | None):
 
 
 def _greedy_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_tokens: int,
-                  progress: bool, desc: str, stop: StopRule | None = None) -> list[str]:
+                  progress: bool, desc: str, stop: StopRule | None = None, static: bool = False) -> list[str]:
     outs = generate(model, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
                     eos_token_ids=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                    batch_tokens=batch_tokens, progress=progress, desc=desc, stop=stop)
+                    batch_tokens=batch_tokens, progress=progress, desc=desc, stop=stop, static=static)
     return [texts[0] for texts in decode(tokenizer, outs)]
 
 
 def answer_questions(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 16,
                      batch_tokens: int = 16384, progress: bool = True, desc: str = "eval",
-                     answers: Sequence[Sequence[str]] | None = None) -> list[str]:
+                     answers: Sequence[Sequence[str]] | None = None, static: bool = False) -> list[str]:
     """Greedy answers to questions in the SFT format (``<|question|> ... <|answer|>``). With ``answers`` a
     completion stops once it contains its answer (the criterion cannot change after that: its output is then cut
     there, its correctness is the same)."""
     stop = None if answers is None else StopRule(word_start_tokens(tokenizer), lambda p, toks: answer_in_text(
         answers[p], tokenizer.decode(toks, skip_special_tokens=True)))
     return _greedy_texts(model, tokenizer, [prompt_ids(tokenizer, q) for q in questions], max_new_tokens,
-                         batch_tokens, progress, desc, stop)
+                         batch_tokens, progress, desc, stop, static)
 
 
 def complete(model, tokenizer, texts: Sequence[str], max_new_tokens: int = 16, batch_tokens: int = 16384,

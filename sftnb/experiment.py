@@ -11,7 +11,6 @@ the caller does to it changes what anyone else holds.
 """
 from __future__ import annotations
 
-import copy
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +25,7 @@ from .errors import SftnbError
 from .evaluate import evaluate_sets, inference_copy, paper_accuracy, pooled_accuracy, stored
 from .facts import Fact
 from .grid import GridRuns
-from .models import load_model, load_tokenizer, model_fingerprint, resolve_device, resolve_dtype
+from .models import copy_model, load_model, load_tokenizer, model_fingerprint, resolve_device, resolve_dtype
 from .store import Store
 
 SETS = ("train", "test", "testood")
@@ -161,7 +160,7 @@ class Experiment(GridRuns):
             model, _ = load_model(self.model_path(mc), device=str(self.device), dtype=self.train_dtype,
                                   quantization=mc.quantization, prompt_start=mc.prompt_start)
             return model, self.tokenizer(mc)
-        model = copy.deepcopy(self._template(mc)).to(self.device)
+        model = copy_model(self._template(mc), self.device)     # made on the device: no copy on the host first
         for p in model.parameters():
             p.requires_grad_(True)
         return model.eval(), self.tokenizer(mc)
@@ -179,16 +178,25 @@ class Experiment(GridRuns):
             self._probes[(mc.name, method)] = out
         return self._probes[(mc.name, method)]
 
-    def _probe(self, mc: ModelConfig, facts: list[Fact], method: str, label: str, seed: int | None = None):
+    def _probe_args(self, mc: ModelConfig, facts: list[Fact], method: str, label: str, seed: int | None = None):
         cfg = self.cfg.probe if seed is None else self.cfg.probe.model_copy(update={"seed": seed})
-        return mastery.probe_stored(
-            self.store, lambda: self._inference_model(mc), self.tokenizer(mc), self.model_id(mc), facts,
-            self.relations, cfg, method, self.cfg.run.batch_tokens, self.progress, label=label,
-            dtype=str(self.infer_dtype))
+        return ((self.store, lambda: self._inference_model(mc), self.tokenizer(mc), self.model_id(mc), facts,
+                 self.relations, cfg, method, self.cfg.run.batch_tokens, self.progress),
+                {"label": label, "dtype": str(self.infer_dtype)})
+
+    def _probe(self, mc: ModelConfig, facts: list[Fact], method: str, label: str, seed: int | None = None):
+        args, kw = self._probe_args(mc, facts, method, label, seed)
+        return mastery.probe_stored(*args, **kw)
+
+    def _probe_chunks(self, mc: ModelConfig, facts: list[Fact], method: str, label: str, seed: int | None = None):
+        """The probe's store units one by one (``mastery.probe_chunks``): what the ranks share."""
+        args, kw = self._probe_args(mc, facts, method, label, seed)
+        return mastery.probe_chunks(*args, **kw)
 
     def _inference_model(self, mc: ModelConfig):
-        model, _ = self.pretrained(mc)
-        return model if self.infer_dtype == self.train_dtype else model.to(self.infer_dtype)
+        if mc.quantization:
+            return self.pretrained(mc)[0]
+        return copy_model(self._template(mc), self.device, self.infer_dtype).eval()   # made in its dtype
 
     def study_facts(self, mc: ModelConfig | None = None) -> list[Fact]:
         """The facts sampled twice for the calibration and the agreement study (``probe.calibration_facts``)."""
@@ -352,33 +360,44 @@ class Experiment(GridRuns):
         """Every unit one model needs, as stages of zero-argument callables in dependency order (each computes or
         reuses store units): what the ranks of ``sftnb run`` under torchrun share (``sftnb.distributed``)."""
         from . import param_analysis as pa
-        from .distributed import Collective
+        from .distributed import Deferred
 
         stages: list = []
         if mc.inject is not None:
             stages.append([lambda: self.injection_unit(mc)])
-        probes = [lambda s=s: self._probe(mc, self.sets[s], self.cfg.probe.method, f"{mc.name}-{s}")
-                  for s in ("train", "test", "testood")]
-        if self.cfg.probe.method == "calibrated":
-            seed = self.cfg.probe.seed
-            probes += [lambda: self._probe(mc, self.study_facts(mc), "sampling", f"{mc.name}-study-A", seed),
-                       lambda: self._probe(mc, self.study_facts(mc), "sampling", f"{mc.name}-study-B", seed + 1)]
-        stages.append(probes)
+
+        # one callable per probe chunk (not per fact set): a rank that meets a chunk another rank computes takes
+        # the next one, so every rank probes while chunks remain. Stages are listed when they are reached
+        # (Deferred): listing them needs what the stages before compute (the injected model, the categories).
+        def probes():
+            units = [c for s in ("train", "test", "testood")
+                     for c in self._probe_chunks(mc, self.sets[s], self.cfg.probe.method, f"{mc.name}-{s}")]
+            if self.cfg.probe.method == "calibrated":
+                seed = self.cfg.probe.seed
+                units += self._probe_chunks(mc, self.study_facts(mc), "sampling", f"{mc.name}-study-A", seed)
+                units += self._probe_chunks(mc, self.study_facts(mc), "sampling", f"{mc.name}-study-B", seed + 1)
+            return units
+
+        stages.append(Deferred(probes))
         if mc.name == self.cfg.main_model.name and self.cfg.tasks:
             stages.append([lambda t=t, seed=seed: pa.task_sweep(self, t, seed) for t in self.cfg.tasks
                            for seed in t.seeds])
         if mc.name not in {m.name for m in self.cfg.grid_models}:
             return stages
         stages.append([lambda: self.reference(mc)])
-        runs = [lambda k=k: self.run_unit(k, mc) for k in self.run_keys(mc)]
-        stages.append(Collective(runs) if self.cfg.sft.strategy == "fsdp" else runs)
-        kept, r = pa.kept_runs(self, mc), self.cfg.restore
-        after = [lambda k=k: pa.update_statistics(self, k, mc) for k in pa.kept_runs(self, mc, restoring=False)]
-        after += [lambda k=k, s=s: pa.restore_sweep(self, k, r.k_percents, s, mc=mc) for k in kept
-                  for s in r.strategies]
-        after += [lambda k=k: pa.restore_sweep(self, k, r.train_k_percents, "top", on_train=True, mc=mc)
-                  for k in kept]
-        seeds = r.layer_seeds or self.grid_cfg(mc).seeds[:1]
-        after += [lambda k=k: pa.layer_restore(self, k, mc) for k in pa.largest_scale(pa.kept_runs(self, mc, seeds))]
-        stages.append(after)
+        stages.append(Deferred(lambda: self.run_units(mc)))
+
+        def after():
+            kept, r = pa.kept_runs(self, mc), self.cfg.restore
+            units = [lambda k=k: pa.update_statistics(self, k, mc) for k in pa.kept_runs(self, mc, restoring=False)]
+            units += [lambda k=k, s=s: pa.restore_sweep(self, k, r.k_percents, s, mc=mc) for k in kept
+                      for s in r.strategies]
+            units += [lambda k=k: pa.restore_sweep(self, k, r.train_k_percents, "top", on_train=True, mc=mc)
+                      for k in kept]
+            seeds = r.layer_seeds or self.grid_cfg(mc).seeds[:1]
+            units += [lambda k=k: pa.layer_restore(self, k, mc)
+                      for k in pa.largest_scale(pa.kept_runs(self, mc, seeds))]
+            return units
+
+        stages.append(Deferred(after))
         return stages

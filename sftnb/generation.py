@@ -30,7 +30,9 @@ What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_
 
 Batching: a batch of B prompts of longest length L costs ``B * n * (L + max_new_tokens)`` token slots (its KV cache
 at the end of decoding); batches are filled, in length order, up to ``batch_tokens`` (a single prompt always
-forms a batch even when it alone exceeds the budget). On a GPU use a large budget (e.g. 2**19 for a 135M model).
+forms a batch even when it alone exceeds the budget). ``batch_tokens="auto"`` (``run.batch_tokens: auto``, the
+default) sizes the budget from the device's free memory with ``sftnb.memory``'s formula for a batch's peak (the
+H200 logs: a 135M model ran 4x faster at 2**21 token slots than at 2**16); on a CPU it is ``CPU_BATCH_TOKENS``.
 
 Determinism: the uniform that picks token t of sample j of a prompt is a hash of (seed, the prompt's token ids,
 the prompt's occurrence number among identical prompts in the call, j, t). Samples therefore do not depend on
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import batches, cache_kwarg, check_prompts, device_of, left_pad, pad_id
+from .batching import batches, cache_kwarg, check_prompts, device_of, left_pad, pad_id, resolve_budget
 
 CHECK_EVERY = 4            # decode steps between "who finished?" checks on a GPU (each one is a host sync)
 MIN_SHARED = 4             # a batch whose prompts all start with at least this many equal tokens prefills them once
@@ -215,6 +217,29 @@ def _expand_cache(cache, n: int, capacity: int) -> None:
             layer.batch_repeat_interleave(n)
 
 
+def _static_cache(model, cache, n: int, capacity: int):
+    """After prefill: a transformers ``StaticCache`` of ``capacity`` positions holding the prefill's keys/values
+    repeated n times (prompt -> its samples), and the decode-step function: on CUDA the model's forward through
+    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: one replay per step instead of an eager forward's many
+    kernel launches; every step has the same shapes), elsewhere the plain forward. Rows never leave a static batch:
+    finished ones are masked by their recorded length, and the batch ends when all are done."""
+    from transformers import StaticCache
+
+    static = StaticCache(config=model.config, max_cache_len=capacity)
+    for dyn, layer in zip(cache.layers, static.layers):
+        keys, values = dyn.keys.repeat_interleave(n, 0), dyn.values.repeat_interleave(n, 0)
+        layer.lazy_initialization(keys, values)
+        layer.update(keys, values)
+    step = model
+    if device_of(model).type == "cuda":
+        compiled = getattr(model, "_sftnb_compiled_step", None)
+        if compiled is None:
+            compiled = torch.compile(model.forward, mode="reduce-overhead", dynamic=False)
+            model._sftnb_compiled_step = compiled
+        step = compiled
+    return static, step
+
+
 def _select_cache(cache, keep: torch.Tensor) -> None:
     for layer in cache.layers:
         if hasattr(layer, "batch_select_indices"):
@@ -232,8 +257,26 @@ class StopRule:
     done: Callable[[int, list[int]], bool]
 
 
+def _stop_check(stop: StopRule, candidates: torch.Tensor, alive: torch.Tensor, tokens: torch.Tensor, step: int,
+                n: int, owners) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The live rows the stop rule ends at ``step``: (their live indices, their original rows), or None. ONE
+    device-to-host transfer per check: the candidate flags, each live row's original index and its tokens so far
+    travel as one int32 block (a row-by-row ``.tolist()`` is one synchronisation per candidate)."""
+    block = torch.cat([candidates[:, None].int(), alive[:, None].int(), tokens[alive, :step].int()], 1).cpu()
+    live, rows = [], []
+    for r in block[:, 0].nonzero().squeeze(-1).tolist():              # host memory from here on
+        row = int(block[r, 1])
+        if stop.done(owners[row // n], block[r, 2:].tolist()):
+            live.append(r)
+            rows.append(row)
+    if not live:
+        return None
+    return torch.tensor(live, dtype=torch.long), torch.tensor(rows, dtype=torch.long)
+
+
 @torch.inference_mode()
-def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, uniforms, stop=None, owners=None):
+def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, uniforms, stop=None, owners=None,
+                    static=False):
     from transformers import DynamicCache
 
     dev = device_of(model)
@@ -257,7 +300,12 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
                 **{ckw: cache})
     logits = out.logits[:, -1]
     width = mask.shape[1]
-    _expand_cache(cache, n, width + max_new_tokens)
+    step_fn = model
+    static = static and _plain_layers(cache)          # sliding-window layers keep the dynamic path
+    if static:
+        cache, step_fn = _static_cache(model, cache, n, width + max_new_tokens)
+    else:
+        _expand_cache(cache, n, width + max_new_tokens)
     if n > 1:
         logits = logits.repeat_interleave(n, 0)
         mask = mask.repeat_interleave(n, 0)
@@ -284,34 +332,37 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
         if step == max_new_tokens - 1:
             break
         if stop is not None and step and step % check_every == check_every - 1:
-            for r in (boundary[nxt] & ~done).nonzero().squeeze(-1).tolist():   # host sync: CPU, or every few steps
-                row = int(alive[r])
-                if stop.done(owners[row // n], tokens[row, :step].tolist()):
-                    done[r] = True
-                    lengths[row] = step
+            hits = _stop_check(stop, boundary[nxt] & ~done, alive, tokens, step, n, owners)
+            if hits is not None:
+                done[hits[0].to(dev)] = True
+                lengths[hits[1].to(dev)] = step
         if (eos_t is not None or stop is not None) and step % check_every == check_every - 1:
             keep = (~done).nonzero().squeeze(-1)               # host sync, once every check_every steps
             if keep.numel() == 0:
                 break
-            if keep.numel() < done.numel():                    # compact: finished rows leave batch and cache
+            if keep.numel() < done.numel() and not static:     # compact: finished rows leave batch and cache
                 _select_cache(cache, keep)
                 alive, nxt, mask, last_pos, done = alive[keep], nxt[keep], mask[keep], last_pos[keep], done[keep]
         last_pos = last_pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask[:, :width + step + 1],
-                    position_ids=last_pos[:, None], use_cache=True, **{ckw: cache})
-        logits = out.logits[:, -1]
+        # static: the whole mask every step (one shape for the CUDA graph; the cache masks unwritten positions)
+        out = step_fn(input_ids=nxt[:, None], attention_mask=mask if static else mask[:, :width + step + 1],
+                      position_ids=last_pos[:, None], use_cache=True, **{ckw: cache})
+        logits = out.logits[:, -1].clone() if static else out.logits[:, -1]   # graph outputs are overwritten
     tokens, lengths = tokens.cpu(), lengths.cpu().tolist()
     return [tokens[r, :lengths[r]].tolist() for r in range(rows)]
 
 
 def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature: float = 0.0,
              max_new_tokens: int = 32, eos_token_ids: Sequence[int] | int | None = (),
-             pad_token_id: int | None = None, seed: int = 0, batch_tokens: int = 16384, progress: bool = True,
-             desc: str = "generate", stop: StopRule | None = None) -> list[list[list[int]]]:
+             pad_token_id: int | None = None, seed: int = 0, batch_tokens: int | str | None = "auto",
+             progress: bool = True,
+             desc: str = "generate", stop: StopRule | None = None, static: bool = False) -> list[list[list[int]]]:
     """For each prompt (token ids), ``n`` completions as token-id lists, cut before the first EOS (the EOS itself
     is dropped). ``temperature`` 0 is greedy decoding (then the ``n`` completions are identical; use n=1).
-    Batches hold about ``batch_tokens`` token slots (rows x (longest prompt + max_new_tokens)); see the module
-    docstring for batching and determinism."""
+    Batches hold about ``batch_tokens`` token slots (rows x (longest prompt + max_new_tokens)); ``"auto"``: as many
+    as the free device memory holds (``batching.resolve_budget``; ``CPU_BATCH_TOKENS`` on a CPU). See the module
+    docstring for batching and determinism. ``static``: decode with a static KV cache, and on CUDA through CUDA
+    graphs (``_static_cache``); the same tokens as the dynamic path (tested on the CPU)."""
     if n < 1 or max_new_tokens < 1:
         raise ValueError("n and max_new_tokens must be at least 1")
     prompts = [list(map(int, p)) for p in prompts]
@@ -322,6 +373,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     pad = pad_id(model, pad_token_id)
     lengths = [len(p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+    batch_tokens = resolve_budget(batch_tokens, model, lambda: slot_bytes(model, max(lengths), max_new_tokens, n,
+                                                                          temperature > 0))
     keys = _prompt_keys(prompts, seed) if temperature > 0 else None
     results: list[list[list[int]]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
@@ -329,12 +382,23 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     for batch in batches(order, cost, batch_tokens):
         uniforms = _uniforms(keys[batch], n, max_new_tokens) if keys is not None else None
         outs = _generate_batch(model, [prompts[i] for i in batch], n, temperature, max_new_tokens, eos, pad,
-                               uniforms, stop, batch)
+                               uniforms, stop, batch, static)
         for j, i in enumerate(batch):
             results[i] = outs[j * n:(j + 1) * n]
         bar.update(len(batch))
     bar.close()
     return results
+
+
+def slot_bytes(model, prompt: int, new: int, n: int, sampling: bool) -> float:
+    """Peak device bytes of a generate() batch per token slot of its budget (``sftnb.memory.generation_peak``:
+    KV cache, logits, sampler and forward), for prompts of ``prompt`` tokens."""
+    from .memory import generation_peak, model_shape
+
+    shape = model_shape(model.config.to_dict())
+    b = next(model.parameters()).element_size()
+    slots = 1 << 22
+    return generation_peak(shape, b, slots, prompt, new, n, sampling).total / slots
 
 
 def greedy(model, prompts: Sequence[Sequence[int]], **kw) -> list[list[int]]:

@@ -8,7 +8,6 @@ the others of a run, in dependency order for ``sftnb run`` under torchrun (``sft
 """
 from __future__ import annotations
 
-import copy
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from .config import ModelConfig, Scale, scale_order
 from .errors import SftnbError
 from .evaluate import inference_copy, stored
 from .facts import Fact
+from .models import copy_model
 from .sft import resolve_precision, train, train_lora
 
 
@@ -73,7 +73,7 @@ class GridRuns:
         if facts is None:
             return None
         # what ran, not what was asked; settings that change no result (how memory is spent) stay out of the key
-        sft = self.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy"})
+        sft = self.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy", "fsdp_ranks"})
         sft["precision"] = resolve_precision(sft["precision"], self.device)
         if key.kind != "lora":
             sft.pop("lora")
@@ -129,16 +129,16 @@ class GridRuns:
         facts = self.training_facts(key, mc)
         if facts is None:
             raise SftnbError(f"{key.label}: D_train-{key.category} has too few facts for scale {key.scale}")
-        model, tok = self.pretrained(mc)
         ckpt = self.checkpoint_dir(key, mc)
         if ckpt is not None:
             from safetensors.torch import load_file
             state = {}
             for f in sorted(ckpt.glob("*.safetensors")):
                 state |= load_file(str(f), device=str(self.device))
-            # strict=False: a tied output head is saved once (under the embedding's name)
-            model.load_state_dict(state, strict=False)
-            return model, tok, None
+            # made straight from the checkpoint (a tied output head is saved once, under the embedding's name)
+            model = copy_model(self._template(mc), self.device, state=state).requires_grad_(True).eval()
+            return model, self.tokenizer(mc), None
+        model, tok = self.pretrained(mc)
         pairs = [(f.question, f.answers[0]) for f in facts]
         if key.kind == "lora":
             merged, report = train_lora(model, tok, pairs, self.cfg.sft, key.seed, self.progress)
@@ -146,10 +146,45 @@ class GridRuns:
         report = train(model, tok, pairs, self.cfg.sft, key.seed, progress=self.progress, desc=key.label)
         return model, tok, report
 
+    def run_units(self, mc: ModelConfig | None = None) -> list:
+        """The grid's units as ``sftnb run``'s ranks share them (``Experiment.work``): a run each, claimed by
+        whichever rank is free. With ``sft.strategy: fsdp`` the sharded runs form a ``Grouped`` stage (groups of
+        ``fsdp_ranks`` ranks train different runs at once) and the LoRA runs, which train on one device, follow in
+        the same stage, taken by ranks whose group is done."""
+        from .distributed import Grouped
+
+        mc = mc or self.cfg.main_model
+        keys = [k for k in self.run_keys(mc) if self.training_facts(k, mc) is not None]
+        unit = lambda k: (lambda: self.run_unit(k, mc))           # noqa: E731
+        if self.cfg.sft.strategy != "fsdp":
+            return [unit(k) for k in keys]
+        # LoRA runs train on one device: ranks whose group has no sharded run left take them (Grouped.then)
+        return Grouped([unit(k) for k in keys if k.kind != "lora"], self.fsdp_ranks(),
+                       then=[unit(k) for k in keys if k.kind == "lora"])
+
+    def fsdp_ranks(self) -> int:
+        """Ranks per sharded run: ``sft.fsdp_ranks``, or (auto) the smallest divisor of the world size on whose
+        GPUs the plan's SFT stage fits (all of them on a CPU, where nothing limits a group)."""
+        from .launch import world
+
+        size = world()[1]
+        if self.cfg.sft.fsdp_ranks != "auto":
+            if size % self.cfg.sft.fsdp_ranks:
+                raise SftnbError(f"sft.fsdp_ranks {self.cfg.sft.fsdp_ranks} does not divide the {size} ranks")
+            return self.cfg.sft.fsdp_ranks
+        if self.device.type != "cuda":
+            return size
+        from .plan import plan_from_config
+        for g in [d for d in range(1, size + 1) if size % d == 0]:
+            p = plan_from_config(self.cfg, gpus=g)
+            if p.stages["sft"].total <= p.capacity:
+                return g
+        return size
+
     def run_unit(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
         """Fine-tune, evaluate in and out of domain (and on its training set), first-token KL: one store unit.
-        With ``sft.strategy: fsdp`` under torchrun, every rank trains the run together (``sftnb.fsdp``) and rank 0
-        evaluates and publishes it (``distributed.compute_collective``)."""
+        With ``sft.strategy: fsdp`` under torchrun, the ranks of one group (``run_units``) train the run together
+        (``sftnb.fsdp``) and the group's first rank evaluates and publishes it (``distributed.compute_collective``)."""
         mc = mc or self.cfg.main_model
         spec = self.unit_spec(key, mc)
         if spec is None:
@@ -162,17 +197,35 @@ class GridRuns:
         return unit.compute(lambda tmp: self._evaluate_run(tmp, key, mc, ref, *self.finetune(key, mc)))
 
     def _compute_fsdp(self, tmp, key: RunKey, mc: ModelConfig, ref: dict) -> dict:
-        from .fsdp import train_fsdp
+        from transformers import AutoModelForCausalLM
 
-        model = copy.deepcopy(self._template(mc)).requires_grad_(True)   # sharded onto the devices by fsdp
+        from . import distributed
+        from .fsdp import device, mixed_precision, sharded_from_rank0, train_fsdp
+
+        # no copy of the model on any rank: built empty and sharded over the run's group (distributed.group_mesh;
+        # all ranks when None), each rank taking its shards from the pre-trained template -- rank 0's, broadcast,
+        # when the run spans every rank; each rank's own (every rank keeps one) in a group of some of them
+        template, mesh = self._template(mc), distributed.group_mesh()
+        state = template.state_dict() if tmp is not None or mesh is not None else None
+        model = sharded_from_rank0(template.config, state, mesh=mesh, broadcast=mesh is None,
+                                   mp_policy=mixed_precision(self.cfg.sft.precision, device()))
         pairs = [(f.question, f.answers[0]) for f in self.training_facts(key, mc)]
         report, state = train_fsdp(model, self.tokenizer(mc), pairs, self.cfg.sft, key.seed, progress=self.progress,
-                                   desc=key.label)
+                                   desc=key.label, mesh=mesh)
+        del model
         if tmp is None:                     # ranks > 0: their part was the training
             return {}
-        model, tok = self.pretrained(mc)
-        model.load_state_dict(state)
-        return self._evaluate_run(tmp, key, mc, ref, model, tok, report)
+        # the gathered weights (on rank 0's host) become the model as they are (assign: no copy); _evaluate_run
+        # moves it to the device in the inference dtype
+        with torch.device("meta"):
+            tuned = AutoModelForCausalLM.from_config(template.config)
+        tuned.load_state_dict(state, assign=True, strict=False)
+        tuned.tie_weights()
+        for name, buf in template.named_buffers():          # the rotary frequencies: in no state dict
+            if name not in state:
+                _set_buffer(tuned, name, buf.clone())
+        tuned.generation_config = template.generation_config
+        return self._evaluate_run(tmp, key, mc, ref, tuned.eval(), self.tokenizer(mc), report)
 
     def _evaluate_run(self, tmp, key: RunKey, mc: ModelConfig, ref: dict, model, tok, report) -> dict:
         from .token_kl import first_token_logits_of, renormalized_kl, topk_table
@@ -180,6 +233,8 @@ class GridRuns:
         if key.scale in self.grid_cfg(mc).keep_checkpoints and key.kind == "divided":
             model.save_pretrained(tmp / "checkpoint")
             tok.save_pretrained(tmp / "checkpoint")
+        # the training precision is not needed again: cast in place (tensor by tensor), never a second copy
+        model.to(device=self.device, dtype=self.infer_dtype)
         facts = self.training_facts(key, mc)
         sets = dict(self.eval_sets(mc))
         if self.cfg.eval.train_accuracy:
@@ -222,3 +277,8 @@ class GridRuns:
         df = pd.DataFrame(rows)
         df["category"] = df["category"].astype("Int64")
         return df
+
+
+def _set_buffer(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    model.get_submodule(owner).register_buffer(leaf, value, persistent=False)

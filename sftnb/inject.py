@@ -187,8 +187,9 @@ def build(store, base_path: str, base_id: str, plan: Sequence[Exposure], templat
     if missing:
         raise SftnbError(f"inject: no statement template for relation(s) {', '.join(missing)}")
     spec = {"base": base_id, "templates": {r: list(templates[r]) for r in sorted(used)}, "seed": seed,
-            "train": train_cfg.model_dump(exclude={"lora"}), "prompt_start": prompt_start, "dtype": str(dtype),
-            "plan": [(e.fact.key, e.count) for e in plan]}
+            # fsdp_ranks: added after these units were stored, and changes no result
+            "train": train_cfg.model_dump(exclude={"lora", "fsdp_ranks"}), "prompt_start": prompt_start,
+            "dtype": str(dtype), "plan": [(e.fact.key, e.count) for e in plan]}
 
     def compute(tmp):
         model, tok = load_model(base_path, device=device, dtype=dtype, prompt_start=prompt_start)

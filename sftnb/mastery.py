@@ -179,15 +179,13 @@ def facts_digest(facts: Sequence[Fact]) -> str:
     return h.hexdigest()
 
 
-def probe_stored(store, model, tokenizer, model_id: str, facts: Sequence[Fact], relations: dict[str, Relation],
+def probe_chunks(store, model, tokenizer, model_id: str, facts: Sequence[Fact], relations: dict[str, Relation],
                  cfg: ProbeConfig, method: str | None = None, batch_tokens: int = 16384,
-                 progress: bool = True, label: str = "probe", dtype: str = "") -> pd.DataFrame:
-    """``probe`` in chunks of ``cfg.chunk_facts`` facts, each a store unit: an interrupted probe resumes at the
-    first unfinished chunk. ``model`` may be a zero-argument callable, called only if a chunk must be computed.
-    ``dtype`` (the inference dtype) is part of each unit's key: it changes the numbers. A ``calibrated`` probe
-    stores its uncalibrated ``likelihood`` rates (calibration is applied on top, ``sftnb.calibration``)."""
+                 progress: bool = True, label: str = "probe", dtype: str = "") -> list:
+    """The store units of ``probe_stored``, one per chunk of ``cfg.chunk_facts`` facts, as zero-argument callables
+    that compute (or reuse) their chunk: the units the ranks of ``sftnb run`` share one by one
+    (``sftnb.distributed``). Arguments as for ``probe_stored``."""
     method = "likelihood" if (method or cfg.method) == "calibrated" else (method or cfg.method)
-    frames = []
     # what changes the numbers: sampling is seeded; a lead-in never holds a token that ends a sample
     drop = {"chunk_facts", "calibration_facts", "method"} | ({"lead_ins", "lead_in_depth"} if method == "sampling"
                                                              else {"seed"})
@@ -195,6 +193,7 @@ def probe_stored(store, model, tokenizer, model_id: str, facts: Sequence[Fact], 
         drop.add("lead_in_depth")
     spec_cfg = cfg.model_dump(exclude=drop)
     chunks = [facts[i:i + cfg.chunk_facts] for i in range(0, len(facts), cfg.chunk_facts)]
+    out = []
     for ci, chunk in enumerate(chunks):
         spec = {"model": model_id, "method": method, "probe": spec_cfg, "facts": facts_digest(chunk),
                 "templates": {r: relations[r].mapping_templates[:cfg.n_templates]
@@ -208,8 +207,20 @@ def probe_stored(store, model, tokenizer, model_id: str, facts: Sequence[Fact], 
             return {"facts": len(df), "categories": df["category"].value_counts().sort_index().to_dict()}
 
         unit = store.unit("probe", spec, f"{label}-{method}-{ci:03d}")
-        unit.compute(compute)
-        frames.append(pd.read_json(unit.file("probe.jsonl"), orient="records", lines=True, dtype=False))
+        out.append(lambda unit=unit, compute=compute: (unit.compute(compute), unit)[1])
+    return out
+
+
+def probe_stored(store, model, tokenizer, model_id: str, facts: Sequence[Fact], relations: dict[str, Relation],
+                 cfg: ProbeConfig, method: str | None = None, batch_tokens: int = 16384,
+                 progress: bool = True, label: str = "probe", dtype: str = "") -> pd.DataFrame:
+    """``probe`` in chunks of ``cfg.chunk_facts`` facts, each a store unit: an interrupted probe resumes at the
+    first unfinished chunk. ``model`` may be a zero-argument callable, called only if a chunk must be computed.
+    ``dtype`` (the inference dtype) is part of each unit's key: it changes the numbers. A ``calibrated`` probe
+    stores its uncalibrated ``likelihood`` rates (calibration is applied on top, ``sftnb.calibration``)."""
+    units = [chunk() for chunk in probe_chunks(store, model, tokenizer, model_id, facts, relations, cfg, method,
+                                                batch_tokens, progress, label, dtype)]
+    frames = [pd.read_json(u.file("probe.jsonl"), orient="records", lines=True, dtype=False) for u in units]
     if not frames:
         return pd.DataFrame(columns=PROBE_COLUMNS)
     return pd.concat(frames, ignore_index=True)

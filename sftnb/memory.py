@@ -29,11 +29,13 @@ FSDP (N ranks): (W + G + O)/N + (root + 2*layer)*b_g + max(root, layer)*b_w + Ac
   the compute dtype b_g, and one unit's unsharded gradients before the reduce-scatter. Mixed precision must come from
   FSDP's MixedPrecisionPolicy, not autocast, whose cache would keep a bf16 copy of every gathered weight (2 B/param,
   unsharded) until the forward ends: C = 0 here.
-LoRA (rank r, same strategy): frozen W (or its shard + gathered units) + C + Act + T*L*sum_targets(in + r)*a
+LoRA (rank r; one device per run, also with sft.strategy fsdp: GridRuns.run_units): frozen W + C + Act
+  + T*L*sum_targets(in + r)*a
   (lora_A's dropout output, lora_B's input; measured fp32 +6 %, bf16-mixed -14 %) + 16 B per adapter parameter.
-Probe / eval (generation; each device holds a full replica, also under fsdp): P*b_i + resident + max(phases), where
-  resident = P*b_w (/N under fsdp) when b_i != b_w: the training model stays on the device while a copy generates
-  (Experiment._infer_model, evaluate.inference_copy). rows = batch_tokens // (prompt + new) (a full batch); a
+Probe / eval (generation; each device holds a full replica, also under fsdp): P*b_i + max(phases): the probe's model
+  is made in b_i straight from the host template (models.copy_model), the evaluated fine-tuned model is cast in place
+  (GridRuns._evaluate_run). run.batch_tokens auto: the budget that fills USABLE of the device beside the weights
+  (batching.resolve_budget; this formula per slot). rows = batch_tokens // (prompt + new) (a full batch); a
   no-grad forward's widest moment is f = (3I + 4H)*b_i per token (MLP activation, up and product beside the
   residual, norm and attention outputs).
   decode  = 2*L*K*b_i*batch_tokens (preallocated KV cache) + rows*f + rows*V*(2*b_i + s): two steps' logits, and
@@ -45,8 +47,8 @@ Restore (live, one full fine-tuned model, also under fsdp): P*b_w + undo + regio
   (32 B per element of one piece: Restorer's reused buffers, <= 32 MiB) + eval's inference copy and phases.
   undo = max(k_max % of the region, one layer group)*b_w: with the reference on the host, Restorer cannot swap
   (param_analysis asks swap=False anyway) and keeps the overwritten fine-tuned values on the device until undo.
-Host: the pre-trained reference P*b_w (Experiment.base_state) per process: one per GPU with strategy single, one in
-  all with fsdp (each rank keeps its own shard).
+Host: the pre-trained template P*b_w (Experiment._template) per process, any strategy (every rank probes and
+  evaluates on its own); under fsdp rank 0 also gathers each trained model (P*b_w) for saving and evaluation.
 Fits: every stage <= USABLE (90 %) of a device (the CUDA context and the allocator's reserve come out of the rest);
   on a CPU the device is the host: largest stage + host copy <= 90 % of RAM (/proc/meminfo MemTotal).
 
@@ -168,7 +170,7 @@ class PlanSettings:
     lora_r: int = 16
     lora_targets: tuple[str, ...] = LORA_TARGETS
     infer_bytes: int = 2                      # run.inference_dtype
-    batch_tokens: int = 16384                 # run.batch_tokens
+    batch_tokens: int | None = 16384          # run.batch_tokens; None: "auto", each stage fills its device
     prompt_tokens: int = 16                   # QA prompts are ~15-25 tokens; shorter = more rows, more logits
     probe_samples: int = 10
     probe_new_tokens: int = 32
@@ -262,20 +264,25 @@ def sft_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
     return Estimate({"weights": p * b, f"{s.optimizer} states": opt, **last})
 
 
+def fsdp_gather_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
+    """Rank 0 after the last FSDP step: its weight and optimizer shards (gradients, activations and gathered units
+    are freed) and the full trained weights gathered onto its host (``fsdp.full_state_dict``, cpu_offload). On a
+    GPU these live on the host; on a CPU, where the device is the host, rank 0 peaks at max(sft, this) + template."""
+    p, b = shape.params, s.weight_bytes
+    return Estimate({"weight+optimizer shards": (p * b + int(p * optimizer_bytes_per_param(s))) // s.gpus,
+                     "gathered state": p * b})
+
+
 def lora_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
     """LoRA: frozen weights (+ autocast copies), activations with the adapters' extra inputs, adapter states."""
     proj = shape.projections()
     targets = [proj[t] for t in s.lora_targets if t in proj]
     n_adapter = shape.layers * sum(s.lora_r * (i + o) for i, o in targets)
     a = 4 if s.precision == "fp32" else 2
-    rows = -(-s.batch_size // s.ranks)
+    rows = s.batch_size                       # one device trains a LoRA run, also with sft.strategy fsdp
     extra = rows * s.seq_len * shape.layers * sum(i + s.lora_r for i, _ in targets) * a
-    if s.strategy == "fsdp":
-        frozen = {"frozen weight shards": shape.params * s.weight_bytes // s.gpus,
-                  "gathered units": _gathered(shape, s)}
-    else:
-        casts = 2 * shape.matmul_params() if s.precision == "bf16-mixed" else 0
-        frozen = {"frozen weights": shape.params * s.weight_bytes, "autocast copies": casts}
+    casts = 2 * shape.matmul_params() if s.precision == "bf16-mixed" else 0
+    frozen = {"frozen weights": shape.params * s.weight_bytes, "autocast copies": casts}
     return Estimate({**frozen, "activations": activation_memory(shape, s, rows) + extra,
                      "adapters+states": 16 * n_adapter})
 
@@ -307,33 +314,56 @@ def scoring_peak(shape: ModelShape, b: int, batch_tokens: int, logit_entries: in
                      "logits": logit_entries * per_entry})
 
 
-def _resident(shape: ModelShape, s: PlanSettings) -> dict[str, int]:
-    if s.infer_bytes == s.weight_bytes:
-        return {}
-    return {f"{_dtype(s.weight_bytes)} model kept": shape.params * s.weight_bytes // s.ranks}
+def auto_budget(shape: ModelShape, s: PlanSettings, held: int, per_token: float) -> int:
+    """``run.batch_tokens: auto`` as ``sftnb.batching.resolve_budget`` sizes it: the token slots that fill USABLE of
+    a device beside ``held`` bytes (``per_token``: the stage's peak per slot); on a CPU its fixed default."""
+    from .batching import CPU_BATCH_TOKENS
+
+    if s.on_cpu:
+        return CPU_BATCH_TOKENS
+    return max(64, int((USABLE * s.gpu_memory_gb * GB - held) / per_token))
+
+
+def _budget(shape: ModelShape, s: PlanSettings, held: int, peak) -> int:
+    """The stage's batch_tokens: as set, or ``auto_budget`` for the peak function ``peak(batch_tokens)``."""
+    if s.batch_tokens is not None:
+        return s.batch_tokens
+    slots = 1 << 22
+    return auto_budget(shape, s, held, peak(slots).total / slots)
 
 
 def probe_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
-    """Mastery probe: sampling (n samples of probe_new_tokens per prompt) or the likelihood scorer."""
+    """Mastery probe: sampling (n samples of probe_new_tokens per prompt) or the likelihood scorer. The probe's
+    model is made in the inference dtype straight from the host template (``models.copy_model``): nothing else
+    on the device."""
     b = s.infer_bytes
-    peak = generation_peak(shape, b, s.batch_tokens, s.prompt_tokens, s.probe_new_tokens, s.probe_samples, True)
-    if s.probe_method == "likelihood":
-        score = scoring_peak(shape, b, s.batch_tokens, LOGITS_BUDGET, b + 8)
-        peak = max(peak, score, key=lambda e: e.total)
-    return Estimate({f"{_dtype(b)} weights": shape.params * b, **_resident(shape, s), **peak.parts})
+    weights = shape.params * b
+
+    def peak(bt):
+        out = generation_peak(shape, b, bt, s.prompt_tokens, s.probe_new_tokens, s.probe_samples, True)
+        if s.probe_method == "likelihood":
+            out = max(out, scoring_peak(shape, b, bt, LOGITS_BUDGET, b + 8), key=lambda e: e.total)
+        return out
+    return Estimate({f"{_dtype(b)} weights": weights, **peak(_budget(shape, s, weights, peak)).parts})
 
 
-def _eval_peak(shape: ModelShape, s: PlanSettings) -> Estimate:
+def _eval_peak(shape: ModelShape, s: PlanSettings, held: int) -> Estimate:
     b = s.infer_bytes
-    gen = generation_peak(shape, b, s.batch_tokens, s.prompt_tokens, s.eval_new_tokens, 1, False)
-    rows = max(1, s.batch_tokens // s.prompt_tokens)
-    return max(gen, scoring_peak(shape, b, s.batch_tokens, rows * shape.vocab, b + 4), key=lambda e: e.total)
+
+    def peak(bt):
+        gen = generation_peak(shape, b, bt, s.prompt_tokens, s.eval_new_tokens, 1, False)
+        rows = max(1, bt // s.prompt_tokens)
+        return max(gen, scoring_peak(shape, b, bt, rows * shape.vocab, b + 4), key=lambda e: e.total)
+    return peak(_budget(shape, s, held, peak))
 
 
 def eval_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
-    """Greedy evaluation, and the first-token logits of the token-KL analysis."""
+    """Greedy evaluation, and the first-token logits of the token-KL analysis. The fine-tuned model, no longer
+    needed in its training precision, is cast in place (``GridRuns._evaluate_run``; under fsdp it is rebuilt on
+    rank 0's host and moved once, in the inference dtype): one copy on the device."""
     b = s.infer_bytes
-    return Estimate({f"{_dtype(b)} weights": shape.params * b, **_resident(shape, s), **_eval_peak(shape, s).parts})
+    weights = shape.params * b
+    return Estimate({f"{_dtype(b)} weights": weights, **_eval_peak(shape, s, weights).parts})
 
 
 def restore_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
@@ -341,13 +371,19 @@ def restore_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
     region = shape.region_params(s.restore_region)
     group = min(s.layer_group_size, shape.layers) / shape.layers * shape.region_params("transformer")
     copy = {} if s.infer_bytes == s.weight_bytes else {"inference copy": shape.params * s.infer_bytes}
-    return Estimate({"fine-tuned model": shape.params * s.weight_bytes,
-                     "undo values": int(max(s.restore_k / 100 * region, group)) * s.weight_bytes,
-                     "mask+workspace": region // 8 + WORKSPACE_PER_ELEMENT * min(PIECE, shape.largest_tensor()),
-                     **copy, **_eval_peak(shape, s).parts})
+    parts = {"fine-tuned model": shape.params * s.weight_bytes,
+             "undo values": int(max(s.restore_k / 100 * region, group)) * s.weight_bytes,
+             "mask+workspace": region // 8 + WORKSPACE_PER_ELEMENT * min(PIECE, shape.largest_tensor()), **copy}
+    return Estimate({**parts, **_eval_peak(shape, s, sum(parts.values())).parts})
 
 
 def host_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
-    """The pre-trained reference in host RAM: one per process (strategy single), one in all (fsdp shards)."""
-    copies = 1 if s.strategy == "fsdp" else s.gpus
-    return Estimate({f"pre-trained reference x{copies}": copies * shape.params * s.weight_bytes})
+    """Host RAM of one node as the code allocates it: every process (rank) keeps the pre-trained model on its host
+    (``Experiment._template``: the source of every copy and the restoration reference); the copies it hands out are
+    made on its device (``models.copy_model``), never on the host. Under fsdp the weights reach the other ranks'
+    shards from rank 0's template (``fsdp.sharded_from_rank0``) and rank 0 gathers each trained model on its host
+    (``fsdp.full_state_dict``) for saving and evaluation: one more copy there."""
+    copies = {f"pre-trained template x{s.gpus} ranks": s.gpus * shape.params * s.train_bytes}
+    if s.strategy == "fsdp":
+        copies["rank 0: gathered fine-tuned state"] = shape.params * s.weight_bytes
+    return Estimate(copies)

@@ -20,6 +20,8 @@ when present.
 """
 from __future__ import annotations
 
+import copy
+
 import importlib.util
 import os
 from functools import lru_cache
@@ -298,6 +300,27 @@ def load_model(path: str, device: str = "auto", dtype: str | torch.dtype = "auto
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     return model.eval(), tok
+
+
+def copy_model(model, device: torch.device | str, dtype: torch.dtype | None = None,
+               state: dict[str, torch.Tensor] | None = None):
+    """A copy of ``model`` made straight on ``device`` in ``dtype`` (default: the model's), with ``model``'s weights
+    or those of ``state``. The copy's parameters are created empty where they will live (the meta device, then
+    ``to_empty``) and filled from the source, tensor by tensor: no intermediate whole copy -- ``deepcopy(m).to(dev)``
+    first copies the whole model on the host, ``deepcopy(m).to(bf16)`` holds two full copies on the device."""
+    from accelerate import init_empty_weights
+
+    dtype = dtype or next(model.parameters()).dtype
+    with init_empty_weights(include_buffers=False):    # parameters on meta; buffers (rotary freqs) computed
+        twin = type(model)(model.config)
+    twin.to(dtype=dtype).to_empty(device=device)
+    with torch.no_grad():                              # to_empty emptied the buffers too: the source's again
+        for name, buf in model.named_buffers():
+            twin.get_buffer(name).copy_(buf)
+    twin.tie_weights()                                 # to_empty untied a tied head: tie it again
+    twin.load_state_dict(model.state_dict() if state is None else state, strict=state is None)
+    twin.generation_config = copy.deepcopy(model.generation_config)
+    return twin.train(model.training)
 
 
 def describe(path: str) -> str:

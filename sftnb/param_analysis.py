@@ -153,7 +153,7 @@ def task_sweep(exp, task_cfg, seed: int, mc=None) -> dict:
     task = load_task(task_cfg.spec(), root=project_root())
     ks = list(task_cfg.k_percents or exp.cfg.restore.k_percents)
     digest = hashlib.sha256("\n".join(f"{e.prompt}\t{e.target}" for e in task.train + task.test).encode()).hexdigest()
-    sft = exp.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy", "lora"})
+    sft = exp.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy", "lora", "fsdp_ranks"})
     sft["precision"] = resolve_precision(sft["precision"], exp.device)
     sft["learning_rate"] = task_cfg.learning_rate or sft["learning_rate"]
     spec = {"model": exp.model_id(mc), "task": task_cfg.spec(), "data": digest, "sft": sft, "seed": seed, "ks": ks,

@@ -76,8 +76,9 @@ def _changes(s: PlanSettings) -> list[tuple[str, list[tuple[str, dict]]]]:
             out.append(("8bit", [("sft.optimizer: adamw_8bit", {"optimizer": "adamw_8bit"})]))
     if not s.gradient_checkpointing:
         out.append(("gc", [("sft.gradient_checkpointing: true", {"gradient_checkpointing": True})]))
-    smaller = [s.batch_tokens >> k for k in range(1, 12) if s.batch_tokens >> k >= 512]
-    out.append(("tokens", [(f"run.batch_tokens: {t}", {"batch_tokens": t}) for t in smaller]))
+    if s.batch_tokens is not None:                     # auto sizes itself to the device
+        smaller = [s.batch_tokens >> k for k in range(1, 12) if s.batch_tokens >> k >= 512]
+        out.append(("tokens", [(f"run.batch_tokens: {t}", {"batch_tokens": t}) for t in smaller]))
     if s.precision != "bf16":
         out.append(("bf16", [("sft.precision: bf16 (not the paper's fp32-master recipe)", {"precision": "bf16"})]))
     return [c for c in out if c[1]]
@@ -130,7 +131,8 @@ def format_plan(p: Plan) -> str:
              f"{sh.intermediate}, heads {sh.heads}/{sh.kv_heads} kv, vocab {sh.vocab}, "
              f"{'tied' if sh.tied else 'untied'})",
              f"device: {where}, usable {fmt_gb(p.capacity)} GB each; sft: {s.strategy}, {s.optimizer}, "
-             f"{s.precision}, batch {s.batch_size} x {s.seq_len} tokens{ckpt}; run.batch_tokens {s.batch_tokens}",
+             f"{s.precision}, batch {s.batch_size} x {s.seq_len} tokens{ckpt}; run.batch_tokens "
+             f"{s.batch_tokens or 'auto (each stage fills its device)'}",
              f"{'stage':<10} {'GB/device':>10}  notes"]
     over = set(p.over())
     for name, e in [*p.stages.items(), ("host", p.host)]:
@@ -223,7 +225,8 @@ def plan_from_config(cfg, gpus: int | None = None, gpu_memory_gb: float | None =
         gradient_checkpointing=sft.gradient_checkpointing, batch_size=sft.batch_size,
         train_bytes=4 if cfg.run.dtype in ("auto", "float32") else 2,
         lora=cfg.grid.lora, lora_r=sft.lora.r, lora_targets=tuple(sft.lora.target_modules),
-        infer_bytes=_dtype_bytes(cfg.run.inference_dtype, gpu, native), batch_tokens=cfg.run.batch_tokens,
+        infer_bytes=_dtype_bytes(cfg.run.inference_dtype, gpu, native),
+        batch_tokens=None if cfg.run.batch_tokens == "auto" else cfg.run.batch_tokens,
         probe_samples=cfg.probe.n_samples, probe_new_tokens=cfg.probe.max_new_tokens,
         probe_method=cfg.probe.method, eval_new_tokens=cfg.eval.max_new_tokens,
         restore_k=max([*r.k_percents, *r.train_k_percents, r.redundant_k_percent]),

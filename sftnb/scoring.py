@@ -17,10 +17,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import LOGITS_BUDGET, batches, cache_kwarg, check_prompts, device_of, left_pad, pad_id
+from .batching import LOGITS_BUDGET, batches, cache_kwarg, check_prompts, device_of, left_pad, pad_id, resolve_budget
+
+
+def _budget(batch_tokens, model) -> int:
+    """``batch_tokens``, or for "auto" what the free device memory holds at a no-grad forward's peak per token
+    (``sftnb.memory.forward_bytes_per_token``; the logits have their own budget, LOGITS_BUDGET)."""
+    def per_token():
+        from .memory import forward_bytes_per_token, model_shape
+        shape = model_shape(model.config.to_dict())
+        b = next(model.parameters()).element_size()
+        return forward_bytes_per_token(shape, b) + 2 * shape.layers * shape.kv_dim * b
+    return resolve_budget(batch_tokens, model, per_token)
 
 @torch.inference_mode()
-def first_token_logits(model, prompts: Sequence[Sequence[int]], batch_tokens: int = 16384,
+def first_token_logits(model, prompts: Sequence[Sequence[int]], batch_tokens: int | str | None = "auto",
                        pad_token_id: int | None = None, progress: bool = False) -> torch.Tensor:
     """[N, V] float32 on the CPU: the next-token logits after each prompt (one padded forward per batch of about
     ``batch_tokens`` tokens, only the last position projected on the vocabulary)."""
@@ -35,7 +46,7 @@ def first_token_logits(model, prompts: Sequence[Sequence[int]], batch_tokens: in
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
     out: torch.Tensor | None = None
     bar = tqdm(total=len(prompts), desc="logits", disable=not progress, leave=False)
-    for batch in batches(order, lambda rows, i: rows * lengths[i], batch_tokens):
+    for batch in batches(order, lambda rows, i: rows * lengths[i], _budget(batch_tokens, model)):
         ids, mask, pos = left_pad([prompts[i] for i in batch], pad, device_of(model))
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
                        logits_to_keep=1).logits[:, -1].float().cpu()
@@ -49,7 +60,7 @@ def first_token_logits(model, prompts: Sequence[Sequence[int]], batch_tokens: in
 
 @torch.inference_mode()
 def lead_in_probs(model, prompts: Sequence[Sequence[int]], watch: Sequence[Sequence[int]], n_lead: int,
-                  temperature: float = 1.0, exclude: Sequence[int] = (), batch_tokens: int = 16384,
+                  temperature: float = 1.0, exclude: Sequence[int] = (), batch_tokens: int | str | None = "auto",
                   pad_token_id: int | None = None, progress: bool = False, depth: int = 1) -> list[dict]:
     """For each prompt: the tempered next-token probabilities of the ``watch`` tokens (e.g. an answer's first
     tokens), the ``n_lead`` most likely lead-in phrases of up to ``depth`` tokens that are not watched (nor in
@@ -93,7 +104,7 @@ def lead_in_probs(model, prompts: Sequence[Sequence[int]], watch: Sequence[Seque
         return blocked
 
     bar = tqdm(total=len(prompts), desc="lead-ins", disable=not progress, leave=False)
-    for big in batches(order, lambda rows, i: rows * (lengths[i] + 1), batch_tokens):
+    for big in batches(order, lambda rows, i: rows * (lengths[i] + 1), _budget(batch_tokens, model)):
         for s in range(0, len(big), rows_cap):
             batch = big[s:s + rows_cap]
             nb = len(batch)
@@ -147,7 +158,7 @@ def lead_in_probs(model, prompts: Sequence[Sequence[int]], watch: Sequence[Seque
 
 @torch.inference_mode()
 def continuation_logprobs(model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
-                          temperature: float = 1.0, batch_tokens: int = 16384, progress: bool = False,
+                          temperature: float = 1.0, batch_tokens: int | str | None = "auto", progress: bool = False,
                           pad_token_id: int | None = None) -> list[list[float]]:
     """For each prompt and each of its candidate continuations (token-id lists): the teacher-forced
     Σ_t log softmax(logits_t / temperature)[c_t] over the continuation's tokens (0.0 for an empty continuation).
@@ -174,7 +185,7 @@ def continuation_logprobs(model, prompts: Sequence[Sequence[int]], continuations
         return rows * lengths[i]
 
     bar = tqdm(total=len(seqs), desc="score", disable=not progress, leave=False)
-    for big in batches(order, cost, batch_tokens):
+    for big in batches(order, cost, _budget(batch_tokens, model)):
         # split further so the kept logits stay within LOGITS_BUDGET entries
         per_row = (max(len(conts[i]) for i in big) + 1) * vocab
         step = max(1, LOGITS_BUDGET // per_row)

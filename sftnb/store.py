@@ -16,13 +16,14 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import claims
-from .launch import pid_alive
+from .launch import pid_alive, world
 from .atomic import atomic_folder, atomic_write_json, temp_owner_pid
 
 STORE_VERSION = 1
@@ -98,8 +99,10 @@ class Store:
         self.clean_stale()
 
     def log(self, event: str, unit: Unit) -> None:
-        """One line per unit served, so ``sftnb run`` can say what each notebook computed and reused."""
-        line = json.dumps({"event": event, "kind": unit.kind, "unit": unit.path.name, "t": round(time.time(), 3)})
+        """One line per unit served, so ``sftnb run`` can say what each notebook computed and reused, and which
+        rank of which host did it (several processes share one store: ``sftnb.distributed``)."""
+        line = json.dumps({"event": event, "kind": unit.kind, "unit": unit.path.name, "t": round(time.time(), 3),
+                           "rank": world()[0], "host": socket.gethostname(), "pid": os.getpid()})
         with open(self.root / "units.log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
 

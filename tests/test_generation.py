@@ -296,3 +296,59 @@ def test_stopping_once_the_answer_is_there_changes_no_correctness():
     stopped = answer_questions(model, tok, qs, max_new_tokens=12, progress=False, answers=answers)
     assert score(facts, stopped) == score(facts, full)
     assert sum(score(facts, full)) >= 2 and any(len(s) < len(f) for s, f in zip(stopped, full))
+
+
+class _OnDevice(torch.Tensor):
+    """A tensor that records every operation which would move data to the host (or wait for it) on a GPU."""
+    syncs: list[str] = []
+    HOST = {"cpu", "tolist", "item", "numpy", "__int__", "__bool__", "__index__", "__float__", "nonzero"}
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in cls.HOST:
+            cls.syncs.append(name)
+            with torch._C.DisableTorchFunctionSubclass():
+                out = func(*args, **(kwargs or {}))
+            return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out   # on the host now
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_stop_rule_check_is_one_transfer_and_asks_what_a_row_by_row_check_asks():
+    """Issue 23: StopRule's check copies the candidates, rows and tokens to the host in ONE transfer (it copied
+    each candidate row by row); it asks ``done`` exactly the questions the row-by-row check asked."""
+    torch.manual_seed(0)
+    tokens, alive = torch.randint(0, 50, (6, 10)), torch.tensor([0, 2, 3, 5, 6, 7])
+    full_tokens = torch.zeros((8, 10), dtype=torch.long)
+    full_tokens[alive] = tokens
+    cand = torch.tensor([True, False, True, True, False, True])
+    owners, asked = [10, 11, 12, 13], []
+    rule = G.StopRule(torch.zeros(50, dtype=torch.bool), lambda p, toks: asked.append((p, toks)) or p % 2 == 0)
+    _OnDevice.syncs = []
+    hits = G._stop_check(rule, cand.as_subclass(_OnDevice), alive.as_subclass(_OnDevice),
+                         full_tokens.as_subclass(_OnDevice), 5, 2, owners)
+    assert _OnDevice.syncs == ["cpu"]
+    expect = [(owners[int(alive[r]) // 2], full_tokens[alive[r], :5].tolist()) for r in (0, 2, 3, 5)]
+    assert asked == expect
+    ended = [r for r in (0, 2, 3, 5) if owners[int(alive[r]) // 2] % 2 == 0]
+    assert hits[0].tolist() == ended and hits[1].tolist() == [int(alive[r]) for r in ended]
+    asked.clear()
+    assert G._stop_check(rule, torch.zeros(6, dtype=torch.bool), alive, full_tokens, 5, 2, owners) is None
+    assert asked == []
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_static_cache_path_gives_the_dynamic_paths_tokens(tiny, prompts, temperature):
+    """Issue 23: the static-KV-cache decode (on CUDA also CUDA graphs; here its uncompiled form) gives the tokens
+    of the dynamic path for a seed, with EOS and the stop rule ending rows (rows stay in a static batch)."""
+    model, tok = tiny
+    kw = dict(n=3 if temperature else 1, temperature=temperature, max_new_tokens=9, seed=5, progress=False,
+              batch_tokens=1 << 20)
+    base = generate(model, prompts, **kw)
+    assert generate(model, prompts, static=True, **kw) == base
+    # an EOS that fires, and a stop rule that ends every row at its first word boundary after 2 tokens
+    eos = sorted({c[0][2] for c in base if len(c[0]) > 2})[:2]
+    rule = G.StopRule(torch.ones(model.config.vocab_size, dtype=torch.bool), lambda p, toks: len(toks) >= 2)
+    for extra in ({"eos_token_ids": eos}, {"stop": rule}):
+        dyn = generate(model, prompts, **kw, **extra)
+        assert dyn != base and generate(model, prompts, static=True, **kw, **extra) == dyn

@@ -304,8 +304,23 @@ def test_paper_params_file_plans_like_the_constructed_8b(tmp_path):
     assert not plan_from_config(cfg, gpus=1, gpu_memory_gb=80).fits    # sharded over one GPU: nothing saved
     cfg.sft.strategy = "single"
     one = plan_from_config(cfg, gpus=1, gpu_memory_gb=80)
-    assert not one.fits and one.settings.precision == "bf16-mixed" and one.settings.batch_tokens == 65536
+    assert not one.fits and one.settings.precision == "bf16-mixed" and one.settings.batch_tokens is None   # auto
     assert one.stages["sft"].total == sft_memory(model_shape(LLAMA3_8B), PAPER).total
+
+
+def test_auto_batch_tokens_fill_the_device_and_fit():
+    """run.batch_tokens: auto: each inference stage's budget fills USABLE of the device beside what it holds,
+    as batching.resolve_budget sizes it from the free memory; a fixed budget is planned as set."""
+    shape = model_shape(LLAMA3_8B)
+    s = replace(PAPER, gpus=8, strategy="fsdp", batch_tokens=None)
+    p = plan(shape, s)
+    assert p.fits
+    for stage in ("probe", "eval", "restore"):
+        assert 0.97 * p.capacity <= p.stages[stage].total <= p.capacity, stage
+    assert plan(shape, replace(s, gpu_memory_gb=141)).stages["probe"].parts["KV cache"] > \
+        1.5 * p.stages["probe"].parts["KV cache"]
+    cpu = plan(shape, replace(s, on_cpu=True, gpu_memory_gb=1000))
+    assert cpu.stages["probe"].total == probe_memory(shape, replace(s, on_cpu=True, batch_tokens=16384)).total
 
 
 def test_cli_exit_status_fits_and_does_not_fit(tmp_path, capsys):
@@ -344,3 +359,100 @@ def test_cli_bad_input_is_status_2(case, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("sftnb: error: ") and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------ time plan
+def test_time_plan_counts_the_work_and_prints_its_assumptions(tmp_path, capsys):
+    """Issue 23: ``sftnb plan`` on GPUs also estimates each stage's wall time from resources/throughput.json (only
+    measured rows, each naming its log), printing every assumption, and still ends with fits / does not fit."""
+    from sftnb import timeplan
+
+    rows = timeplan.throughput_table()
+    assert {r["stage"] for r in rows} >= {"probe", "sft", "eval"}
+    assert all((ROOT / r["source"]).is_file() and str(r["rate"]) in (ROOT / r["source"]).read_text() for r in rows)
+    params = _params(tmp_path, str(_llama3_folder(tmp_path)), run={"device": "cuda"},
+                     data={"source": "builtin", "max_train_per_relation": 20, "max_test_per_relation": 10,
+                           "max_testood_per_relation": 10},
+                     probe={"n_templates": 2, "n_samples": 10}, sft={"strategy": "fsdp"},
+                     grid={"scales": [8, 16], "seeds": [0]})
+    cfg = load_config(params)
+    one, _ = timeplan.estimate(cfg, 8_030_261_248, 1)
+    eight, assumptions = timeplan.estimate(cfg, 8_030_261_248, 8)
+    for a, b in zip(one, eight):
+        assert a.work == b.work and a.seconds == pytest.approx(8 * b.seconds)      # shared over the GPUs
+    counts = timeplan._counts(cfg)
+    assert one[0].work == counts["prompts"] * 10                                    # sampling: N_map x N_sample
+    assert one[1].work == 5 * (8 + 16) + (8 + 16) * 2                              # divided, mixed, lora samples
+    row = timeplan._row("probe")
+    assert one[0].seconds == pytest.approx(one[0].work / (row["rate"] * row["params"] / 8_030_261_248))
+    assert main(["plan", str(params), "--gpus", "8", "--gpu-memory", "80"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "fits"
+    assert any(line.startswith("time on 8 GPU(s)") for line in out)
+    assert sum(line.startswith("  assumption: ") for line in out) == len(assumptions) >= 5
+    assert any("call2_probe_2097152.log" in line for line in out)
+
+
+# ------------------------------------------------------------------------------------------ 2 ranks, measured
+_FSDP_RANKS = _COMMON + r"""
+import os
+from sftnb import distributed
+from sftnb.config import SFTConfig
+from sftnb.fsdp import mixed_precision, sharded_from_rank0, train_fsdp
+from sftnb.sft import IGNORE, collate, example_ids
+rank, size, _ = distributed.init()
+pairs = [(f.question, f.answers[0]) for f in facts[: 2 * args["batch"]]]           # two steps: AdamW states exist
+encoded = [example_ids(tok, q, a) for q, a in pairs]
+batches = [collate(encoded[i:i + args["batch"]], tok.pad_token_id) for i in (0, args["batch"])]
+width = max(b["labels"].shape[1] for b in batches)
+keep = max(b["labels"].shape[1] - int((b["labels"] != IGNORE).int().argmax(-1).min()) + 1 for b in batches)
+cfg = SFTConfig(batch_size=args["batch"], precision="fp32", strategy="fsdp")
+policy = mixed_precision("fp32", torch.device("cpu"))
+warm = tiny_model(tokenizer=tok)[0]        # the libraries' one-time buffers (gloo, FSDP, kernels) first
+train_fsdp(sharded_from_rank0(warm.config, warm.state_dict() if rank == 0 else None, mp_policy=policy), tok,
+           pairs[: args["batch"]], cfg, progress=False)
+del warm
+distributed.barrier()
+base = rss("VmRSS:")
+reset_peak()
+template = LlamaForCausalLM(config)         # every rank keeps the pre-trained model (Experiment._template)
+model = sharded_from_rank0(config, template.state_dict() if rank == 0 else None, mp_policy=policy)
+report, state = train_fsdp(model, tok, pairs, cfg, progress=False)
+peak = rss("VmHWM:") - base
+with open(os.path.join(args["out"], f"rank{rank}.json"), "w") as fh:
+    json.dump({"rank": rank, "measured": peak, "width": width, "keep": keep, "config": config.to_dict()}, fh)
+distributed.shutdown()
+"""
+
+
+@pytest.mark.slow                      # two torchrun ranks train a 30M-parameter model with FSDP on the CPU
+def test_plan_within_25_percent_of_each_ranks_measured_rss_under_torchrun(tmp_path):
+    """Issue 23: under ``torchrun --nproc_per_node 2`` (gloo), FSDP SFT as ``GridRuns._compute_fsdp`` runs it (a
+    pre-trained template on every rank, weights broadcast from rank 0, MixedPrecisionPolicy, the trained weights
+    gathered on rank 0): each rank's peak RSS increase against the plan's sft stage plus that rank's host share."""
+    from sftnb.memory import fsdp_gather_memory, host_memory
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                           "MASTER_PORT")}
+    env.update(PYTHONPATH=str(ROOT), MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
+    script = tmp_path / "fsdp_ranks.py"
+    script.write_text(_FSDP_RANKS)
+    args = dict(hidden=512, kv_heads=4, batch=8, out=str(tmp_path))
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), json.dumps(args)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        m = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        shape = model_shape(m["config"])
+        s = PlanSettings(on_cpu=True, gpus=2, strategy="fsdp", precision="fp32", batch_size=args["batch"],
+                         seq_len=m["width"], answer_tokens=m["keep"] - 1)
+        template = host_memory(shape, s).parts["pre-trained template x2 ranks"] // 2
+        sft = sft_memory(shape, s).total
+        # rank 0 gathers the trained weights once training has freed gradients and activations (same memory here)
+        estimate = template + (max(sft, fsdp_gather_memory(shape, s).total) if rank == 0 else sft)
+        error = (estimate - m["measured"]) / m["measured"]
+        print(f"rank {rank}: plan {estimate / 2**20:.0f} MiB, measured {m['measured'] / 2**20:.0f} MiB, "
+              f"error {error:+.1%}")
+        assert abs(error) <= 0.25, rank

@@ -80,6 +80,9 @@ def test_a_unit_is_computed_once_then_reused(tmp_path):
     assert len(calls) == 1                                       # fn never called again
     log = [json.loads(x) for x in (tmp_path / "units.log.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log] == ["computed", "reused", "reused"]
+    import os
+    import socket
+    assert {(e["rank"], e["host"], e["pid"]) for e in log} == {(0, socket.gethostname(), os.getpid())}
 
     store.compute("eval", {**SPEC, "seed": 1}, fn, label="run")  # another spec is another unit
     assert len(calls) == 2

@@ -1,0 +1,128 @@
+"""``sftnb plan``'s time estimate: each stage's wall time on N GPUs, from measured throughputs and the run's work.
+
+The work is counted from the params file as ``Experiment.work`` lists it: the facts of D_train / D_test / D_testood
+(read from the data source, with the run's caps), the grid's runs, the evaluations and the restoration sweeps. The
+rates come from ``resources/throughput.json``: per-GPU throughputs measured by ``benchmarks/gpu_suite.sh``, each row
+naming its log (today only the embedded 135M model on one H200). Every step from those rows to this run is an
+assumption, and ``format_time`` prints each one:
+
+- another model size runs at the same achieved FLOP rate: throughput x (measured params / params). A small model's
+  decode is bound by host work (a step costs about the same whatever the batch), so this reads long for 8B models;
+- the stop rule is off in the probe row: generations are counted at the measured share of max_new_tokens;
+- work is shared at unit granularity (``sftnb.distributed``), so a stage takes its work / (N x one GPU's rate):
+  perfect sharing, and for FSDP runs perfect scaling over the ranks; LoRA runs at the full-SFT sample rate;
+- a grid scale ``all`` trains on a fifth of D_train per category (all of it for mixed / LoRA runs): the category
+  sizes are known only after the probe.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+
+H = 3600.0
+
+
+@dataclass
+class StageTime:
+    stage: str
+    work: float           # items (generations, samples, questions)
+    what: str             # what the items are
+    seconds: float
+
+
+def throughput_table() -> list[dict]:
+    return json.loads(files("sftnb").joinpath("resources/throughput.json").read_text(encoding="utf-8"))["rows"]
+
+
+def _row(stage: str) -> dict:
+    rows = [r for r in throughput_table() if r["stage"] == stage]
+    return max(rows, key=lambda r: r["params"])         # the largest measured model is the nearest to a big one
+
+
+def _counts(cfg) -> dict[str, int]:
+    """Facts per set and mapping templates per fact, as ``Experiment.sets`` reads them."""
+    from .data import load_source, paper_splits
+
+    d = cfg.data
+    factset = load_source(d.source, d.path)
+    caps = {"train": d.max_train_per_relation, "test": d.max_test_per_relation, "testood": d.max_testood_per_relation}
+    sets = paper_splits(factset, caps, d.seed)
+    n_map = cfg.probe.n_templates
+    prompts = sum(min(n_map, len(factset.relations[f.relation].mapping_templates)) for s in sets.values() for f in s)
+    return {**{k: len(v) for k, v in sets.items()}, "prompts": prompts}
+
+
+def estimate(cfg, params: int, gpus: int, layers: int = 32) -> tuple[list[StageTime], list[str]]:
+    """Each stage's wall time on ``gpus`` GPUs for a model of ``params`` parameters and ``layers`` decoder layers;
+    and the assumptions."""
+    n = _counts(cfg)
+    p, g, r = cfg.probe, cfg.grid, cfg.restore
+    per_gpu = lambda stage: _row(stage)["rate"] * _row(stage)["params"] / params     # noqa: E731  same FLOP rate
+    n_models = len(cfg.models)
+    # probe: each prompt sampled n_samples times (sampling), or one pass per lead-in depth (likelihood)
+    probe = _row("probe")
+    new_share = probe["tokens_per_item"] / 32                   # the measured row ran max_new_tokens 32
+    if p.method == "sampling":
+        gens = n["prompts"] * p.n_samples
+    else:                                                       # a teacher-forced pass ~ one short generation
+        gens = n["prompts"] * (1 + (p.lead_in_depth if p.lead_ins else 0)) / p.max_new_tokens
+        if p.method == "calibrated":
+            gens += 2 * min(p.calibration_facts, n["train"] + n["test"] + n["testood"]) * p.n_templates * p.n_samples
+    probe_s = gens * n_models * (p.max_new_tokens / 32) / (per_gpu("probe") * gpus)
+    # the grid: samples trained, questions answered per run
+    all_per_category = n["train"] / 5
+    samples, runs, evalq = 0.0, 0, 0.0
+    test_q = n["test"] + n["testood"]
+    for kind, scales in (("divided", g.scales), ("mixed", (g.mixed_scales or g.scales) if g.mixed else []),
+                         ("lora", (g.lora_scales or g.scales) if g.lora else [])):
+        cats = len(g.categories) if kind == "divided" else 1
+        for s in scales:
+            size = (all_per_category if kind == "divided" else n["train"]) if s == "all" else s
+            k = cats * len(g.seeds)
+            runs += k
+            samples += k * size * cfg.sft.epochs
+            evalq += k * (test_q + (size if cfg.eval.train_accuracy else 0))
+    n_grid = len(cfg.grid_models)
+    eval_rate = per_gpu("eval") * 16 / cfg.eval.max_new_tokens   # measured at <= 16 new tokens
+    sft_s = n_grid * samples / (per_gpu("sft") * gpus)
+    eval_s = n_grid * evalq / (eval_rate * gpus)
+    # restoration: every kept divided run swept over k (each strategy), on its training set, and layer groups
+    kept_scales = [s for s in g.keep_checkpoints if s in g.scales]
+    kept = len(g.categories) * len(g.seeds) * len(kept_scales)
+    size_of = lambda s: all_per_category if s == "all" else s   # noqa: E731
+    train_q = sum(size_of(s) for s in kept_scales) * len(g.categories) * len(g.seeds)
+    layers_q = 0.0
+    if kept_scales:                 # Table 11: the largest kept scale's models, one pass per group of layers
+        n_layer_models = len(g.categories) * len(r.layer_seeds or g.seeds[:1])
+        layers_q = n_layer_models * n["test"] * -(-layers // max(1, r.layer_group_size))
+    restq = kept * len(r.strategies) * len(r.k_percents) * test_q + train_q * len(r.train_k_percents) + layers_q
+    n_restore = len(cfg.restore_models)
+    restore_s = n_restore * restq / (eval_rate * gpus)
+    stages = [StageTime("probe", gens * n_models, f"generations of <= {p.max_new_tokens} tokens", probe_s),
+              StageTime("sft", n_grid * samples, f"training samples in {runs * n_grid} runs", sft_s),
+              StageTime("eval", n_grid * evalq, f"questions in {runs * n_grid} evaluations", eval_s),
+              StageTime("restore", n_restore * restq, f"questions in {kept * n_restore} restored models", restore_s)]
+    rows = {st: _row(st) for st in ("probe", "sft", "eval")}
+    assumptions = [
+        *(f"measured: {st} {row['rate']:,} {row['unit']} on one {row['gpu']}, {row['model']} "
+          f"({row['params'] / 1e6:.0f}M params; {row['setting']}; {row['source']})" for st, row in rows.items()),
+        f"scaled to {params / 1e9:.2f}B params at the same achieved FLOP rate (x {rows['probe']['params'] / params:.4f}):"
+        f" the 135M rows are bound by host work per decode step, so this reads long for a large model",
+        f"probe samples run to the measured {new_share:.0%} of max_new_tokens (the stop rule, off in the "
+        f"measured row, would end them sooner)",
+        f"facts: D_train {n['train']:,}, D_test {n['test']:,}, D_testood {n['testood']:,} ({n['prompts']:,} probe "
+        f"prompts); {n_models} model(s) probed, {n_grid} fine-tuned, {n_restore} restored",
+        f"work shared at unit granularity over {gpus} GPU(s): stage time = work / ({gpus} x one GPU's rate); FSDP "
+        f"runs scale linearly over their ranks; LoRA trains at the full-SFT rate",
+        "grid scale 'all' = a fifth of D_train per category (all of D_train for mixed / LoRA)"]
+    return stages, assumptions
+
+
+def format_time(stages: list[StageTime], assumptions: list[str], gpus: int) -> str:
+    lines = [f"time on {gpus} GPU(s), estimated from measured throughputs (assumptions below):"]
+    for st in stages:
+        lines.append(f"  {st.stage:<8} {st.seconds / H:8.1f} h   {st.work:,.0f} {st.what}")
+    lines.append(f"  {'total':<8} {sum(s.seconds for s in stages) / H:8.1f} h")
+    lines += [f"  assumption: {a}" for a in assumptions]
+    return "\n".join(lines)
