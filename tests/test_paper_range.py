@@ -88,3 +88,63 @@ def test_the_dry_profile_is_the_cpu_profile_scaled_down():
     differ = {k for k in cpu if cpu[k] != dry[k]}
     assert differ <= SIZES, differ - SIZES
     load_config(DRY)
+
+
+def test_restoration_covers_the_restored_seeds_and_table6_its_scales():
+    from sftnb import param_analysis as pa
+    from sftnb.config import validate
+
+    class Stub:                                            # kept_runs reads only these of an Experiment
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+        def grid_cfg(self, mc=None):
+            return self.cfg.grid
+
+        def training_facts(self, key, mc=None):
+            return None if key.category == 4 else [object()] * key.scale      # category 4: too few facts
+
+    grid = {"categories": [0, 4], "scales": [60, 240, 960], "seeds": [0, 1], "keep_checkpoints": [240, 960]}
+    every = Stub(validate({"grid": grid}))
+    assert {(k.scale, k.seed) for k in pa.kept_runs(every)} == {(240, 0), (240, 1), (960, 0), (960, 1)}
+    assert pa.train_restored(every) == pa.kept_runs(every)
+    some = Stub(validate({"grid": grid, "restore": {"seeds": [0], "train_scales": [240]}}))
+    assert [(k.category, k.scale, k.seed) for k in pa.kept_runs(some)] == [(0, 240, 0), (0, 960, 0)]
+    assert [(k.scale, k.seed) for k in pa.train_restored(some)] == [(240, 0)]
+    assert len(pa.kept_runs(some, restoring=False)) == 4                   # Tables 3, 9, 10: every seed
+    assert [k.seed for k in pa.kept_runs(some, seeds=[1])] == [1, 1]        # Table 11's own seeds win
+
+
+@pytest.mark.slow
+def test_a_testbed_with_a_fact_count_per_exposure_on_a_tiny_model(tmp_path):
+    """The paper-range way of building the testbed, end to end on a tiny model: the planned facts at each count,
+    length-grouped batches, Table 8's counts over D_train, and the exposure table read against the base model on
+    a sample of ``before_facts`` facts only."""
+    import collections
+
+    from sftnb.experiment import Experiment
+    ci = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
+    testbed = ci["models"][1]
+    testbed["inject"] = {**testbed["inject"], "exposures": [0, 2, 8], "train_facts_per_exposure": [6, 4, 2],
+                         "test_facts_per_exposure": [2, 2, 1], "length_grouped": True, "before_facts": 12}
+    testbed["inject"].pop("train_facts_per_count"), testbed["inject"].pop("test_facts_per_count")
+    cfg = load_config(ROOT / "params" / "ci.yaml", {
+        "models": [testbed], "grid": {"models": None}, "probe": {"prompt_start_candidates": []},
+        "run": {"out_dir": str(tmp_path / "store"), "figures_dir": str(tmp_path / "figures")}})
+    exp = Experiment(cfg, root=ROOT)
+    (mc,) = cfg.models
+    plan = exp.injection_plan(mc)
+    counts = collections.Counter((e.fact.split, e.count) for e in plan)
+    assert counts == {("train", 0): 6, ("train", 2): 4, ("train", 8): 2, ("test", 0): 2, ("test", 2): 2,
+                      ("test", 8): 1}
+    res = exp.injection_unit(mc).result()
+    assert res["statements"] == 2 * 4 + 8 * 2 + 2 * 2 + 8 * 1 and res["facts"] == 17
+    assert exp.injection_unit(mc).path.name.startswith(mc.name)
+    table = exp.testbed(mc)
+    assert len(table) == 12 and table["R_before"].notna().all()          # the base model on 12 facts only
+    assert set(table["key"]) <= {f.key for s in ("train", "test", "testood") for f in exp.sets[s]}
+    shown = {e.fact.key: e.count for e in plan}
+    assert all(shown.get(k, float("nan")) == x or (k not in shown and x != x)
+               for k, x in zip(table["key"], table["exposure"]))
+    probed = exp.probes(mc)["train"]
+    assert len(probed) == len(exp.sets["train"])                          # Table 8 counts every D_train fact
