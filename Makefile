@@ -12,7 +12,7 @@ TORCH_SPEC  ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4,$(CPU_
 PARAMS      ?= params/embedded.yaml
 STAMP       := $(VENV)/.sftnb-installed
 
-.PHONY: install reproduce test test-fast notebooks clean-runs
+.PHONY: install reproduce reproduce-paper-range test test-fast notebooks clean-runs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,18 @@ install: $(STAMP)
 # The main job: SmolLM2-135M + built-in facts, notebooks 01-06, every table and figure (figures/embedded/).
 reproduce: install
 	$(PY) -m sftnb run $(PARAMS)
+
+# Issue 22: the testbed at the paper's scales (60 / 240 / 960 samples, figures/testbed-paper-range/), at most 2 h on
+# a 2-core CPU from an empty store. Wall time and peak memory (/usr/bin/time -v) and the store's per-unit log go to
+# benchmarks/results/<machine>-<date>-paper-range/, committed with the figures.
+PAPER_RANGE ?= params/testbed-paper-range.yaml
+MACHINE     ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)-$(shell grep -m1 -o -i -E 'xeon|epyc|ryzen|core' /proc/cpuinfo 2>/dev/null | tr A-Z a-z)
+RESULTS     ?= benchmarks/results/$(MACHINE)-$(shell date -u +%Y-%m-%d)-paper-range
+reproduce-paper-range: install
+	mkdir -p $(RESULTS)
+	bash -o pipefail -c '{ date -u; /usr/bin/time -v $(PY) -m sftnb run $(PAPER_RANGE); status=$$?; date -u; \
+	  exit $$status; } 2>&1 | tee $(RESULTS)/make_reproduce_paper_range.log'
+	cp runs/testbed-paper-range/units.log.jsonl $(RESULTS)/ 2>/dev/null || true
 
 # The whole suite: unit tests (slow ones included), then the committed notebooks under nbval on their default
 # parameters (params/ci.yaml): the cells marked NBVAL_CHECK_OUTPUT must print what the committed outputs show.

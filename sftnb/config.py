@@ -58,6 +58,16 @@ class InjectConfig(_Section):
     exposures: list[int] = [0, 1, 2, 4, 8, 16]     # statements per fact; 0 = in the plan but never shown
     train_facts_per_count: int = Field(60, ge=1)    # D_train facts per exposure count
     test_facts_per_count: int = Field(30, ge=1)     # D_test facts per exposure count
+    # or a number per entry of ``exposures`` (overrides *_per_count): a plan that balances the mastery categories
+    # puts more facts where a category is rare (params/testbed-paper-range.yaml)
+    train_facts_per_exposure: Optional[list[int]] = None
+    test_facts_per_exposure: Optional[list[int]] = None
+    # batches of statements of similar token length (transformers' LengthGroupedSampler: windows of 50 batches
+    # sorted by length), so a batch pads little; False: batches in schedule order (the main run's testbed)
+    length_grouped: bool = False
+    # the exposure table's "before" (the base model, probed as the testbed is): on every fact, or on a seeded sample
+    # of this many (on a 7,000-fact testbed the base model's probe costs as much as the testbed's own)
+    before_facts: Optional[int] = Field(None, ge=10)
     # statement templates per relation ({subject} before {answer}); None = resources/injection_statements.json
     templates: Optional[dict[str, list[str]]] = None
     # relations whose facts are injected (None: every relation with templates); a relation with a handful of
@@ -80,6 +90,21 @@ class InjectConfig(_Section):
         if not v or any(c < 0 for c in v):
             raise ValueError("exposure counts must be non-negative integers")
         return _sorted_unique(v, "exposures")
+
+    @model_validator(mode="after")
+    def _per_exposure(self):
+        for name in ("train_facts_per_exposure", "test_facts_per_exposure"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != len(self.exposures) or any(n < 0 for n in v) or not sum(v)):
+                raise ValueError(f"{name}: one fact count >= 0 per exposure count ({len(self.exposures)}), "
+                                 f"not all zero")
+        return self
+
+    def facts_per_exposure(self, split: str) -> list[int]:
+        """D_train (``split="train"``) or D_test facts for each exposure count."""
+        per = self.train_facts_per_exposure if split == "train" else self.test_facts_per_exposure
+        return list(per) if per is not None else \
+            [self.train_facts_per_count if split == "train" else self.test_facts_per_count] * len(self.exposures)
 
 
 class ModelConfig(_Section):
@@ -259,11 +284,13 @@ class RestoreConfig(_Section):
     """Parameter restoration (§5, App. B.2, E)."""
     k_percents: list[float] = [1, 3, 5, 10, 20, 40, 60]   # restore the top-k% most changed (Table 4)
     train_k_percents: list[float] = [5, 20]              # Table 6 (training set)
+    train_scales: Optional[list[Scale]] = None           # Table 6's kept scales (None: every kept scale)
     region: Literal["transformer", "mlp", "attention", "embedding", "all"] = "transformer"
     strategies: list[Literal["top", "bottom", "random"]] = ["top"]
     redundant_k_percent: float = Field(20, gt=0, le=100)  # Tables 9-10: where the restored updates sit
     layer_group_size: int = Field(4, ge=1)               # Table 11: layers 0-3, 4-7, ...
     layer_seeds: Optional[list[int]] = None             # Table 11's models (None: the first grid seed)
+    seeds: Optional[list[int]] = None                   # Tables 4, 6, 7's models (None: every grid seed)
     models: Optional[list[str]] = None                  # models whose kept checkpoints are restored (Tables 4,
                                                         # 6, 7, 11; None: every grid model); Table 3 is for all
 
@@ -273,6 +300,8 @@ class RestoreConfig(_Section):
         if any(not (0 < k <= 100) for k in v):
             raise ValueError("k percents must lie in (0, 100]")
         return _sorted_unique(v, "k percents")
+
+    _seeds = field_validator("seeds")(classmethod(lambda cls, v: v if v is None else _check_seeds(v)))
 
 
 class RunOptions(_Section):

@@ -6,9 +6,9 @@ Design
 ``WORLD_SIZE``, ``LOCAL_RANK`` (torchrun, and ``accelerate launch``, which runs torchrun); else Slurm's
 ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``, ``SLURM_LOCALID`` (set by ``srun`` for each task of a job step; the
 batch script itself is one process even when the job has several tasks); else (0, 1, 0). ``init()`` starts
-torch.distributed when world_size > 1: NCCL when CUDA is available (each rank on GPU ``local_rank``), gloo
-otherwise, plus a gloo group for the CPU-side coordination (barriers, broadcasting results) so that waiting never
-occupies a GPU. A barrier can wait for hours (other ranks computing a long unit): the timeout is
+torch.distributed when world_size > 1: NCCL when CUDA is available (each rank on GPU ``local_rank``; several
+ranks on one GPU: ``shares_devices``), gloo otherwise, plus a gloo group for the CPU-side coordination
+(barriers, broadcasting results) so that waiting never occupies a GPU. A barrier can wait for hours (other ranks computing a long unit): the timeout is
 ``SFTNB_DIST_TIMEOUT_S`` (default 48 h). ``srun`` without torchrun needs ``MASTER_ADDR`` and ``MASTER_PORT``
 exported (the README's sbatch script does).
 
@@ -122,11 +122,20 @@ def init() -> tuple[int, int, int]:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local % torch.cuda.device_count())
+    nccl = cuda and not shares_devices(torch.cuda.device_count())
     timeout = timedelta(seconds=TIMEOUT_S)
-    dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", rank=rank, world_size=size,
+    dist.init_process_group("nccl" if nccl else "gloo", init_method="env://", rank=rank, world_size=size,
                             timeout=timeout)
-    _cpu_group = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
+    _cpu_group = dist.new_group(backend="gloo", timeout=timeout) if nccl else dist.group.WORLD
     return rank, size, local
+
+
+def shares_devices(device_count: int) -> bool:
+    """Do several ranks of this host share a GPU (``torchrun --nproc_per_node K`` with fewer than K GPUs: rank r
+    runs on GPU r mod count)? A small model leaves a large GPU mostly idle, so K independent SFT runs on one
+    device go faster than one. NCCL refuses two ranks on one device, so such a run coordinates over gloo only
+    (the ranks share the store's units, no tensor crosses between them); ``sft.strategy: fsdp`` is refused."""
+    return device_count > 0 and int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > device_count
 
 
 def barrier() -> None:
@@ -219,8 +228,14 @@ def shutdown() -> None:
 
 def check_strategy(cfg) -> None:
     """Refuse, before any work, an FSDP run started as one process."""
-    if getattr(cfg.sft, "strategy", "single") == "fsdp" and world()[1] < 2:
+    if getattr(cfg.sft, "strategy", "single") != "fsdp":
+        return
+    if world()[1] < 2:
         raise SftnbError("sft.strategy fsdp needs several processes: launch with torchrun --nproc_per_node N")
+    import torch
+    if torch.cuda.is_available() and shares_devices(torch.cuda.device_count()):
+        raise SftnbError(f"sft.strategy fsdp needs one GPU per process (NCCL): {os.environ['LOCAL_WORLD_SIZE']} "
+                         f"processes on {torch.cuda.device_count()} GPU(s); use sft.strategy single to share a GPU")
 
 
 # ------------------------------------------------------------------------------------------- work sharing

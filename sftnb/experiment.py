@@ -94,10 +94,10 @@ class Experiment(GridRuns):
 
         ic = mc.inject
         keep = (lambda f: f.relation in ic.relations) if ic.relations else (lambda f: True)
-        return (assign_exposures([f for f in self.sets["train"] if keep(f)], ic.exposures, ic.train_facts_per_count,
-                                 ic.seed)
-                + assign_exposures([f for f in self.sets["test"] if keep(f)], ic.exposures, ic.test_facts_per_count,
-                                   ic.seed + 1))
+        return (assign_exposures([f for f in self.sets["train"] if keep(f)], ic.exposures,
+                                 ic.facts_per_exposure("train"), ic.seed)
+                + assign_exposures([f for f in self.sets["test"] if keep(f)], ic.exposures,
+                                   ic.facts_per_exposure("test"), ic.seed + 1))
 
     def injection_unit(self, mc: ModelConfig):
         """The store unit that builds the testbed model of ``mc`` (computed on first use, then cached)."""
@@ -116,7 +116,7 @@ class Experiment(GridRuns):
                             self.relations)
         return build(self.store, mc.path, model_fingerprint(mc.path), plan, templates,
                      train_config(self.cfg.sft, ic), ic.seed, mc.prompt_start, str(self.device), self.train_dtype,
-                     self.progress, label=mc.name)
+                     self.progress, label=mc.name, length_grouped=ic.length_grouped)
 
     def identity(self, mc: ModelConfig | None = None) -> str:
         """The model named exactly, for captions: its variant, where its weights came from, its prompt start and
@@ -349,11 +349,27 @@ class Experiment(GridRuns):
         its R and category before (the base model) and after injection."""
         exposure = {e.fact.key: e.count for e in self.injection_plan(mc)}
         after = pd.concat(self.probes(mc).values(), ignore_index=True)
-        before = pd.concat(self.probes(self.base_of(mc)).values(), ignore_index=True)
         t = after[["key", "relation", "split", "domain", "R", "category"]].merge(
-            before[["key", "R", "category"]], on="key", suffixes=("", "_before"))
+            self.probes_before(mc)[["key", "R", "category"]], on="key", suffixes=("", "_before"))
         t["exposure"] = t["key"].map(exposure)
         return t
+
+    def probes_before(self, mc: ModelConfig) -> pd.DataFrame:
+        """The base model's probes for ``testbed``: of every fact, or of a seeded sample of ``inject.before_facts``
+        spread over relations and sets (``calibration.study_facts``), probed and calibrated as the testbed is."""
+        from .calibration import fit, study_facts
+
+        base, n, method = self.base_of(mc), mc.inject.before_facts, self.cfg.probe.method
+        if n is None:
+            return pd.concat(self.probes(base).values(), ignore_index=True)
+        facts = study_facts([self.sets[s] for s in SETS], n, self.cfg.probe.seed + 1)
+        if method != "calibrated":
+            return self._probe(base, facts, method, f"{base.name}-before")
+        keys = {f.key for f in facts}       # the calibration study's facts are probed too: alpha is fitted on them
+        likelihood = self._probe(base, facts + [f for f in self.study_facts(base) if f.key not in keys],
+                                 "likelihood", f"{base.name}-before")
+        calibrated = fit(likelihood, self.sampled_study(base)[0]).apply(likelihood, self.cfg.probe.n_samples)
+        return calibrated[calibrated["key"].isin(keys)]
 
     # ------------------------------------------------------------------------------------------- all the work
     def work(self, mc: ModelConfig) -> list:
@@ -393,7 +409,7 @@ class Experiment(GridRuns):
             units += [lambda k=k, s=s: pa.restore_sweep(self, k, r.k_percents, s, mc=mc) for k in kept
                       for s in r.strategies]
             units += [lambda k=k: pa.restore_sweep(self, k, r.train_k_percents, "top", on_train=True, mc=mc)
-                      for k in kept]
+                      for k in pa.train_restored(self, mc)]
             seeds = r.layer_seeds or self.grid_cfg(mc).seeds[:1]
             units += [lambda k=k: pa.layer_restore(self, k, mc)
                       for k in pa.largest_scale(pa.kept_runs(self, mc, seeds))]

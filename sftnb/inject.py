@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -85,16 +86,21 @@ def _spread_answers(facts: list[Fact], rng: random.Random) -> list[Fact]:
     return [f for _, f in sorted(zip(rank, shuffled), key=lambda x: x[0])]
 
 
-def assign_exposures(facts: Sequence[Fact], exposures: Sequence[int], per_count: int, seed: int) -> list[Exposure]:
-    """``per_count`` facts for each exposure count, balanced across relations: facts are drawn round-robin over
-    the relations in a seeded order, and within each relation the counts are dealt round-robin too, so every
-    relation holds (nearly) the same share of every count. Within a relation, facts with answers not drawn yet
-    come first (``_spread_answers``): injecting many facts with one answer ("... is in India") would teach the
-    model to guess that answer, and raise R on facts it was never shown."""
+def assign_exposures(facts: Sequence[Fact], exposures: Sequence[int], per_count: int | Sequence[int],
+                     seed: int) -> list[Exposure]:
+    """``per_count`` facts for each exposure count (one number for all, or one per count), balanced across
+    relations: facts are drawn round-robin over the relations in a seeded order, and within each relation the
+    counts are dealt round-robin too (a count whose quota is full is skipped), so every relation holds (nearly) its
+    share of every count. Within a relation, facts with answers not drawn yet come first (``_spread_answers``):
+    injecting many facts with one answer ("... is in India") would teach the model to guess that answer, and
+    raise R on facts it was never shown."""
     exposures = list(exposures)
-    need = per_count * len(exposures)
+    quota = [per_count] * len(exposures) if isinstance(per_count, int) else list(per_count)
+    if len(quota) != len(exposures):
+        raise SftnbError(f"inject: {len(quota)} fact counts for {len(exposures)} exposure counts")
+    need = sum(quota)
     if need > len(facts):
-        raise SftnbError(f"inject: {len(exposures)} exposure counts x {per_count} facts need {need} facts, "
+        raise SftnbError(f"inject: exposure counts {exposures} x facts {quota} need {need} facts, "
                          f"the source has {len(facts)}")
     rng = random.Random(seed)
     by_rel: dict[str, list[Fact]] = {}
@@ -109,17 +115,16 @@ def assign_exposures(facts: Sequence[Fact], exposures: Sequence[int], per_count:
                 break
             picked[r].append(pools[r].pop())
             total += 1
-    out, counts_left = [], {c: per_count for c in exposures}
-    deal = 0
-    for r in sorted(picked):                         # deal counts round-robin across all relations' facts
+    # deal counts across all relations' facts: each fact gets the count that is furthest behind its quota
+    # (fraction dealt; ties: the earlier count), so every relation holds every count in proportion. With equal
+    # quotas this is plain round-robin (0, 1, 2, ..., 0, 1, 2, ...).
+    out, dealt = [], dict.fromkeys(exposures, 0)
+    for r in sorted(picked):
         for f in picked[r]:
-            for _ in range(len(exposures)):
-                c = exposures[deal % len(exposures)]
-                deal += 1
-                if counts_left[c]:
-                    counts_left[c] -= 1
-                    out.append(Exposure(f, c))
-                    break
+            c = min((c for c, q in zip(exposures, quota) if dealt[c] < q),
+                    key=lambda c: Fraction(dealt[c], quota[exposures.index(c)]))
+            dealt[c] += 1
+            out.append(Exposure(f, c))
     return out
 
 
@@ -146,13 +151,41 @@ def encode_statement(tokenizer, text: str) -> tuple[list[int], list[int]]:
     return ids, [IGNORE] * start + ids[start:]
 
 
-def inject_model(model, tokenizer, statements: Sequence[str], train_cfg, seed: int, progress: bool = True):
-    """Continued pre-training on ``statements`` in the given order (one pass), in place; returns the report."""
+def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int) -> list[int]:
+    """An order of the statements in which consecutive batches hold statements of similar token length:
+    transformers' ``get_length_grouped_indices`` (a seeded permutation cut into windows of up to 50 batches, each
+    sorted by length), what its Trainer does with ``group_by_length``. Repeats of a fact stay spread over
+    training: a window is ~1/(number of windows) of the schedule."""
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    if len(lengths) < 2 * batch_size:
+        return list(range(len(lengths)))
+    return [int(i) for i in get_length_grouped_indices(list(lengths), batch_size,
+                                                       generator=torch.Generator().manual_seed(seed))]
+
+
+def padding_fraction(lengths: Sequence[int], order: Sequence[int], batch_size: int) -> float:
+    """The share of a run's batch cells that are padding when ``order`` is cut into batches of ``batch_size``."""
+    cells = real = 0
+    for i in range(0, len(order), batch_size):
+        batch = [lengths[j] for j in order[i:i + batch_size]]
+        cells, real = cells + max(batch) * len(batch), real + sum(batch)
+    return 1 - real / max(cells, 1)
+
+
+def inject_model(model, tokenizer, statements: Sequence[str], train_cfg, seed: int, progress: bool = True,
+                 length_grouped: bool = False):
+    """Continued pre-training on ``statements`` in the given order (one pass), in place; returns the report.
+    ``length_grouped``: batches of statements of similar length instead (``length_grouped_order``)."""
     from .sft import train_encoded
 
     if not statements:
         raise SftnbError("inject: no statement to train on (every exposure count is 0?)")
     encoded = [encode_statement(tokenizer, s) for s in statements]
+    if length_grouped:
+        encoded = [encoded[i] for i in length_grouped_order([len(ids) for ids, _ in encoded],
+                                                            train_cfg.batch_size, seed)]
     # the schedule is already shuffled: keep its order (seeded shuffles inside the loop would be a second one)
     return train_encoded(model, tokenizer, encoded, train_cfg, seed, progress=progress, desc="inject",
                          shuffle=False)
@@ -176,7 +209,7 @@ def write_folder(model, tokenizer, folder: Path, plan: Sequence[Exposure], repor
 
 def build(store, base_path: str, base_id: str, plan: Sequence[Exposure], templates: dict[str, Sequence[str]],
           train_cfg, seed: int, prompt_start: str = "auto", device: str = "auto", dtype="float32",
-          progress: bool = True, label: str = "inject"):
+          progress: bool = True, label: str = "inject", length_grouped: bool = False):
     """The injection as a store unit (resumable, deterministic for its seed): its folder's ``model/`` is the
     injected model. ``base_id`` identifies the base weights in the unit's key; ``train_cfg`` is an SFTConfig
     carrying the injection's optimiser settings."""
@@ -190,11 +223,13 @@ def build(store, base_path: str, base_id: str, plan: Sequence[Exposure], templat
             # fsdp_ranks: added after these units were stored, and changes no result
             "train": train_cfg.model_dump(exclude={"lora", "fsdp_ranks"}), "prompt_start": prompt_start,
             "dtype": str(dtype), "plan": [(e.fact.key, e.count) for e in plan]}
+    if length_grouped:                      # another batch order: another model (keys without it stay as they were)
+        spec["length_grouped"] = True
 
     def compute(tmp):
         model, tok = load_model(base_path, device=device, dtype=dtype, prompt_start=prompt_start)
         statements = exposure_schedule(plan, templates, seed)
-        report = inject_model(model, tok, statements, train_cfg, seed, progress)
+        report = inject_model(model, tok, statements, train_cfg, seed, progress, length_grouped)
         write_folder(model, tok, tmp / "model", plan, report)
         return {"statements": len(statements), "facts": len(plan), "train": report.to_dict()}
 
@@ -212,4 +247,5 @@ def train_config(sft_cfg, inject_cfg):
 
 
 __all__ = ["default_templates", "check_templates", "Exposure", "assign_exposures", "exposure_schedule",
-           "encode_statement", "inject_model", "plan_table", "write_folder", "render", "build", "train_config"]
+           "encode_statement", "length_grouped_order", "padding_fraction", "inject_model", "plan_table",
+           "write_folder", "render", "build", "train_config"]

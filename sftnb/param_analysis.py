@@ -22,15 +22,23 @@ CONCENTRATION_XS = (1, 3, 5, 10, 20, 40, 60)
 
 
 def kept_runs(exp, mc=None, seeds=None, restoring: bool = True) -> list[RunKey]:
-    """Fine-tuned models with a kept checkpoint (divided data, kept scales, every seed or ``seeds``), in grid
-    order."""
+    """Fine-tuned models with a kept checkpoint (divided data, kept scales, every seed or ``seeds``; the ones
+    restored: ``restore.seeds`` if set), in grid order."""
     g = exp.grid_cfg(mc)
     if exp.cfg.restore.models is not None and (mc or exp.cfg.main_model).name not in exp.cfg.restore.models \
             and restoring:
         return []
+    if restoring and seeds is None and exp.cfg.restore.seeds is not None:
+        seeds = [s for s in g.seeds if s in exp.cfg.restore.seeds]
     keys = [RunKey("divided", c, s, seed) for s in g.keep_checkpoints if s in g.scales for c in g.categories
             for seed in (seeds or g.seeds)]
     return [k for k in keys if exp.training_facts(k, mc) is not None]
+
+
+def train_restored(exp, mc=None) -> list[RunKey]:
+    """Table 6's models: the restored kept runs at ``restore.train_scales`` (None: all of them)."""
+    scales = exp.cfg.restore.train_scales
+    return [k for k in kept_runs(exp, mc) if scales is None or k.scale in scales]
 
 
 def largest_scale(keys: list[RunKey]) -> list[RunKey]:
@@ -200,7 +208,7 @@ def restore_sweeps(exp, mc=None, on_train: bool = False) -> dict:
     r = exp.cfg.restore
     if on_train:
         return {(k, "top"): restore_sweep(exp, k, r.train_k_percents, "top", on_train=True, mc=mc)
-                for k in kept_runs(exp, mc)}
+                for k in train_restored(exp, mc)}
     return {(k, s): restore_sweep(exp, k, r.k_percents, s, mc=mc) for k in kept_runs(exp, mc) for s in r.strategies}
 
 
@@ -216,5 +224,5 @@ def task_sweeps(exp) -> dict:
 
 
 __all__ = ["update_stats", "restore_sweeps", "layer_sweeps", "task_sweeps", "largest_scale", "kept_runs",
-           "update_statistics", "restore_sweep", "sweep_frame", "layer_restore", "task_sweep", "restorer_on",
-           "CONCENTRATION_XS"]
+           "train_restored", "update_statistics", "restore_sweep", "sweep_frame", "layer_restore", "task_sweep",
+           "restorer_on", "CONCENTRATION_XS"]

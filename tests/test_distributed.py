@@ -782,3 +782,48 @@ def test_fsdp_runs_train_in_groups_of_ranks_at_once(tmp_path):
         assert acc(res) == acc(other), label                                      # (NaN where n/a, in both)
         if res["train"]:
             assert max(abs(x - y) for x, y in zip(res["train"]["losses"], other["train"]["losses"])) < 1e-4, label
+
+
+# ------------------------------------------------------------------------------------------- several ranks, one GPU
+ONE_GPU = '''
+import sys
+import torch
+import torch.distributed as dist
+# a machine with one CUDA device, as torch sees it: every rank maps to GPU 0 (set_device is recorded, not done)
+devices = []
+torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: 1
+torch.cuda.set_device = devices.append
+from sftnb import distributed
+rank, size, local = distributed.init()
+assert devices == [0], devices
+assert dist.get_backend() == "gloo", dist.get_backend()        # NCCL refuses two ranks on one device
+distributed.barrier()
+assert distributed.broadcast(f"from {rank}") == "from 0"
+distributed.shutdown()
+from reports import write_report
+write_report(rank, {"rank": rank, "size": size})
+'''
+
+
+def test_several_ranks_on_one_gpu_coordinate_over_gloo(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert distributed.shares_devices(1) and distributed.shares_devices(2)
+    assert not distributed.shares_devices(4) and not distributed.shares_devices(0)   # one GPU each; no GPU
+    _torchrun(tmp_path, _script(tmp_path, "one_gpu.py", ONE_GPU), nproc=2)
+    assert sorted(r["rank"] for r in _reports(tmp_path)) == [0, 1]
+
+
+def test_fsdp_on_a_shared_gpu_is_refused(monkeypatch):
+    import torch
+    cfg = validate({"sft": {"strategy": "fsdp"}})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(SftnbError, match="^sft.strategy fsdp needs one GPU per process .NCCL.: 4 processes on 1 "
+                                         "GPU.s.; use sft.strategy single to share a GPU$"):
+        distributed.check_strategy(cfg)
+    distributed.check_strategy(validate({}))                    # single: several ranks may share the GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    distributed.check_strategy(cfg)                             # one GPU each: fine

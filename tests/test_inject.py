@@ -8,7 +8,7 @@ from sftnb.cli import main
 from sftnb.errors import SftnbError
 from sftnb.facts import Fact
 from sftnb.inject import (Exposure, assign_exposures, build, check_templates, default_templates, encode_statement,
-                          exposure_schedule, render, train_config)
+                          exposure_schedule, length_grouped_order, padding_fraction, render, train_config)
 from sftnb.relations import builtin_relations
 
 
@@ -29,6 +29,42 @@ def test_assignment_is_balanced_across_counts_and_relations():
         rels = collections.Counter(e.fact.relation for e in plan if e.count == c)
         assert len(rels) == 3 and max(rels.values()) - min(rels.values()) <= 1
     assert assign_exposures(_facts(), [0, 1, 2, 4], 6, seed=3) == plan    # deterministic for a seed
+
+
+def test_equal_quotas_deal_counts_round_robin_as_before():
+    """The main run's testbed (one count for every exposure) keeps its plan: facts are dealt 0, 1, 2, 4, 0, ..."""
+    facts = _facts()
+    plan = assign_exposures(facts, [0, 1, 2, 4], per_count=6, seed=3)
+    assert [e.count for e in plan] == [[0, 1, 2, 4][i % 4] for i in range(24)]
+    assert assign_exposures(facts, [0, 1, 2, 4], [6, 6, 6, 6], seed=3) == plan
+
+
+def test_a_count_per_exposure_is_dealt_in_proportion_in_every_relation():
+    facts = _facts(40)                                                    # 120 facts, 3 relations
+    plan = assign_exposures(facts, [0, 1, 2, 8], [30, 0, 60, 15], seed=1)
+    assert collections.Counter(e.count for e in plan) == {0: 30, 2: 60, 8: 15}
+    assert len({e.fact.key for e in plan}) == 105
+    for rel in {f.relation for f in facts}:                               # each relation: 2 : 4 : 1, within one
+        got = collections.Counter(e.count for e in plan if e.fact.relation == rel)
+        assert abs(got[0] - 10) <= 1 and abs(got[2] - 20) <= 1 and abs(got[8] - 5) <= 1, (rel, got)
+    with pytest.raises(SftnbError, match="need 121 facts"):
+        assign_exposures(facts, [0, 1], [100, 21], seed=1)
+    with pytest.raises(SftnbError, match="2 fact counts for 3"):
+        assign_exposures(facts, [0, 1, 2], [1, 2], seed=1)
+
+
+def test_length_grouped_order_is_a_seeded_permutation_that_pads_less():
+    import random
+    rng = random.Random(0)
+    lengths = [rng.randint(8, 30) for _ in range(2000)]
+    order = length_grouped_order(lengths, 16, seed=5)
+    assert sorted(order) == list(range(2000)) and order == length_grouped_order(lengths, 16, seed=5)
+    assert order != length_grouped_order(lengths, 16, seed=6)
+    naive = padding_fraction(lengths, range(2000), 16)
+    assert naive > 0.25 and padding_fraction(lengths, order, 16) < naive / 5
+    # the schedule's spreading is kept: the order's first quarter draws from the whole schedule, not its start
+    assert 180 < len(set(order[:500]) & set(range(1000))) < 320
+    assert length_grouped_order([5, 6, 7], 16, seed=0) == [0, 1, 2]        # fewer than two batches: as given
 
 
 def test_schedule_shows_every_fact_exactly_its_count():
@@ -85,6 +121,9 @@ def test_build_is_a_store_unit_reused_on_rerun_and_loads_with_auto(tmp_path):
     again = Store(tmp_path / "store")
     unit2 = build(again, "tiny-random", "tiny-random", plan, templates, cfg, seed=0, device="cpu", progress=False)
     assert unit2.path == unit.path and not again.computed and [u.kind for u in again.reused] == ["inject"]
+    grouped = build(again, "tiny-random", "tiny-random", plan, templates, cfg, seed=0, device="cpu", progress=False,
+                    length_grouped=True)        # another batch order, another unit; the default's key is unchanged
+    assert grouped.path != unit.path and grouped.result()["statements"] == 9
     model = AutoModelForCausalLM.from_pretrained(unit.file("model"), local_files_only=True)
     assert model.config.num_hidden_layers == 4
     plan_csv = (unit.file("model") / "injection_plan.csv").read_text().splitlines()
