@@ -58,23 +58,18 @@ class InjectConfig(_Section):
     exposures: list[int] = [0, 1, 2, 4, 8, 16]     # statements per fact; 0 = in the plan but never shown
     train_facts_per_count: int = Field(60, ge=1)    # D_train facts per exposure count
     test_facts_per_count: int = Field(30, ge=1)     # D_test facts per exposure count
-    # or a number per entry of ``exposures`` (overrides *_per_count): a plan that balances the mastery categories
-    # puts more facts where a category is rare (params/testbed-paper-range.yaml)
+    # or one number per exposure count (overrides *_per_count), to balance the categories (testbed-paper-range)
     train_facts_per_exposure: Optional[list[int]] = None
     test_facts_per_exposure: Optional[list[int]] = None
-    # batches of statements of similar token length (transformers' LengthGroupedSampler: windows of 50 batches
-    # sorted by length), so a batch pads little; False: batches in schedule order (the main run's testbed)
+    # batches of similar token length (transformers' length grouping); False: schedule order (the main run's)
     length_grouped: bool = False
-    # the exposure table's "before" (the base model, probed as the testbed is): on every fact, or on a seeded sample
-    # of this many (on a 7,000-fact testbed the base model's probe costs as much as the testbed's own)
+    # the exposure table's "before" (the base model's probe): every fact, or a seeded sample of this many
     before_facts: Optional[int] = Field(None, ge=10)
     # statement templates per relation ({subject} before {answer}); None = resources/injection_statements.json
     templates: Optional[dict[str, list[str]]] = None
-    # relations whose facts are injected (None: every relation with templates); a relation with a handful of
-    # answers (6 continents) is learnt as a guess, not a fact, so it adds no graded knowledge
+    # relations injected (None: all with templates); few answers (6 continents) are learnt as a guess, not a fact
     relations: Optional[list[str]] = None
-    # tests and CI only: statements may repeat the probe's own wording (then the probe measures the copying of
-    # text it was shown, not recall), which lets a tiny random model show non-zero mastery in seconds
+    # tests and CI only: statements may repeat the probe's wording (copying, not recall): a tiny model learns fast
     allow_probe_wording: bool = False
     learning_rate: float = Field(1e-4, gt=0)        # AdamW, one pass over the shuffled statements
     batch_size: int = Field(16, ge=1)               # statements per step
@@ -173,19 +168,17 @@ class SFTConfig(_Section):
     # bf16: pure bf16 weights, gradients and optimizer states (2 B each per parameter instead of 4; not the paper's
     # fp32-master recipe). Memory per setting: `sftnb plan` (sftnb/plan.py).
     precision: Literal["auto", "fastest", "fp32", "bf16-mixed", "bf16"] = "auto"
-    # single: each run on one device holding the whole model, its gradients and optimizer states; fsdp: one run
-    # fully sharded over the ranks (weights, gradients and optimizer states / number of ranks; sft.batch_size stays
-    # the global batch, split over the ranks)
+    # single: each run on one device; fsdp: a run fully sharded over a group of ranks (weights, gradients and
+    # optimizer states divided by the group's size; sft.batch_size stays the global batch, split over the group)
     strategy: Literal["single", "fsdp"] = "single"
     # fsdp: ranks per sharded run. auto: the smallest group (a divisor of the world size) on which `sftnb plan` says
     # the SFT stage fits; the run's ranks form world / fsdp_ranks groups that train different runs at once
     fsdp_ranks: Union[Literal["auto"], int] = "auto"
-    # adamw: torch AdamW, two states in the weights' dtype (8 B per parameter over fp32 weights); adamw_8bit /
-    # paged_adamw_8bit: bitsandbytes (CUDA), two 8-bit states (~2 B per parameter); paged: the states live in CUDA
-    # unified memory and move to host RAM when the device runs short
+    # adamw: torch AdamW (two states in the weights' dtype: 8 B per fp32 parameter); adamw_8bit / paged_adamw_8bit:
+    # bitsandbytes (CUDA), two 8-bit states (~2 B per parameter), paged: in CUDA unified memory, spilling to host
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
-    # recompute each decoder layer in the backward pass instead of keeping its activations (~1/3 more compute;
-    # the same results): activations shrink from ~(40 H + 16 I) bytes per token and layer (fp32) to the layer input
+    # recompute each decoder layer in the backward pass (~1/3 more compute, the same results): activations shrink
+    # from ~(40 H + 16 I) bytes per token and layer (fp32) to the layer input
     gradient_checkpointing: bool = False
     lora: LoraConfig = LoraConfig()
 
