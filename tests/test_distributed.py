@@ -709,23 +709,30 @@ distributed.shutdown()
 """
 
 
-@pytest.mark.slow
-def test_four_ranks_share_the_smoke_run_unit_by_unit_and_equal_one_process(tmp_path):
-    """Issue 23's acceptance: ``Experiment.work`` of params/smoke.yaml with ``probe.chunk_facts: 8`` under
-    ``torchrun --nproc_per_node 4`` (gloo): every computed unit in units.log.jsonl names its rank and host; at
-    least 3 of the 4 ranks compute probe chunks, at least 3 compute SFT runs or evaluations (restoration sweeps
-    evaluate); the stored results equal a one-process run's."""
+def _one_process_run_and_a_copy(tmp_path, name):
+    """Two copies of the project's params (one, ``name``), the work script, and the one-process run done in the
+    first: what a multi-rank run in the second is compared with."""
     import shutil
 
     roots = []
-    for name in ("one", "four"):
-        project = tmp_path / name
+    for sub in ("one", name):
+        project = tmp_path / sub
         shutil.copytree(ROOT / "params", project / "params")
         roots.append(project)
     script = _script(tmp_path, "work.py", WORK)
     single = subprocess.run([sys.executable, str(script), roots[0]], env=_env(tmp_path), capture_output=True,
                             text=True, timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
+    return roots, script
+
+
+@pytest.mark.slow
+def test_four_ranks_share_the_smoke_run_unit_by_unit_and_equal_one_process(tmp_path):
+    """Issue 23's acceptance: ``Experiment.work`` of params/smoke.yaml with ``probe.chunk_facts: 8`` under
+    ``torchrun --nproc_per_node 4`` (gloo): every computed unit in units.log.jsonl names its rank and host; at
+    least 3 of the 4 ranks compute probe chunks, at least 3 compute SFT runs or evaluations (restoration sweeps
+    evaluate); the stored results equal a one-process run's."""
+    roots, script = _one_process_run_and_a_copy(tmp_path, "four")
     _torchrun(tmp_path, script, roots[1], nproc=4, timeout=900)
     store = roots[1] / "runs" / "smoke"
     log = [json.loads(x) for x in (store / "units.log.jsonl").read_text().splitlines()]
@@ -748,17 +755,7 @@ def test_fsdp_runs_train_in_groups_of_ranks_at_once(tmp_path):
     two groups of 2 ranks (a DeviceMesh each) at the same time, each run computed once by one group, whose leader
     (rank 0 or 2) publishes it; the LoRA runs and everything else are shared by rank. The results equal a
     one-process run's: the same accuracies, losses within float32 rounding."""
-    import shutil
-
-    roots = []
-    for name in ("one", "groups"):
-        project = tmp_path / name
-        shutil.copytree(ROOT / "params", project / "params")
-        roots.append(project)
-    script = _script(tmp_path, "work.py", WORK)
-    single = subprocess.run([sys.executable, str(script), roots[0]], env=_env(tmp_path), capture_output=True,
-                            text=True, timeout=900)
-    assert single.returncode == 0, single.stderr[-3000:]
+    roots, script = _one_process_run_and_a_copy(tmp_path, "groups")
     _torchrun(tmp_path, script, roots[1], json.dumps({"sft": {"strategy": "fsdp", "fsdp_ranks": 2}}), nproc=4,
               timeout=900)
     log = [json.loads(x) for x in (roots[1] / "runs" / "smoke" / "units.log.jsonl").read_text().splitlines()]
