@@ -21,12 +21,10 @@ units nobody has started yet instead of waiting behind a busy one. A barrier end
 schedules or shards by hand: the store's claims balance the load, the launcher starts the processes.
 
 *What rank 0 does.* ``sftnb run`` (``run_units``, hooked into ``sftnb.runner.run_cli``): every rank computes
-its share of ``Experiment.work(mc)`` for every model (or of ``Experiment.work()`` if it takes no argument),
-then rank 0 alone executes notebooks 01-06 with papermill
-(they now only reuse units) and writes the tables and figures, while the other ranks wait at a barrier and exit
-0. The notebook kernels are started without the launcher's variables, so they are plain single processes. Where
-the experiment has no ``work()`` the ranks skip that step and rank 0's notebooks compute everything as in a
-single-process run.
+its share of ``Experiment.work()`` (every model's units, ``sftnb.work``), then rank 0 alone executes notebooks
+01-06 with papermill (they now only reuse units) and writes the tables and figures, while the other ranks wait
+at a barrier and exit 0. The notebook kernels are started without the launcher's variables, so they are plain
+single processes.
 
 *Listed when reached.* A stage may be a ``Deferred``: its units are listed when the ranks reach it, after the
 stages before it are finished (which SFT runs exist depends on the probe's categories).
@@ -398,30 +396,21 @@ def _compute_in_group(unit, fn, group: Group) -> dict:
 # ------------------------------------------------------------------------------------------- sftnb run
 def run_units(make_experiment: Callable[[], object]) -> bool:
     """``sftnb run``'s multi-process step: start torch.distributed, build the run's ``Experiment`` (from
-    ``make_experiment``, which ``sftnb.runner`` provides) and compute this rank's share of every model's
-    ``Experiment.work(mc)``. Returns True on rank 0, which goes on to execute the notebooks (with the launcher's
+    ``make_experiment``, which ``sftnb.runner`` provides) and compute this rank's share of every unit of
+    ``Experiment.work()``. Returns True on rank 0, which goes on to execute the notebooks (with the launcher's
     variables removed from its environment, so their kernels are single processes) and calls ``finish()``;
     the other ranks wait at a barrier until rank 0 has finished and return False."""
     rank, size, local = init()
     t0 = time.perf_counter()
     exp = make_experiment()
     cfg = exp.cfg
-    work = getattr(exp, "work", None)
-    if work is None:
-        if rank == 0:
-            print(f"sftnb run {cfg.run_name}: {size} processes, but this Experiment has no work(): rank 0 computes "
-                  f"every unit in the notebooks", flush=True)
-    else:
-        if rank == 0:
-            print(f"sftnb run {cfg.run_name}: {size} processes share the run's units (store {exp.store.root})",
-                  flush=True)
-        import inspect
-        per_model = bool(inspect.signature(work).parameters)      # work(mc) per model, or work() for all
-        for stages in ([work(mc) for mc in cfg.models] if per_model else [work()]):
-            compute_all(stages)
-        if rank == 0:
-            print(f"  units done in {time.perf_counter() - t0:.1f} s (rank 0 computed {len(exp.store.computed)}, "
-                  f"reused {len(exp.store.reused)})", flush=True)
+    if rank == 0:
+        print(f"sftnb run {cfg.run_name}: {size} processes share the run's units (store {exp.store.root})", flush=True)
+    for stages in exp.work():                           # per model, its stages in dependency order (sftnb.work)
+        compute_all(stages)
+    if rank == 0:
+        print(f"  units done in {time.perf_counter() - t0:.1f} s (rank 0 computed {len(exp.store.computed)}, "
+              f"reused {len(exp.store.reused)})", flush=True)
     barrier()
     if rank != 0:
         barrier()                                       # rank 0 executes the notebooks meanwhile

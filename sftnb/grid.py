@@ -2,9 +2,9 @@
 at several scales and seeds, each run evaluated in and out of domain and on its first tokens (§4): one store unit
 per run.
 
-``GridRuns`` holds these methods of ``sftnb.experiment.Experiment`` (a mixin: the grid reads the experiment's data,
-models and probes, and the experiment is one object for the notebooks). ``Experiment.work`` lists these units, with
-the others of a run, in dependency order for ``sftnb run`` under torchrun (``sftnb.distributed``).
+``Grid`` is one model's grid (``run.grid`` of a ``sftnb.run.ModelRun``: it reads the run's data, model and probes).
+``sftnb.work`` lists its units, with the others of a run, in dependency order for ``sftnb run`` under torchrun
+(``sftnb.distributed``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from . import mastery
-from .config import ModelConfig, Scale, scale_order
+from .config import Scale, scale_order
 from .errors import SftnbError
 from .evaluate import inference_copy, stored
 from .facts import Fact
@@ -62,46 +62,44 @@ def balanced_sample(facts: Sequence[Fact], n: int | str, seed: int) -> list[Fact
     return out
 
 
-class GridRuns:
-    """The grid's methods of ``Experiment`` (see the module docstring)."""
+class Grid:
+    """One model's SFT grid (``run.grid``): its runs' keys, training sets, store units and results."""
 
-    def unit_spec(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
+    def __init__(self, run):
+        self.run = run
+        self.config = run.mc.grid or run.cfg.grid          # the model's own grid (``models[].grid``) or the run's
+
+    def spec(self, key: RunKey) -> dict | None:
         """The store spec of a grid unit (its fine-tuning and evaluation); None when its category has too few
         facts. Every unit derived from a fine-tuned model (restoration sweeps ...) extends this spec."""
-        mc = mc or self.cfg.main_model
-        facts = self.training_facts(key, mc)
+        run = self.run
+        facts = self.training_facts(key)
         if facts is None:
             return None
         # what ran, not what was asked; settings that change no result (how memory is spent) stay out of the key
-        sft = self.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy", "fsdp_ranks"})
-        sft["precision"] = resolve_precision(sft["precision"], self.device)
+        sft = run.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy", "fsdp_ranks"})
+        sft["precision"] = resolve_precision(sft["precision"], run.exp.device)
         if key.kind != "lora":
             sft.pop("lora")
-        return {"model": self.model_id(mc), "run": key.__dict__, "train": mastery.facts_digest(facts),
-                "sft": sft, "dtype": str(self.train_dtype), "eval": self.eval_spec(mc)}
+        return {"model": run.model_id, "run": key.__dict__, "train": mastery.facts_digest(facts),
+                "sft": sft, "dtype": str(run.exp.train_dtype), "eval": run.eval_spec()}
 
-    def kl_example(self, mc: ModelConfig | None = None) -> tuple[pd.DataFrame, dict] | None:
+    def kl_example(self) -> tuple[pd.DataFrame, dict] | None:
         """Figure 3's data: the first §4.1 example under the first divided model (largest kept scale, first seed)
         that has one: (its top-k table, the example). None when there is no KL example."""
-        mc = mc or self.cfg.main_model
-        ref = self.reference(mc)
+        ref = self.run.reference()
         if not ref["kl_examples"]:
             return None
-        g = self.grid_cfg(mc)
+        g = self.config
         scale = scale_order([s for s in g.keep_checkpoints if s in g.scales] or g.scales)[-1]
         for cat in g.categories:
-            res = self.run_unit(RunKey("divided", cat, scale, g.seeds[0]), mc)
+            res = self.unit(RunKey("divided", cat, scale, g.seeds[0]))
             if res is not None and res.get("fig3_example"):
                 return pd.DataFrame(res["fig3_example"]), ref["kl_examples"][0]
         return None
 
-    def grid_cfg(self, mc: ModelConfig | None = None):
-        """The model's own grid (``models[].grid``) or the run's."""
-        mc = mc or self.cfg.main_model
-        return mc.grid or self.cfg.grid
-
-    def run_keys(self, mc: ModelConfig | None = None) -> list[RunKey]:
-        g = self.grid_cfg(mc)
+    def keys(self) -> list[RunKey]:
+        g = self.config
         keys = [RunKey("divided", c, s, seed) for c in g.categories for s in g.scales for seed in g.seeds]
         if g.mixed:
             keys += [RunKey("mixed", None, s, seed) for s in (g.mixed_scales or g.scales) for seed in g.seeds]
@@ -109,54 +107,53 @@ class GridRuns:
             keys += [RunKey("lora", None, s, seed) for s in (g.lora_scales or g.scales) for seed in g.seeds]
         return keys
 
-    def training_facts(self, key: RunKey, mc: ModelConfig | None = None) -> list[Fact] | None:
-        pool = self.sets["train"] if key.category is None else self.categorized(mc)["train"][key.category]
+    def training_facts(self, key: RunKey) -> list[Fact] | None:
+        pool = self.run.exp.sets["train"] if key.category is None else self.run.categorized()["train"][key.category]
         return balanced_sample(pool, key.scale, key.seed)
 
-    def checkpoint_dir(self, key: RunKey, mc: ModelConfig | None = None) -> Path | None:
+    def checkpoint_dir(self, key: RunKey) -> Path | None:
         """The kept fine-tuned checkpoint of a grid run (a Hugging Face folder: weights, config, tokenizer, so
         that ``sftnb restore --tuned`` and ``from_pretrained`` take it as it is), or None if it was not kept."""
-        spec = self.unit_spec(key, mc)
+        spec = self.spec(key)
         if spec is None:
             return None
-        folder = self.store.unit("sft", spec, key.label).file("checkpoint")
+        folder = self.run.store.unit("sft", spec, key.label).file("checkpoint")
         return folder if (folder / "config.json").is_file() else None
 
-    def finetune(self, key: RunKey, mc: ModelConfig | None = None):
+    def finetune(self, key: RunKey):
         """(fine-tuned model, tokenizer, train report): a fresh model of the caller's own, from the kept checkpoint
         if there is one, else re-trained from its seed (deterministic) starting from the pre-trained weights."""
-        mc = mc or self.cfg.main_model
-        facts = self.training_facts(key, mc)
+        run = self.run
+        facts = self.training_facts(key)
         if facts is None:
             raise SftnbError(f"{key.label}: D_train-{key.category} has too few facts for scale {key.scale}")
-        ckpt = self.checkpoint_dir(key, mc)
+        ckpt = self.checkpoint_dir(key)
         if ckpt is not None:
             from safetensors.torch import load_file
             state = {}
             for f in sorted(ckpt.glob("*.safetensors")):
-                state |= load_file(str(f), device=str(self.device))
+                state |= load_file(str(f), device=str(run.exp.device))
             # made straight from the checkpoint (a tied output head is saved once, under the embedding's name)
-            model = copy_model(self._template(mc), self.device, state=state).requires_grad_(True).eval()
-            return model, self.tokenizer(mc), None
-        model, tok = self.pretrained(mc)
+            model = copy_model(run.template, run.exp.device, state=state).requires_grad_(True).eval()
+            return model, run.tokenizer, None
+        model, tok = run.pretrained()
         pairs = [(f.question, f.answers[0]) for f in facts]
         if key.kind == "lora":
-            merged, report = train_lora(model, tok, pairs, self.cfg.sft, key.seed, self.progress)
+            merged, report = train_lora(model, tok, pairs, run.cfg.sft, key.seed, run.exp.progress)
             return merged, tok, report
-        report = train(model, tok, pairs, self.cfg.sft, key.seed, progress=self.progress, desc=key.label)
+        report = train(model, tok, pairs, run.cfg.sft, key.seed, progress=run.exp.progress, desc=key.label)
         return model, tok, report
 
-    def run_units(self, mc: ModelConfig | None = None) -> list:
-        """The grid's units as ``sftnb run``'s ranks share them (``Experiment.work``): a run each, claimed by
+    def units(self) -> list:
+        """The grid's units as ``sftnb run``'s ranks share them (``sftnb.work``): a run each, claimed by
         whichever rank is free. With ``sft.strategy: fsdp`` the sharded runs form a ``Grouped`` stage (groups of
         ``fsdp_ranks`` ranks train different runs at once) and the LoRA runs, which train on one device, follow in
         the same stage, taken by ranks whose group is done."""
         from .distributed import Grouped
 
-        mc = mc or self.cfg.main_model
-        keys = [k for k in self.run_keys(mc) if self.training_facts(k, mc) is not None]
-        unit = lambda k: (lambda: self.run_unit(k, mc))           # noqa: E731
-        if self.cfg.sft.strategy != "fsdp":
+        keys = [k for k in self.keys() if self.training_facts(k) is not None]
+        unit = lambda k: (lambda: self.unit(k))           # noqa: E731
+        if self.run.cfg.sft.strategy != "fsdp":
             return [unit(k) for k in keys]
         # LoRA runs train on one device: ranks whose group has no sharded run left take them (Grouped.then)
         return Grouped([unit(k) for k in keys if k.kind != "lora"], self.fsdp_ranks(),
@@ -167,55 +164,55 @@ class GridRuns:
         GPUs the plan's SFT stage fits (all of them on a CPU, where nothing limits a group)."""
         from .launch import world
 
-        size = world()[1]
-        if self.cfg.sft.fsdp_ranks != "auto":
-            if size % self.cfg.sft.fsdp_ranks:
-                raise SftnbError(f"sft.fsdp_ranks {self.cfg.sft.fsdp_ranks} does not divide the {size} ranks")
-            return self.cfg.sft.fsdp_ranks
-        if self.device.type != "cuda":
+        size, sft = world()[1], self.run.cfg.sft
+        if sft.fsdp_ranks != "auto":
+            if size % sft.fsdp_ranks:
+                raise SftnbError(f"sft.fsdp_ranks {sft.fsdp_ranks} does not divide the {size} ranks")
+            return sft.fsdp_ranks
+        if self.run.exp.device.type != "cuda":
             return size
         from .plan import plan_from_config
         for g in [d for d in range(1, size + 1) if size % d == 0]:
-            p = plan_from_config(self.cfg, gpus=g)
+            p = plan_from_config(self.run.cfg, gpus=g)
             if p.stages["sft"].total <= p.capacity:
                 return g
         return size
 
-    def run_unit(self, key: RunKey, mc: ModelConfig | None = None) -> dict | None:
+    def unit(self, key: RunKey) -> dict | None:
         """Fine-tune, evaluate in and out of domain (and on its training set), first-token KL: one store unit.
-        With ``sft.strategy: fsdp`` under torchrun, the ranks of one group (``run_units``) train the run together
+        With ``sft.strategy: fsdp`` under torchrun, the ranks of one group (``units``) train the run together
         (``sftnb.fsdp``) and the group's first rank evaluates and publishes it (``distributed.compute_collective``)."""
-        mc = mc or self.cfg.main_model
-        spec = self.unit_spec(key, mc)
+        spec = self.spec(key)
         if spec is None:
             return None
-        ref = self.reference(mc)
-        unit = self.store.unit("sft", spec, key.label)
-        if self.cfg.sft.strategy == "fsdp" and key.kind != "lora":
+        ref = self.run.reference()
+        unit = self.run.store.unit("sft", spec, key.label)
+        if self.run.cfg.sft.strategy == "fsdp" and key.kind != "lora":
             from . import distributed
-            return distributed.compute_collective(unit, lambda tmp: self._compute_fsdp(tmp, key, mc, ref))
-        return unit.compute(lambda tmp: self._evaluate_run(tmp, key, mc, ref, *self.finetune(key, mc)))
+            return distributed.compute_collective(unit, lambda tmp: self._compute_fsdp(tmp, key, ref))
+        return unit.compute(lambda tmp: self._evaluate(tmp, key, ref, *self.finetune(key)))
 
-    def _compute_fsdp(self, tmp, key: RunKey, mc: ModelConfig, ref: dict) -> dict:
+    def _compute_fsdp(self, tmp, key: RunKey, ref: dict) -> dict:
         from transformers import AutoModelForCausalLM
 
         from . import distributed
         from .fsdp import device, mixed_precision, sharded_from_rank0, train_fsdp
 
+        run = self.run
         # no copy of the model on any rank: built empty and sharded over the run's group (distributed.group_mesh;
         # all ranks when None), each rank taking its shards from the pre-trained template -- rank 0's, broadcast,
         # when the run spans every rank; each rank's own (every rank keeps one) in a group of some of them
-        template, mesh = self._template(mc), distributed.group_mesh()
+        template, mesh = run.template, distributed.group_mesh()
         state = template.state_dict() if tmp is not None or mesh is not None else None
         model = sharded_from_rank0(template.config, state, mesh=mesh, broadcast=mesh is None,
-                                   mp_policy=mixed_precision(self.cfg.sft.precision, device()))
-        pairs = [(f.question, f.answers[0]) for f in self.training_facts(key, mc)]
-        report, state = train_fsdp(model, self.tokenizer(mc), pairs, self.cfg.sft, key.seed, progress=self.progress,
+                                   mp_policy=mixed_precision(run.cfg.sft.precision, device()))
+        pairs = [(f.question, f.answers[0]) for f in self.training_facts(key)]
+        report, state = train_fsdp(model, run.tokenizer, pairs, run.cfg.sft, key.seed, progress=run.exp.progress,
                                    desc=key.label, mesh=mesh)
         del model
         if tmp is None:                     # ranks > 0: their part was the training
             return {}
-        # the gathered weights (on rank 0's host) become the model as they are (assign: no copy); _evaluate_run
+        # the gathered weights (on rank 0's host) become the model as they are (assign: no copy); _evaluate
         # moves it to the device in the inference dtype
         with torch.device("meta"):
             tuned = AutoModelForCausalLM.from_config(template.config)
@@ -225,49 +222,49 @@ class GridRuns:
             if name not in state:
                 _set_buffer(tuned, name, buf.clone())
         tuned.generation_config = template.generation_config
-        return self._evaluate_run(tmp, key, mc, ref, tuned.eval(), self.tokenizer(mc), report)
+        return self._evaluate(tmp, key, ref, tuned.eval(), run.tokenizer, report)
 
-    def _evaluate_run(self, tmp, key: RunKey, mc: ModelConfig, ref: dict, model, tok, report) -> dict:
+    def _evaluate(self, tmp, key: RunKey, ref: dict, model, tok, report) -> dict:
         from .token_kl import first_token_logits_of, renormalized_kl, topk_table
 
-        if key.scale in self.grid_cfg(mc).keep_checkpoints and key.kind == "divided":
+        run, cfg = self.run, self.run.cfg
+        if key.scale in self.config.keep_checkpoints and key.kind == "divided":
             model.save_pretrained(tmp / "checkpoint")
             tok.save_pretrained(tmp / "checkpoint")
         # the training precision is not needed again: cast in place (tensor by tensor), never a second copy
-        model.to(device=self.device, dtype=self.infer_dtype)
-        facts = self.training_facts(key, mc)
-        sets = dict(self.eval_sets(mc))
-        if self.cfg.eval.train_accuracy:
+        model.to(device=run.exp.device, dtype=run.exp.infer_dtype)
+        facts = self.training_facts(key)
+        sets = dict(run.eval_sets())
+        if cfg.eval.train_accuracy:
             sets["train"] = facts
-        res = self.evaluate(model, tok, sets)
+        res = run.evaluate(model, tok, sets)
         kl_mean, kl_rows, fig3 = float("nan"), [], None
         ex = ref["kl_examples"]
         if ex:
-            with inference_copy(model, self.infer_dtype) as m:
-                ft = first_token_logits_of(m, tok, [e["prompt"] for e in ex], self.cfg.run.batch_tokens)
+            with inference_copy(model, run.exp.infer_dtype) as m:
+                ft = first_token_logits_of(m, tok, [e["prompt"] for e in ex], cfg.run.batch_tokens)
             base = torch.load(ref["base_logits_path"])
-            kl = renormalized_kl(ft, base, k=self.cfg.token_kl.k)
+            kl = renormalized_kl(ft, base, k=cfg.token_kl.k)
             kl_mean, kl_rows = float(kl.mean()), [round(float(x), 6) for x in kl]
-            fig3 = topk_table(ft[0], base[0], tok, k=self.cfg.token_kl.k).to_dict(orient="list")
-        return {"metrics": self.summarize(res) | {"kl": kl_mean}, "per_set": stored(res),
+            fig3 = topk_table(ft[0], base[0], tok, k=cfg.token_kl.k).to_dict(orient="list")
+        return {"metrics": run.summarize(res) | {"kl": kl_mean}, "per_set": stored(res),
                 "kl": kl_rows, "fig3_example": fig3, "train": report.to_dict() if report else None,
                 "n_train": len(facts)}
 
-    def grid_results(self, mc: ModelConfig | None = None) -> dict:
+    def results(self) -> dict:
         """{RunKey: stored unit result, or None where the category has too few facts} for the whole grid."""
         from tqdm.auto import tqdm
 
-        mc = mc or self.cfg.main_model
-        return {key: self.run_unit(key, mc)
-                for key in tqdm(self.run_keys(mc), desc=f"grid {mc.name}", disable=not self.progress)}
+        return {key: self.unit(key)
+                for key in tqdm(self.keys(), desc=f"grid {self.run.name}", disable=not self.run.exp.progress)}
 
-    def grid(self, mc: ModelConfig | None = None) -> pd.DataFrame:
+    def table(self) -> pd.DataFrame:
         """Every unit of the grid, computed or reused: one row per run with its metrics."""
-        mc = mc or self.cfg.main_model
         rows = []
-        for key, res in self.grid_results(mc).items():
-            row = {"model": mc.name, "kind": key.kind, "category": pd.NA if key.category is None else key.category,
-                   "scale": str(key.scale), "seed": key.seed}
+        for key, res in self.results().items():
+            row = {"model": self.run.name, "kind": key.kind,
+                   "category": pd.NA if key.category is None else key.category, "scale": str(key.scale),
+                   "seed": key.seed}
             if res is None:
                 row["status"] = "too few facts"
             else:

@@ -249,3 +249,28 @@ def train_config(sft_cfg, inject_cfg):
 __all__ = ["default_templates", "check_templates", "Exposure", "assign_exposures", "exposure_schedule",
            "encode_statement", "length_grouped_order", "padding_fraction", "inject_model", "plan_table",
            "write_folder", "render", "build", "train_config"]
+
+
+# --------------------------------------------------------------------------------------------- a run's testbed
+def injection_plan(ic, sets: dict[str, list[Fact]]) -> list[Exposure]:
+    """Which facts of D_train and D_test a testbed model (``models[].inject``, ``ic``) is shown, and how often."""
+    keep = (lambda f: f.relation in ic.relations) if ic.relations else (lambda f: True)
+    return (assign_exposures([f for f in sets["train"] if keep(f)], ic.exposures, ic.facts_per_exposure("train"),
+                             ic.seed)
+            + assign_exposures([f for f in sets["test"] if keep(f)], ic.exposures, ic.facts_per_exposure("test"),
+                               ic.seed + 1))
+
+
+def build_testbed(store, mc, sets: dict[str, list[Fact]], relations: dict[str, Relation], sft_cfg, device: str,
+                  dtype, progress: bool = True):
+    """The store unit that builds the testbed model of ``models[]`` entry ``mc``: ``mc.path`` after continued
+    pre-training on its injection plan (``build``)."""
+    from .models import model_fingerprint
+
+    ic = mc.inject
+    templates = ic.templates or {r: list(t) for r, t in default_templates().items()}
+    plan = injection_plan(ic, sets)
+    if not ic.allow_probe_wording:
+        check_templates({r: templates[r] for r in {e.fact.relation for e in plan} if r in templates}, relations)
+    return build(store, mc.path, model_fingerprint(mc.path), plan, templates, train_config(sft_cfg, ic), ic.seed,
+                 mc.prompt_start, device, dtype, progress, label=mc.name, length_grouped=ic.length_grouped)

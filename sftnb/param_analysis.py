@@ -2,11 +2,18 @@
 the most-changed ones to their pre-trained values does.
 
 Builds on the streaming engine in ``sftnb.restore`` (exact global top-k of relative change, live restore/undo)
-and on the SFT grid's kept checkpoints. Every sweep is one store unit per fine-tuned model.
+and on the SFT grid's kept checkpoints. Every sweep is one store unit per fine-tuned model, and every function
+takes the ``ModelRun`` (``sftnb.run``) of the model it analyses.
+
+``ANALYSES`` declares them: for each, which keys a model has (``keys(run)``) and the unit of one key
+(``unit(run, key)``). ``sftnb.work`` lists the units from it for the ranks of ``sftnb run``, and the notebooks
+read them through the same declarations (``Analysis.results``): a new analysis is registered once, here.
 """
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -21,24 +28,23 @@ from .select import region_names
 CONCENTRATION_XS = (1, 3, 5, 10, 20, 40, 60)
 
 
-def kept_runs(exp, mc=None, seeds=None, restoring: bool = True) -> list[RunKey]:
+def kept_runs(run, seeds=None, restoring: bool = True) -> list[RunKey]:
     """Fine-tuned models with a kept checkpoint (divided data, kept scales, every seed or ``seeds``; the ones
     restored: ``restore.seeds`` if set), in grid order."""
-    g = exp.grid_cfg(mc)
-    if exp.cfg.restore.models is not None and (mc or exp.cfg.main_model).name not in exp.cfg.restore.models \
-            and restoring:
+    g, r = run.grid.config, run.cfg.restore
+    if restoring and r.models is not None and run.name not in r.models:
         return []
-    if restoring and seeds is None and exp.cfg.restore.seeds is not None:
-        seeds = [s for s in g.seeds if s in exp.cfg.restore.seeds]
+    if restoring and seeds is None and r.seeds is not None:
+        seeds = [s for s in g.seeds if s in r.seeds]
     keys = [RunKey("divided", c, s, seed) for s in g.keep_checkpoints if s in g.scales for c in g.categories
             for seed in (seeds or g.seeds)]
-    return [k for k in keys if exp.training_facts(k, mc) is not None]
+    return [k for k in keys if run.grid.training_facts(k) is not None]
 
 
-def train_restored(exp, mc=None) -> list[RunKey]:
+def train_restored(run) -> list[RunKey]:
     """Table 6's models: the restored kept runs at ``restore.train_scales`` (None: all of them)."""
-    scales = exp.cfg.restore.train_scales
-    return [k for k in kept_runs(exp, mc) if scales is None or k.scale in scales]
+    scales = run.cfg.restore.train_scales
+    return [k for k in kept_runs(run) if scales is None or k.scale in scales]
 
 
 def largest_scale(keys: list[RunKey]) -> list[RunKey]:
@@ -49,37 +55,38 @@ def largest_scale(keys: list[RunKey]) -> list[RunKey]:
     return [k for k in keys if k.scale == top]
 
 
-def restorer_on(exp, model, mc=None, what: str = "model") -> Restorer:
+def restorer_on(run, model, what: str = "model") -> Restorer:
     """A Restorer on a fine-tuned ``model`` against the pre-trained weights. Where the model lives with them (a CPU
     run), it gets a private copy of the pre-trained region to swap with (fast, cost independent of k); on a GPU
     the pre-trained weights stay on the host and restoring copies from them."""
-    base = exp.pretrained_state(mc)
+    base, region = run.pretrained_state(), run.cfg.restore.region
     if all(torch.equal(p, base[n].to(p.device)) for n, p in model.named_parameters() if n in base):
         raise SftnbError(f"{what}: the fine-tuned weights equal the pre-trained ones (checkpoint not loaded?)")
-    names = region_names(base, exp.cfg.restore.region)
-    if exp.device.type == base[names[0]].device.type:
+    names = region_names(base, region)
+    if run.exp.device.type == base[names[0]].device.type:
         base = {n: base[n].clone() for n in names}              # private: swap mode may write into it
-    return Restorer(model, base, region=exp.cfg.restore.region)
+    return Restorer(model, base, region=region)
 
 
-def _restorer(exp, key: RunKey, mc=None):
+def _restorer(run, key: RunKey):
     """A Restorer on a fresh fine-tuned model of this grid key (``restorer_on``), with the model and tokenizer."""
-    exp.run_unit(key, mc)                       # makes sure the grid unit (and its checkpoint) exists
-    model, tok, _ = exp.finetune(key, mc)
-    return restorer_on(exp, model, mc, key.label), model, tok
+    run.grid.unit(key)                          # makes sure the grid unit (and its checkpoint) exists
+    model, tok, _ = run.grid.finetune(key)
+    return restorer_on(run, model, key.label), model, tok
 
 
-def _sweep_spec(exp, key: RunKey, mc, what: dict) -> dict:
-    return exp.unit_spec(key, mc) | {"region": exp.cfg.restore.region} | what
+def _sweep_spec(run, key: RunKey, what: dict) -> dict:
+    return run.grid.spec(key) | {"region": run.cfg.restore.region} | what
 
 
-def update_statistics(exp, key: RunKey, mc=None) -> dict:
+# --------------------------------------------------------------------------------------------- one unit each
+def update_statistics(run, key: RunKey) -> dict:
     """Table 3 (concentration of Σ relative change in the top x %) and Tables 9-10 (where the top
     ``redundant_k_percent`` sit: per layer, per module type) for one fine-tuned model."""
-    k = exp.cfg.restore.redundant_k_percent
+    k = run.cfg.restore.redundant_k_percent
 
     def compute(tmp):
-        restorer, _, _ = _restorer(exp, key, mc)
+        restorer, _, _ = _restorer(run, key)
         conc = restorer.concentration(CONCENTRATION_XS)
         # the same without the pre-trained zeros, whose r = |s| / 1e-8 can hold nearly all of Σr by itself
         conc_nz = restorer.concentration(CONCENTRATION_XS, exclude_zero_base=True)
@@ -91,63 +98,63 @@ def update_statistics(exp, key: RunKey, mc=None) -> dict:
                 "n": restorer.total, "zero_base": restorer.zero_base_count(),
                 "per_layer": per_layer.to_dict(orient="list"), "per_module": per_module.to_dict(orient="list")}
 
-    spec = _sweep_spec(exp, key, mc, {"what": "update_statistics", "k": k, "v": 2})
-    return exp.store.compute("param_stats", spec, compute, key.label)
+    spec = _sweep_spec(run, key, {"what": "update_statistics", "k": k, "v": 2})
+    return run.store.compute("param_stats", spec, compute, key.label)
 
 
-def restore_sweep(exp, key: RunKey, ks, strategy: str = "top", on_train: bool = False,
-                  mc=None) -> dict:
+def restore_sweep(run, key: RunKey, ks, strategy: str = "top", on_train: bool = False) -> dict:
     """Restore the top (bottom, random) k % for each k and evaluate in and out of domain, or on the run's own
     training set (Table 6): ``{"rows": [{"k", "per_set"}]}`` with per-fact correctness (``sweep_frame`` gives the
     accuracies). k = 0 is the fine-tuned model itself: the grid unit's own evaluation of the same sets, not a
     second one. The model is restored and undone in place."""
     def compute(tmp):
-        unrestored = exp.run_unit(key, mc)["per_set"]
-        restorer, model, tok = _restorer(exp, key, mc)
-        sets = {"train": exp.training_facts(key, mc)} if on_train else exp.eval_sets(mc)
+        unrestored = run.grid.unit(key)["per_set"]
+        restorer, model, tok = _restorer(run, key)
+        sets = {"train": run.grid.training_facts(key)} if on_train else run.eval_sets()
         restorer.prepare(ks, strategy, seed=key.seed)      # every k's threshold from one set of passes
         rows = []
         for k in [0, *ks]:
             if k == 0 and all(n in unrestored for n in sets):
                 per_set = {n: unrestored[n] for n in sets}
             elif k == 0:                                   # eval.train_accuracy off: the grid has no train score
-                per_set = stored(exp.evaluate(model, tok, sets))
+                per_set = stored(run.evaluate(model, tok, sets))
             else:
                 with restorer.restored(k, strategy, seed=key.seed):
-                    per_set = stored(exp.evaluate(model, tok, sets))
+                    per_set = stored(run.evaluate(model, tok, sets))
             rows.append({"k": k, "per_set": per_set})
         return {"rows": rows}
 
-    spec = _sweep_spec(exp, key, mc, {"what": "restore", "ks": list(ks), "strategy": strategy,
-                                      "on_train": on_train, "v": 3})
-    return exp.store.compute("restore", spec, compute, f"{key.label}-{strategy}{'-train' if on_train else ''}")
+    spec = _sweep_spec(run, key, {"what": "restore", "ks": list(ks), "strategy": strategy, "on_train": on_train,
+                                  "v": 3})
+    return run.store.compute("restore", spec, compute, f"{key.label}-{strategy}{'-train' if on_train else ''}")
 
 
-def sweep_frame(exp, sweep: dict) -> pd.DataFrame:
-    """One row per k: every set's accuracy and the aggregates (``Experiment.summarize``)."""
-    return pd.DataFrame([{"k": r["k"], **exp.summarize(r["per_set"])} for r in sweep["rows"]])
+def sweep_frame(run, sweep: dict) -> pd.DataFrame:
+    """One row per k: every set's accuracy and the aggregates (``ModelRun.summarize``)."""
+    return pd.DataFrame([{"k": r["k"], **run.summarize(r["per_set"])} for r in sweep["rows"]])
 
 
-def layer_restore(exp, key: RunKey, mc=None) -> dict:
+def layer_restore(run, key: RunKey) -> dict:
     """Table 11: in-domain evaluation after restoring every parameter of one group of decoder layers at a time:
     ``{"rows": [{"layers": "0-3", "per_set"}]}`` with per-fact correctness."""
+    size = run.cfg.restore.layer_group_size
+
     def compute(tmp):
-        restorer, model, tok = _restorer(exp, key, mc)
+        restorer, model, tok = _restorer(run, key)
         n_layers = model.config.num_hidden_layers
-        size = exp.cfg.restore.layer_group_size
-        sets = {n: facts for n, facts in exp.eval_sets(mc).items() if n.startswith("test-")}
+        sets = {n: facts for n, facts in run.eval_sets().items() if n.startswith("test-")}
         rows = []
         for start in range(0, n_layers, size):
             group = list(range(start, min(start + size, n_layers)))
             with restorer.layers_restored(group):
-                rows.append({"layers": f"{group[0]}-{group[-1]}", "per_set": stored(exp.evaluate(model, tok, sets))})
+                rows.append({"layers": f"{group[0]}-{group[-1]}", "per_set": stored(run.evaluate(model, tok, sets))})
         return {"rows": rows}
 
-    spec = _sweep_spec(exp, key, mc, {"what": "layers", "size": exp.cfg.restore.layer_group_size, "v": 3})
-    return exp.store.compute("layer_restore", spec, compute, key.label)
+    spec = _sweep_spec(run, key, {"what": "layers", "size": size, "v": 3})
+    return run.store.compute("layer_restore", spec, compute, key.label)
 
 
-def task_sweep(exp, task_cfg, seed: int, mc=None) -> dict:
+def task_sweep(run, task_cfg, seed: int) -> dict:
     """Table 5: fine-tune the pre-trained model on a further task (``sftnb.tasks``; the grid's SFT settings, this
     seed), then restore each k % and score the task's test set. Stores per-example scores for k = 0 (SFT alone),
     every restored k, and the pre-trained model without SFT, so every gain can be bootstrapped over the same
@@ -157,32 +164,31 @@ def task_sweep(exp, task_cfg, seed: int, mc=None) -> dict:
     from .sft import resolve_precision, train
     from .tasks import load_task, score
 
-    mc = mc or exp.cfg.main_model
     task = load_task(task_cfg.spec(), root=project_root())
-    ks = list(task_cfg.k_percents or exp.cfg.restore.k_percents)
+    ks = list(task_cfg.k_percents or run.cfg.restore.k_percents)
     digest = hashlib.sha256("\n".join(f"{e.prompt}\t{e.target}" for e in task.train + task.test).encode()).hexdigest()
-    sft = exp.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy", "lora", "fsdp_ranks"})
-    sft["precision"] = resolve_precision(sft["precision"], exp.device)
+    sft = run.cfg.sft.model_dump(exclude={"gradient_checkpointing", "strategy", "lora", "fsdp_ranks"})
+    sft["precision"] = resolve_precision(sft["precision"], run.exp.device)
     sft["learning_rate"] = task_cfg.learning_rate or sft["learning_rate"]
-    spec = {"model": exp.model_id(mc), "task": task_cfg.spec(), "data": digest, "sft": sft, "seed": seed, "ks": ks,
-            "region": exp.cfg.restore.region, "dtype": str(exp.train_dtype), "infer_dtype": str(exp.infer_dtype),
-            "v": 1}
+    spec = {"model": run.model_id, "task": task_cfg.spec(), "data": digest, "sft": sft, "seed": seed, "ks": ks,
+            "region": run.cfg.restore.region, "dtype": str(run.exp.train_dtype),
+            "infer_dtype": str(run.exp.infer_dtype), "v": 1}
 
     def outputs(model, tok):
-        with inference_copy(model, exp.infer_dtype) as m:
+        with inference_copy(model, run.exp.infer_dtype) as m:
             outs = answer_questions(m, tok, [e.prompt for e in task.test], task.max_new_tokens,
-                                    exp.cfg.run.batch_tokens, exp.progress, desc=task.name)
+                                    run.cfg.run.batch_tokens, run.exp.progress, desc=task.name)
         return [o.split("<|question|>")[0] for o in outs]        # a model that goes on asks itself a new question
 
     def scored(outs):
         return {"scores": score(task.metric, outs, [e.target for e in task.test]), "examples": outs[:3]}
 
     def compute(tmp):
-        model, tok = exp.pretrained(mc)
+        model, tok = run.pretrained()
         rows = [{"k": "pre-SFT", **scored(outputs(model, tok))}]
-        report = train(model, tok, [(e.prompt, e.target) for e in task.train], exp.cfg.sft, seed,
-                       learning_rate=sft["learning_rate"], progress=exp.progress, desc=f"sft {task.name}")
-        restorer = restorer_on(exp, model, mc, task.name)
+        report = train(model, tok, [(e.prompt, e.target) for e in task.train], run.cfg.sft, seed,
+                       learning_rate=sft["learning_rate"], progress=run.exp.progress, desc=f"sft {task.name}")
+        restorer = restorer_on(run, model, task.name)
         restorer.prepare(ks)
         for k in [0, *ks]:
             if k:
@@ -193,36 +199,52 @@ def task_sweep(exp, task_cfg, seed: int, mc=None) -> dict:
         return {"task": task.name, "metric": task.metric, "source": task.source, "n_train": len(task.train),
                 "n_test": len(task.test), "rows": rows, "train": report.to_dict()}
 
-    return exp.store.compute("task", spec, compute, f"{mc.name}-{task.name}-s{seed}")
+    return run.store.compute("task", spec, compute, f"{run.name}-{task.name}-s{seed}")
 
 
-# --------------------------------------------------------------------------------------------- per model
-def update_stats(exp, mc=None) -> dict:
-    """Tables 3, 9 and 10: ``update_statistics`` of every kept fine-tuned model (all seeds)."""
-    return {k: update_statistics(exp, k, mc) for k in kept_runs(exp, mc, restoring=False)}
+# --------------------------------------------------------------------------------------------- the declarations
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis of a model: its keys (``keys(run)``, in the order the units are computed) and the store unit
+    of one key (``unit(run, key)``)."""
+    name: str
+    keys: Callable[[Any], list]
+    unit: Callable[[Any, Any], dict]
+
+    def results(self, run) -> dict:
+        """{key: unit result} for every key of ``run``, computed or reused."""
+        return {key: self.unit(run, key) for key in self.keys(run)}
 
 
-def restore_sweeps(exp, mc=None, on_train: bool = False) -> dict:
-    """Tables 4 and 7 ({(RunKey, strategy): sweep} over kept models, all seeds, every ``restore.strategies``), or
-    Table 6 (``on_train``: the top strategy at ``restore.train_k_percents`` on each model's training set)."""
-    r = exp.cfg.restore
-    if on_train:
-        return {(k, "top"): restore_sweep(exp, k, r.train_k_percents, "top", on_train=True, mc=mc)
-                for k in train_restored(exp, mc)}
-    return {(k, s): restore_sweep(exp, k, r.k_percents, s, mc=mc) for k in kept_runs(exp, mc) for s in r.strategies}
+def _layer_keys(run) -> list[RunKey]:
+    seeds = run.cfg.restore.layer_seeds or run.grid.config.seeds[:1]
+    return largest_scale(kept_runs(run, seeds))
 
 
-def layer_sweeps(exp, mc=None) -> dict:
-    """Table 11: ``layer_restore`` of the kept models at the largest kept scale (seeds: ``restore.layer_seeds``)."""
-    seeds = exp.cfg.restore.layer_seeds or exp.grid_cfg(mc).seeds[:1]
-    return {k: layer_restore(exp, k, mc) for k in largest_scale(kept_runs(exp, mc, seeds))}
+UPDATE_STATISTICS = Analysis("update statistics (Tables 3, 9, 10; every kept model, all seeds)",
+                             lambda run: kept_runs(run, restoring=False), update_statistics)
+RESTORE = Analysis("restoration sweeps (Tables 4, 7; every strategy)",
+                   lambda run: [(k, s) for k in kept_runs(run) for s in run.cfg.restore.strategies],
+                   lambda run, ks: restore_sweep(run, ks[0], run.cfg.restore.k_percents, ks[1]))
+RESTORE_TRAIN = Analysis("restoration on the training set (Table 6)",
+                         lambda run: [(k, "top") for k in train_restored(run)],
+                         lambda run, ks: restore_sweep(run, ks[0], run.cfg.restore.train_k_percents, "top",
+                                                       on_train=True))
+LAYERS = Analysis("layer groups restored (Table 11; largest kept scale)", _layer_keys, layer_restore)
+TASKS = Analysis("further tasks (Table 5; the main model)",
+                 lambda run: [(t, seed) for t in run.cfg.tasks for seed in t.seeds]
+                 if run.name == run.cfg.main_model.name else [],
+                 lambda run, ts: task_sweep(run, *ts))
+
+# what each fine-tuned model of the grid gets, in the order ``sftnb.work`` lists the units
+ANALYSES = (UPDATE_STATISTICS, RESTORE, RESTORE_TRAIN, LAYERS)
 
 
-def task_sweeps(exp) -> dict:
+def task_sweeps(run) -> dict:
     """Table 5: {(task name, seed): ``task_sweep``} for every configured task, on the main model."""
-    return {(t.name, seed): task_sweep(exp, t, seed) for t in exp.cfg.tasks for seed in t.seeds}
+    return {(t.name, seed): res for (t, seed), res in TASKS.results(run).items()}
 
 
-__all__ = ["update_stats", "restore_sweeps", "layer_sweeps", "task_sweeps", "largest_scale", "kept_runs",
-           "train_restored", "update_statistics", "restore_sweep", "sweep_frame", "layer_restore", "task_sweep",
-           "restorer_on", "CONCENTRATION_XS"]
+__all__ = ["Analysis", "ANALYSES", "UPDATE_STATISTICS", "RESTORE", "RESTORE_TRAIN", "LAYERS", "TASKS",
+           "task_sweeps", "largest_scale", "kept_runs", "train_restored", "update_statistics", "restore_sweep",
+           "sweep_frame", "layer_restore", "task_sweep", "restorer_on", "CONCENTRATION_XS"]

@@ -207,9 +207,9 @@ def summary_markdown(table: pd.DataFrame) -> str:
 
 def run_header(exp) -> str:
     """What the run is: its models (named exactly), precision, scales, seeds; written at the top of report.md."""
-    lines = [f"Run `{exp.cfg.run_name}`. Models:"] + [f"- {exp.identity(mc)}" for mc in exp.cfg.models]
+    lines = [f"Run `{exp.cfg.run_name}`. Models:"] + [f"- {exp.model(mc).identity()}" for mc in exp.cfg.models]
     for mc in exp.cfg.grid_models:
-        g = exp.grid_cfg(mc)
+        g = exp.model(mc).grid.config
         lines.append(f"- grid of {mc.name}: categories {g.categories}, scales {g.scales}, seeds {g.seeds}, "
                      f"mixed {g.mixed}, LoRA {g.lora_scales or g.scales if g.lora else 'no'}")
     lines += [

@@ -593,7 +593,8 @@ from sftnb.experiment import Experiment
 import standin
 root = Path(sys.argv[1])
 runner.project_root = lambda: root
-Experiment.work = lambda self, mc: standin.work(self.store, n=6, stages=2, sleep=0.3, tag=f"{mc.name}")
+Experiment.work = lambda self: [standin.work(self.store, n=6, stages=2, sleep=0.3, tag=f"{mc.name}")
+                                for mc in self.cfg.models]
 sys.exit(main(["run", "params/smoke.yaml"]))
 """
 NOTEBOOK = """import json, os, pathlib
@@ -626,11 +627,6 @@ def test_sftnb_run_under_torchrun_shares_units_and_rank0_runs_the_notebooks(tmp_
 @pytest.mark.slow
 def test_sftnb_run_smoke_under_torchrun_equals_one_process(tmp_path):
     """The whole smoke run, 2 ranks vs 1 process: same unit keys, same results (modulo timing fields)."""
-    from sftnb.experiment import Experiment
-
-    if not hasattr(Experiment, "work"):
-        pytest.skip("Experiment.work() is not in this branch: the runner hook is tested with a stand-in "
-                    "experiment (test_sftnb_run_under_torchrun_shares_units_and_rank0_runs_the_notebooks)")
     import shutil
 
     projects = []
@@ -703,8 +699,8 @@ extra = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
 rank, size, _ = distributed.init()
 cfg = load_config(root / "params" / "smoke.yaml", {"probe": {"chunk_facts": 8}, "run": {"progress": False}, **extra})
 exp = Experiment(cfg, root)
-for mc in cfg.models:
-    distributed.compute_all(exp.work(mc))
+for stages in exp.work():
+    distributed.compute_all(stages)
 distributed.shutdown()
 """
 

@@ -26,13 +26,13 @@ def test_interrupted_grid_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(grid_module, "train", dies_on_third)
     exp = Experiment(smoke_config(tmp_path))
     with pytest.raises(KeyboardInterrupt):
-        exp.grid()
+        exp.main.grid.table()
     finished = len([u for u in exp.store.computed if u.kind == "sft"])
     assert finished == 2
 
     monkeypatch.setattr(grid_module, "train", real_train)
     again = Experiment(smoke_config(tmp_path))
-    table = again.grid()
+    table = again.main.grid.table()
     sft_computed = [u for u in again.store.computed if u.kind == "sft"]
     sft_reused = [u for u in again.store.reused if u.kind == "sft"]
     done = int((table["status"] == "done").sum())
@@ -40,7 +40,7 @@ def test_interrupted_grid_resumes(tmp_path, monkeypatch):
     assert not any(u.kind == "probe" for u in again.store.computed)       # the probe was finished: reused
 
     third = Experiment(smoke_config(tmp_path))
-    assert third.grid().equals(table) and not [u for u in third.store.computed if u.kind == "sft"]
+    assert third.main.grid.table().equals(table) and not [u for u in third.store.computed if u.kind == "sft"]
 
 
 def test_parameter_analyses_use_the_finetuned_weights(tmp_path):
@@ -52,24 +52,24 @@ def test_parameter_analyses_use_the_finetuned_weights(tmp_path):
     from sftnb.param_analysis import kept_runs, restore_sweep, restorer_on, sweep_frame, update_statistics
     from sftnb.select import in_region
     exp = Experiment(smoke_config(tmp_path))
-    runs = kept_runs(exp)
+    runs = kept_runs(exp.main)
     assert runs
-    stats = update_statistics(exp, runs[0])
+    stats = update_statistics(exp.main, runs[0])
     shares = stats["concentration"]["share"]
     assert all(0 < s <= 1 and not math.isnan(s) for s in shares) and shares == sorted(shares)
-    model, _, _ = exp.finetune(runs[0])
-    base = exp.pretrained_state()
+    model, _, _ = exp.main.grid.finetune(runs[0])
+    base = exp.main.pretrained_state()
     tuned = {n: p.detach().clone() for n, p in model.named_parameters()}
     moved = [n for n in tuned if in_region(n, "transformer") and not torch.equal(tuned[n], base[n])]
     assert moved                                                   # SFT changed the region
-    restorer = restorer_on(exp, model)
+    restorer = restorer_on(exp.main, model)
     with restorer.restored(100):
         for n, p in model.named_parameters():
             want = base[n] if in_region(n, "transformer") else tuned[n]
             assert torch.equal(p.detach(), want), n
     assert all(torch.equal(p.detach(), tuned[n]) for n, p in model.named_parameters())      # undo is exact
-    sweep = restore_sweep(exp, runs[0], [100])
-    frame = sweep_frame(exp, sweep)
+    sweep = restore_sweep(exp.main, runs[0], [100])
+    frame = sweep_frame(exp.main, sweep)
     assert list(frame["k"]) == [0, 100]
     for row in sweep["rows"]:
         assert all(len(r["correct"]) == r["n"] for r in row["per_set"].values())
@@ -85,12 +85,12 @@ def test_kept_checkpoint_is_a_folder_sftnb_restore_takes(tmp_path):
     from sftnb.param_analysis import kept_runs
     from sftnb.select import in_region
     exp = Experiment(smoke_config(tmp_path))
-    key = kept_runs(exp)[0]
-    exp.run_unit(key)
-    folder = exp.checkpoint_dir(key)
+    key = kept_runs(exp.main)[0]
+    exp.main.grid.unit(key)
+    folder = exp.main.grid.checkpoint_dir(key)
     assert folder is not None and (folder / "tokenizer_config.json").is_file()
     tuned, _ = load_model(str(folder), device="cpu", dtype="float32")
-    live, _, _ = exp.finetune(key)
+    live, _, _ = exp.main.grid.finetune(key)
     live_sd = dict(live.named_parameters())
     assert all(torch.equal(p, live_sd[n]) for n, p in tuned.named_parameters())
     base_dir = save_tiny_model(tmp_path / "base", seed=0)            # the smoke model's pre-trained weights
@@ -116,11 +116,11 @@ def test_probe_agreement_compares_the_estimator_with_sampling(tmp_path):
         "run": {"out_dir": str(tmp_path / "run"), "figures_dir": str(tmp_path / "fig"), "progress": False},
         "probe": {"method": "calibrated", "calibration_facts": 12}})
     exp = Experiment(cfg)
-    agr = exp.probe_agreement()
+    agr = exp.main.probe_agreement()
     summary = agr["summary"]
     assert list(summary["facts"]) == [12, 12, 12, 12] and summary["comparison"].iloc[0].endswith("the ceiling")
     assert int(agr["confusion_estimator"].to_numpy().sum()) == 12
     assert set(agr["check"]) >= {"agreement within 5 points", "mean R within 0.02"}
-    probes = exp.probes()
+    probes = exp.main.probes()
     assert set(probes["train"]["category"]) <= {0, 1, 2, 3, 4} and probes["train"]["R"].between(0, 1).all()
-    assert Experiment(smoke_config(tmp_path)).probe_agreement() is None       # sampling: nothing to compare
+    assert Experiment(smoke_config(tmp_path)).main.probe_agreement() is None       # sampling: nothing to compare

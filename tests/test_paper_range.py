@@ -43,11 +43,12 @@ def test_profiles_cover_the_acceptance(path, largest, min_per_category):
 @pytest.mark.parametrize("path", [CPU, GPU])
 def test_profile_injection_plans_are_drawn_from_the_run_sets(path):
     from sftnb.experiment import Experiment
+    from sftnb.inject import injection_plan
     cfg = load_config(path, {"run": {"out_dir": "/tmp/sftnb-never-written", "figures_dir": "/tmp/sftnb-nf"}})
     exp = Experiment.__new__(Experiment)                 # the data and the plan only: no store, no model
     exp.cfg = cfg
     mc = _testbed(cfg)
-    plan = exp.injection_plan(mc)
+    plan = injection_plan(mc.inject, exp.sets)
     ic = mc.inject
     want = dict(zip(ic.exposures, ic.facts_per_exposure("train")))
     got = {c: sum(1 for e in plan if e.count == c and e.fact.split == "train") for c in ic.exposures}
@@ -94,15 +95,18 @@ def test_restoration_covers_the_restored_seeds_and_table6_its_scales():
     from sftnb import param_analysis as pa
     from sftnb.config import validate
 
-    class Stub:                                            # kept_runs reads only these of an Experiment
+    class Grid:                                            # kept_runs reads only these of a ModelRun
         def __init__(self, cfg):
-            self.cfg = cfg
+            self.config = cfg.grid
 
-        def grid_cfg(self, mc=None):
-            return self.cfg.grid
-
-        def training_facts(self, key, mc=None):
+        def training_facts(self, key):
             return None if key.category == 4 else [object()] * key.scale      # category 4: too few facts
+
+    class Stub:
+        name = "m"
+
+        def __init__(self, cfg):
+            self.cfg, self.grid = cfg, Grid(cfg)
 
     grid = {"categories": [0, 4], "scales": [60, 240, 960], "seeds": [0, 1], "keep_checkpoints": [240, 960]}
     every = Stub(validate({"grid": grid}))
@@ -123,6 +127,7 @@ def test_a_testbed_with_a_fact_count_per_exposure_on_a_tiny_model(tmp_path):
     import collections
 
     from sftnb.experiment import Experiment
+    from sftnb.inject import injection_plan
     ci = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
     testbed = ci["models"][1]
     testbed["inject"] = {**testbed["inject"], "exposures": [0, 2, 8], "train_facts_per_exposure": [6, 4, 2],
@@ -133,18 +138,18 @@ def test_a_testbed_with_a_fact_count_per_exposure_on_a_tiny_model(tmp_path):
         "run": {"out_dir": str(tmp_path / "store"), "figures_dir": str(tmp_path / "figures")}})
     exp = Experiment(cfg, root=ROOT)
     (mc,) = cfg.models
-    plan = exp.injection_plan(mc)
+    plan = injection_plan(mc.inject, exp.sets)
     counts = collections.Counter((e.fact.split, e.count) for e in plan)
     assert counts == {("train", 0): 6, ("train", 2): 4, ("train", 8): 2, ("test", 0): 2, ("test", 2): 2,
                       ("test", 8): 1}
-    res = exp.injection_unit(mc).result()
+    res = exp.model(mc).injection.result()
     assert res["statements"] == 2 * 4 + 8 * 2 + 2 * 2 + 8 * 1 and res["facts"] == 17
-    assert exp.injection_unit(mc).path.name.startswith(mc.name)
-    table = exp.testbed(mc)
+    assert exp.model(mc).injection.path.name.startswith(mc.name)
+    table = exp.model(mc).testbed()
     assert len(table) == 12 and table["R_before"].notna().all()          # the base model on 12 facts only
     assert set(table["key"]) <= {f.key for s in ("train", "test", "testood") for f in exp.sets[s]}
     shown = {e.fact.key: e.count for e in plan}
     assert all(shown.get(k, float("nan")) == x or (k not in shown and x != x)
                for k, x in zip(table["key"], table["exposure"]))
-    probed = exp.probes(mc)["train"]
+    probed = exp.model(mc).probes()["train"]
     assert len(probed) == len(exp.sets["train"])                          # Table 8 counts every D_train fact

@@ -327,13 +327,13 @@ def test_task_sft_then_full_restoration_gives_back_the_pretrained_score(tmp_path
         "tasks": [{"name": "math", "kind": "math", "max_train": 8, "max_test": 6, "max_new_tokens": 8,
                    "k_percents": [50, 100]}]})
     exp = Experiment(cfg)
-    res = task_sweep(exp, cfg.tasks[0], seed=0)
+    res = task_sweep(exp.main, cfg.tasks[0], seed=0)
     by_k = {r["k"]: r for r in res["rows"]}
     assert list(by_k) == ["pre-SFT", 0, 50, 100]
     assert by_k[100]["scores"] == by_k["pre-SFT"]["scores"] and by_k[100]["examples"] == by_k["pre-SFT"]["examples"]
     assert res["n_train"] == 8 and res["n_test"] == 6 and res["train"]["steps"] == 2
     again = Experiment(cfg)
-    assert task_sweep(again, cfg.tasks[0], seed=0) == res and not again.store.computed   # a store unit: reused
+    assert task_sweep(again.main, cfg.tasks[0], seed=0) == res and not again.store.computed   # a store unit: reused
 
 
 @pytest.mark.slow
@@ -356,9 +356,9 @@ def test_a_task_learning_rate_trains_at_that_rate_in_its_own_unit(tmp_path, monk
     base = {"run": {"out_dir": str(tmp_path / "run"), "figures_dir": str(tmp_path / "fig"), "progress": False}}
     plain = load_config("params/smoke.yaml", {**base, "tasks": [task]})
     faster = load_config("params/smoke.yaml", {**base, "tasks": [{**task, "learning_rate": 3e-3}]})
-    param_analysis.task_sweep(Experiment(plain), plain.tasks[0], seed=0)
+    param_analysis.task_sweep(Experiment(plain).main, plain.tasks[0], seed=0)
     exp = Experiment(faster)
-    param_analysis.task_sweep(exp, faster.tasks[0], seed=0)
+    param_analysis.task_sweep(exp.main, faster.tasks[0], seed=0)
     assert seen == [plain.sft.learning_rate, 3e-3]
     assert len(exp.store.computed) == 1                          # a different rate is a different unit
 
@@ -375,7 +375,7 @@ def test_bad_task_params_are_one_line(tmp_path, task, message):
     try:
         cfg = load_config("params/smoke.yaml", {"tasks": [task], "run": {"out_dir": str(tmp_path / "r"),
                                                                         "figures_dir": str(tmp_path / "f")}})
-        task_sweep(Experiment(cfg), cfg.tasks[0], 0)
+        task_sweep(Experiment(cfg).main, cfg.tasks[0], 0)
     except SftnbError as e:
         assert message in str(e) and "\n" not in str(e)
     else:

@@ -14,6 +14,8 @@ import pandas as pd
 
 from sftnb.config import load_config
 from sftnb.experiment import Experiment
+from sftnb import work
+from sftnb.inject import injection_plan
 
 
 def main():
@@ -40,23 +42,24 @@ def main():
     print(f"plan: exposures {mc.inject.exposures}, train {mc.inject.train_facts_per_exposure}, "
           f"test {mc.inject.test_facts_per_exposure}; D_train {len(exp.sets['train'])}, D_test {len(exp.sets['test'])}",
           flush=True)
-    stages = exp.work(mc)
+    run = exp.model(mc)
+    stages = work.stages(run)
     t0 = time.perf_counter()
     for unit in stages[0]:
         unit()
     t_inject = time.perf_counter() - t0
-    res = exp.injection_unit(mc).result()
+    res = run.injection.result()
     print(f"injection: {res['statements']} statements in {t_inject:.0f} s ({res['train']['seconds']:.0f} s training, "
           f"{res['statements'] / res['train']['seconds']:.1f} statements/s)", flush=True)
     t0 = time.perf_counter()
     for unit in stages[1]:
         unit()
-    probes = exp.probes(mc)
+    probes = run.probes()
     t_probe = time.perf_counter() - t0
     n_facts = sum(len(exp.sets[s]) for s in ("train", "test", "testood"))
     print(f"probes: {n_facts} facts + the calibration study in {t_probe:.0f} s", flush=True)
 
-    exposure = {e.fact.key: e.count for e in exp.injection_plan(mc)}
+    exposure = {e.fact.key: e.count for e in injection_plan(mc.inject, exp.sets)}
     t = pd.concat(probes.values(), ignore_index=True)
     t["exposure"] = t["key"].map(exposure).fillna(-1).astype(int)         # -1: outside the plan
     t["group"] = t["relation"].where(t["relation"].isin(["city_country", "us_city_state"]), "other")
