@@ -46,6 +46,7 @@ position ids; nothing model-specific is touched.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -58,6 +59,8 @@ from .batching import batches, cache_kwarg, check_prompts, device_of, left_pad, 
 CHECK_EVERY = 4            # decode steps between "who finished?" checks on a GPU (each one is a host sync)
 MIN_SHARED = 4             # a batch whose prompts all start with at least this many equal tokens prefills them once
 _BLOCK = 256               # block width of the two-level cumulative sum used for sampling
+# each model's compiled decode step (static KV cache path), kept for as long as the model lives
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
 
 
 # ----------------------------------------------------------------------------- counter-based uniforms
@@ -232,11 +235,9 @@ def _static_cache(model, cache, n: int, capacity: int):
         layer.update(keys, values)
     step = model
     if device_of(model).type == "cuda":
-        compiled = getattr(model, "_sftnb_compiled_step", None)
-        if compiled is None:
-            compiled = torch.compile(model.forward, mode="reduce-overhead", dynamic=False)
-            model._sftnb_compiled_step = compiled
-        step = compiled
+        step = _COMPILED.get(model)
+        if step is None:                # compiled once per model: CUDA graphs are captured per shape, then replayed
+            step = _COMPILED[model] = torch.compile(model.forward, mode="reduce-overhead", dynamic=False)
     return static, step
 
 
