@@ -20,7 +20,7 @@ computing is skipped (no-wait mode) and revisited after the others, so a rank th
 units nobody has started yet instead of waiting behind a busy one. A barrier ends each stage. Nothing here
 schedules or shards by hand: the store's claims balance the load, the launcher starts the processes.
 
-*What rank 0 does.* ``sftnb run`` (``run_units``, hooked into ``sftnb.runner.run_cli``): every rank computes
+*What rank 0 does.* ``sftnb run`` (``sftnb.work.run_units``, hooked into ``sftnb.runner.run_cli``): every rank computes
 its share of ``Experiment.work()`` (every model's units, ``sftnb.work``), then rank 0 alone executes notebooks
 01-06 with papermill (they now only reuse units) and writes the tables and figures, while the other ranks wait
 at a barrier and exit 0. The notebook kernels are started without the launcher's variables, so they are plain
@@ -391,38 +391,3 @@ def _compute_in_group(unit, fn, group: Group) -> dict:
     if decision != "compute":
         raise claims.Busy(unit.path, {"host": "another group", "rank": decision[1]})
     return _compute_claimed(unit, fn, claim, leader, group)
-
-
-# ------------------------------------------------------------------------------------------- sftnb run
-def run_units(make_experiment: Callable[[], object]) -> bool:
-    """``sftnb run``'s multi-process step: start torch.distributed, build the run's ``Experiment`` (from
-    ``make_experiment``, which ``sftnb.runner`` provides) and compute this rank's share of every unit of
-    ``Experiment.work()``. Returns True on rank 0, which goes on to execute the notebooks (with the launcher's
-    variables removed from its environment, so their kernels are single processes) and calls ``finish()``;
-    the other ranks wait at a barrier until rank 0 has finished and return False."""
-    rank, size, local = init()
-    t0 = time.perf_counter()
-    exp = make_experiment()
-    cfg = exp.cfg
-    if rank == 0:
-        print(f"sftnb run {cfg.run_name}: {size} processes share the run's units (store {exp.store.root})", flush=True)
-    for stages in exp.work():                           # per model, its stages in dependency order (sftnb.work)
-        compute_all(stages)
-    if rank == 0:
-        print(f"  units done in {time.perf_counter() - t0:.1f} s (rank 0 computed {len(exp.store.computed)}, "
-              f"reused {len(exp.store.reused)})", flush=True)
-    barrier()
-    if rank != 0:
-        barrier()                                       # rank 0 executes the notebooks meanwhile
-        shutdown()
-        return False
-    for var in LAUNCH_VARS:
-        os.environ.pop(var, None)
-    return True
-
-
-def finish() -> None:
-    """Rank 0, after the notebooks: release the waiting ranks and end torch.distributed (no-op otherwise)."""
-    if initialized():
-        barrier()
-        shutdown()

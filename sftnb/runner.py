@@ -171,10 +171,10 @@ def run_cli(args) -> int:
     executed = out / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
     # --- several processes (torchrun / accelerate launch / srun): sftnb.distributed -----------------------
-    from . import distributed
+    from . import distributed, work
     distributed.check_strategy(cfg)
     rank_cfg = load_config(params, {"run": run_override} if run_override else None)
-    if distributed.world()[1] > 1 and not distributed.run_units(lambda: Experiment(rank_cfg, root)):
+    if distributed.world()[1] > 1 and not work.run_units(lambda: Experiment(rank_cfg, root)):
         return 0                                  # not rank 0: its share of the units is done, rank 0 finished
     # --- end distributed: rank 0 (or the only process) executes the notebooks -------------------------------
     print(f"sftnb run {cfg.run_name}: {len(todo)} notebook(s); store {out}; figures {figures}")
@@ -220,5 +220,5 @@ def run_cli(args) -> int:
     published = publish_notebooks(executed, figures / "notebooks", root)
     print(f"done in {time.perf_counter() - total:.1f} s; executed notebooks in {executed} (readable copies in "
           f"{published}); artifacts in {figures}")
-    distributed.finish()                          # several processes: release the ranks waiting for rank 0
+    work.finish()                                 # several processes: release the ranks waiting for rank 0
     return 0

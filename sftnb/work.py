@@ -9,6 +9,11 @@ The analyses after the grid come from ``param_analysis.ANALYSES``, which the not
 """
 from __future__ import annotations
 
+import os
+import time
+from typing import Callable
+
+from . import distributed
 from .distributed import Deferred
 from .param_analysis import ANALYSES, TASKS
 
@@ -40,3 +45,38 @@ def stages(run) -> list:
     out.append(Deferred(run.grid.units))
     out.append(Deferred(lambda: [lambda a=a, key=key: a.unit(run, key) for a in ANALYSES for key in a.keys(run)]))
     return out
+
+
+# ------------------------------------------------------------------------------------------- sftnb run
+def run_units(make_experiment: Callable[[], object]) -> bool:
+    """``sftnb run``'s multi-process step: start torch.distributed, build the run's ``Experiment`` (from
+    ``make_experiment``, which ``sftnb.runner`` provides) and compute this rank's share of every unit of
+    ``Experiment.work()``. Returns True on rank 0, which goes on to execute the notebooks (with the launcher's
+    variables removed from its environment, so their kernels are single processes) and calls ``finish()``;
+    the other ranks wait at a barrier until rank 0 has finished and return False."""
+    rank, size, _ = distributed.init()
+    t0 = time.perf_counter()
+    exp = make_experiment()
+    cfg = exp.cfg
+    if rank == 0:
+        print(f"sftnb run {cfg.run_name}: {size} processes share the run's units (store {exp.store.root})", flush=True)
+    for model_stages in exp.work():                     # per model, its stages in dependency order
+        distributed.compute_all(model_stages)
+    if rank == 0:
+        print(f"  units done in {time.perf_counter() - t0:.1f} s (rank 0 computed {len(exp.store.computed)}, "
+              f"reused {len(exp.store.reused)})", flush=True)
+    distributed.barrier()
+    if rank != 0:
+        distributed.barrier()                           # rank 0 executes the notebooks meanwhile
+        distributed.shutdown()
+        return False
+    for var in distributed.LAUNCH_VARS:
+        os.environ.pop(var, None)
+    return True
+
+
+def finish() -> None:
+    """Rank 0, after the notebooks: release the waiting ranks and end torch.distributed (no-op otherwise)."""
+    if distributed.initialized():
+        distributed.barrier()
+        distributed.shutdown()

@@ -1,0 +1,124 @@
+"""The KV caches of sftnb's decoder (``sftnb.generation``): a prefill's cache repeated for its samples, either in
+preallocated layers written in place (no copy of the whole cache per step) or in a transformers ``StaticCache``
+whose decode step can be captured as CUDA graphs."""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from .batching import device_of
+
+# each model's compiled decode step (static KV cache path), kept for as long as the model lives
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
+
+
+def plain_layers(cache) -> bool:
+    """Only plain full-attention cache layers are shared this way (sliding windows keep their own logic)."""
+    from transformers.cache_utils import DynamicLayer
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+# ------------------------------------------------------------------------------------ KV cache layer
+def cache_layer_classes():
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        """A full-attention cache layer with a preallocated buffer: new keys/values are written in place and the
+        layer returns views of the filled part, so a decode step does not copy the whole cache."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, repeats: int, capacity: int):
+            super().__init__()
+            b, h, length, _ = keys.shape
+            capacity = max(capacity, length)
+            self.device = keys.device
+            self.buf_k = keys.new_empty((b * repeats, h, capacity, keys.shape[-1]))
+            self.buf_v = values.new_empty((b * repeats, values.shape[1], capacity, values.shape[-1]))
+            self.buf_k.view(b, repeats, *self.buf_k.shape[1:])[:, :, :, :length] = keys[:, None]
+            self.buf_v.view(b, repeats, *self.buf_v.shape[1:])[:, :, :, :length] = values[:, None]
+            self.length = length
+            self.is_initialized = True
+            self._views()
+
+        def _views(self):
+            self.keys = self.buf_k[:, :, :self.length]
+            self.values = self.buf_v[:, :, :self.length]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            end = self.length + key_states.shape[-2]
+            if end > self.buf_k.shape[2]:                         # out of room: grow (not expected)
+                grow = max(end - self.buf_k.shape[2], 16)
+                self.buf_k = torch.cat([self.buf_k, self.buf_k.new_empty((*self.buf_k.shape[:2], grow,
+                                                                            self.buf_k.shape[3]))], 2)
+                self.buf_v = torch.cat([self.buf_v, self.buf_v.new_empty((*self.buf_v.shape[:2], grow,
+                                                                            self.buf_v.shape[3]))], 2)
+            self.buf_k[:, :, self.length:end] = key_states
+            self.buf_v[:, :, self.length:end] = value_states
+            self.length = end
+            self._views()
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self.buf_k = self.buf_k.index_select(0, indices)
+            self.buf_v = self.buf_v.index_select(0, indices)
+            self._views()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            self.buf_k = self.buf_k.repeat_interleave(repeats, 0)
+            self.buf_v = self.buf_v.repeat_interleave(repeats, 0)
+            self._views()
+
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            self.batch_select_indices(beam_idx.to(self.device))
+
+        def crop(self, tokens_to_remove: int) -> None:
+            if tokens_to_remove < 0:
+                self.length = max(0, self.length + tokens_to_remove)
+                self._views()
+
+        def reset(self) -> None:
+            self.length = 0
+            self._views()
+
+    return DynamicLayer, PreallocatedLayer
+
+
+def expand_cache(cache, n: int, capacity: int) -> None:
+    """After prefill: repeat every layer's rows n times (prompt -> its samples) and swap plain full-attention
+    layers for preallocated ones with room for ``capacity`` positions."""
+    DynamicLayer, PreallocatedLayer = cache_layer_classes()
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
+            cache.layers[i] = PreallocatedLayer(layer.keys, layer.values, n, capacity)
+        elif n > 1 and hasattr(layer, "batch_repeat_interleave"):
+            layer.batch_repeat_interleave(n)
+
+
+def static_cache(model, cache, n: int, capacity: int):
+    """After prefill: a transformers ``StaticCache`` of ``capacity`` positions holding the prefill's keys/values
+    repeated n times (prompt -> its samples), and the decode-step function: on CUDA the model's forward through
+    ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: one replay per step instead of an eager forward's many
+    kernel launches; every step has the same shapes), elsewhere the plain forward. Rows never leave a static batch:
+    finished ones are masked by their recorded length, and the batch ends when all are done."""
+    from transformers import StaticCache
+
+    static = StaticCache(config=model.config, max_cache_len=capacity)
+    for dyn, layer in zip(cache.layers, static.layers):
+        keys, values = dyn.keys.repeat_interleave(n, 0), dyn.values.repeat_interleave(n, 0)
+        layer.lazy_initialization(keys, values)
+        layer.update(keys, values)
+    step = model
+    if device_of(model).type == "cuda":
+        step = _COMPILED.get(model)
+        if step is None:                # compiled once per model: CUDA graphs are captured per shape, then replayed
+            step = _COMPILED[model] = torch.compile(model.forward, mode="reduce-overhead", dynamic=False)
+    return static, step
+
+
+def select_cache(cache, keep: torch.Tensor) -> None:
+    for layer in cache.layers:
+        if hasattr(layer, "batch_select_indices"):
+            layer.batch_select_indices(keep)
