@@ -206,7 +206,7 @@ def checkpoint_regions(folder: str | Path) -> ModelRegions:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:   # RuntimeError: meta
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SftnbError(f"{folder / 'config.json'}: transformers cannot build this causal LM ({msg})") from None
     return model_regions(model)
