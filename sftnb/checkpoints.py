@@ -28,8 +28,10 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_folder, atomic_write_json, atomic_write_text
 from .errors import SftnbError
-from .select import (CHUNK, Selection, TieBreaker, Workspace, check_strategy, chunk_keys, chunks, distribution,
-                     percent_counts, radix_pass1, radix_thresholds, region_names)
+from .regions import checkpoint_regions, distribution
+from .select import (CHUNK, Selection, TieBreaker, Workspace, chunk_keys, chunks, percent_counts, radix_pass1,
+                     radix_thresholds)
+from .strategies import get_strategy
 
 INDEX = "model.safetensors.index.json"
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -305,15 +307,14 @@ def restore_checkpoints(base: str | Path, tuned: str | Path, k: str | Sequence[f
     """Write the restored model(s) of a checkpoint pair (one Hugging Face folder per k under ``out``, or ``out``
     itself for a single k); see the module docstring."""
     ks = parse_ks(k)
-    check_strategy(strategy)
+    get_strategy(strategy)
     budget = parse_size(shard_size)
     out = Path(out).expanduser()
     base_ck, tuned_ck = Checkpoint(base), Checkpoint(tuned)
     _check_out(out, (base_ck.folder, tuned_ck.folder), overwrite)
     check_pair(base_ck, tuned_ck)
-    names = region_names(tuned_ck.meta, region)
-    if not names:
-        raise SftnbError(f"region {region!r} holds no tensor of {tuned_ck.folder}")
+    regions = checkpoint_regions(tuned_ck.folder)      # the module tree its config.json describes
+    names = regions.require(tuned_ck.meta, region, str(tuned_ck.folder))
     total = sum(tuned_ck.numel(n) for n in names)
     counts = percent_counts(total, ks)
     ws = Workspace()
@@ -344,7 +345,7 @@ def restore_checkpoints(base: str | Path, tuned: str | Path, k: str | Sequence[f
                 w.close()
                 copy_side_files(tuned_ck.folder, folder)
                 sel = Selection(kp, strategy, th.count, total, th.value(strategy), {n: counts_k[n] for n in names})
-                per_layer, per_module = distribution(sel)
+                per_layer, per_module = distribution(sel, regions)
                 stats = sel.to_dict() | {"region": region, "seed": seed, "base": str(base_ck.folder),
                                          "tuned": str(tuned_ck.folder), "tie_order": "sorted tensor name, flat index",
                                          "per_layer": per_layer.to_dict(orient="list"),

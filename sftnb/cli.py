@@ -25,7 +25,8 @@ import typing
 from .config import InjectConfig, ProbeConfig, RestoreConfig, RunOptions
 from .errors import SftnbError
 from .models import DTYPE_CHOICES
-from .select import REGIONS, STRATEGIES
+from .regions import REGIONS
+from .strategies import DEFAULT_STRATEGY, STRATEGIES
 
 
 def _default(section, name: str):
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--tuned", required=True, help="fine-tuned model folder (safetensors)")
     rs.add_argument("--k", required=True, help="percent(s) of the region to restore, e.g. 20 or 1,5,20")
     rs.add_argument("--out", required=True, help="output folder (one sub-folder per k when several)")
-    rs.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0])
+    rs.add_argument("--strategy", choices=list(STRATEGIES), default=DEFAULT_STRATEGY)
     rs.add_argument("--region", choices=REGIONS, default=_default(RestoreConfig, "region"))
     rs.add_argument("--seed", type=int, default=0, help="for --strategy random")
     rs.add_argument("--shard-size", default="2GB", help="output shard budget, e.g. 500MB, 2GB")

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SftnbError
+from .strategies import StrategyName
 
 
 class _Section(BaseModel):
@@ -279,13 +280,12 @@ class RestoreConfig(_Section):
     train_k_percents: list[float] = [5, 20]              # Table 6 (training set)
     train_scales: Optional[list[Scale]] = None           # Table 6's kept scales (None: every kept scale)
     region: Literal["transformer", "mlp", "attention", "embedding", "all"] = "transformer"
-    strategies: list[Literal["top", "bottom", "random"]] = ["top"]
+    strategies: list[StrategyName] = ["top"]             # names of sftnb.strategies.STRATEGIES
     redundant_k_percent: float = Field(20, gt=0, le=100)  # Tables 9-10: where the restored updates sit
     layer_group_size: int = Field(4, ge=1)               # Table 11: layers 0-3, 4-7, ...
     layer_seeds: Optional[list[int]] = None             # Table 11's models (None: the first grid seed)
     seeds: Optional[list[int]] = None                   # Tables 4, 6, 7's models (None: every grid seed)
-    models: Optional[list[str]] = None                  # models whose kept checkpoints are restored (Tables 4,
-                                                        # 6, 7, 11; None: every grid model); Table 3 is for all
+    models: Optional[list[str]] = None                  # Tables 4, 6, 7, 11 (None: every grid model; Table 3: all)
 
     @field_validator("k_percents", "train_k_percents")
     @classmethod

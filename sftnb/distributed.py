@@ -224,7 +224,7 @@ def shutdown() -> None:
     _cpu_group = None
 
 
-def check_strategy(cfg) -> None:
+def check_fsdp_launch(cfg) -> None:
     """Refuse, before any work, an FSDP run started as one process."""
     if getattr(cfg.sft, "strategy", "single") != "fsdp":
         return

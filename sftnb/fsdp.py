@@ -30,7 +30,7 @@ get ``{}``) for saving and evaluation in a plain (unsharded) model.
 Such an SFT unit spans a group of ranks (``mesh``; all of them by default): see
 ``sftnb.distributed.compute_collective`` (the group's first rank claims, computes the rest of the unit and
 publishes; the others train with it and receive the result). Validation: a run with ``sft.strategy: fsdp``
-started as one process is refused when it starts (``distributed.check_strategy``).
+started as one process is refused when it starts (``distributed.check_fsdp_launch``).
 """
 from __future__ import annotations
 

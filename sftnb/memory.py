@@ -126,7 +126,7 @@ class ModelShape:
         return max(i * o for i, o in [*self.projections().values(), (self.vocab, self.hidden)])
 
     def region_params(self, region: str) -> int:
-        """Parameters of a restoration region (sftnb.restore.in_region)."""
+        """Parameters of a restoration region (sftnb.regions) of this LLaMA-like shape."""
         per_layer = {"mlp": self.mlp_params(), "attention": self.attention_params(),
                      "transformer": self.mlp_params() + self.attention_params()}
         if region in per_layer:

@@ -22,8 +22,8 @@ from .config import scale_order
 from .errors import SftnbError
 from .evaluate import stored
 from .grid import RunKey
+from .regions import model_regions
 from .restore import Restorer
-from .select import region_names
 
 CONCENTRATION_XS = (1, 3, 5, 10, 20, 40, 60)
 
@@ -62,7 +62,7 @@ def restorer_on(run, model, what: str = "model") -> Restorer:
     base, region = run.pretrained_state(), run.cfg.restore.region
     if all(torch.equal(p, base[n].to(p.device)) for n, p in model.named_parameters() if n in base):
         raise SftnbError(f"{what}: the fine-tuned weights equal the pre-trained ones (checkpoint not loaded?)")
-    names = region_names(base, region)
+    names = model_regions(model).names(base, region)
     if run.exp.device.type == base[names[0]].device.type:
         base = {n: base[n].clone() for n in names}              # private: swap mode may write into it
     return Restorer(model, base, region=region)

@@ -27,8 +27,10 @@ import pandas as pd
 import torch
 
 from .errors import SftnbError
-from .select import (Pass1, Selection, Threshold, TieBreaker, Workspace, check_strategy, chunk_keys,
-                     distribution, layer_of, percent_counts, pieces, radix_pass1, radix_thresholds, region_names)
+from .regions import distribution, model_regions
+from .select import (Pass1, Selection, Threshold, TieBreaker, Workspace, chunk_keys, percent_counts, pieces,
+                     radix_pass1, radix_thresholds)
+from .strategies import get_strategy
 
 # ============================================================================================= 1-bit masks
 _BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
@@ -109,9 +111,8 @@ class Restorer:
     def __init__(self, model: torch.nn.Module, base, region: str = "transformer", swap: bool | None = None):
         self.model, self.region = model, region
         params = dict(model.named_parameters())
-        self.names = region_names(params, region)
-        if not self.names:
-            raise SftnbError(f"region {region!r} holds no parameter of this model")
+        self.regions = model_regions(model)             # from the model's module tree: any architecture
+        self.names = self.regions.require(params, region, "this model")
         self.params = {n: params[n] for n in self.names}
         self._base = _base_getter(base)
         can_swap = not isinstance(base, (str, bytes)) and not hasattr(base, "__fspath__")
@@ -170,13 +171,13 @@ class Restorer:
         """Thresholds of several k from (at most) two passes; pass 1 is cached, so later k cost one pass.
         With ``exclude_zero_base`` (top/bottom statistics) k is a percent of the elements whose pre-trained value
         is not 0, and those that are 0 count as unchanged."""
-        check_strategy(strategy)
-        if exclude_zero_base and strategy == "random":
-            raise SftnbError("exclude_zero_base applies to the top and bottom strategies only")
+        how = get_strategy(strategy)
+        if exclude_zero_base and not how.ranks_by_change:
+            raise SftnbError(f"exclude_zero_base applies to strategies that rank by change, not {strategy!r}")
         n = self.total - (self.zero_base_count() if exclude_zero_base else 0)
         counts = percent_counts(n, k_percents)
         self.undo()                                    # statistics are of the fine-tuned weights
-        key = (strategy, seed if strategy == "random" else 0, exclude_zero_base)
+        key = (strategy, seed if how.uses_seed else 0, exclude_zero_base)
         missing = [k for k in dict.fromkeys(k_percents)
                    if (*key, k) not in self._thresholds
                    or (with_sums and math.isnan(self._thresholds[(*key, k)].top_sum))]
@@ -247,7 +248,7 @@ class Restorer:
     def restore_layers(self, layers: Iterable[int]) -> Selection:
         """Table 11: every region parameter of the given decoder layers back to pre-trained."""
         layers = set(layers)
-        per = self._restore_where(lambda name, start, t, b: layer_of(name) in layers)
+        per = self._restore_where(lambda name, start, t, b: self.regions.layer(name) in layers)
         per = {n: c for n, c in per.items() if c}
         count = sum(per.values())
         return Selection(100.0 * count / self.total, "layers", count, self.total, math.nan, per)
@@ -301,5 +302,5 @@ class Restorer:
             self.undo()
 
     def distribution(self, selection: Selection) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Tables 9 and 10 for a selection (see ``sftnb.select.distribution``)."""
-        return distribution(selection)
+        """Tables 9 and 10 for a selection (see ``sftnb.regions.distribution``)."""
+        return distribution(selection, self.regions)

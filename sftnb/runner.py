@@ -172,7 +172,7 @@ def run_cli(args) -> int:
     executed.mkdir(parents=True, exist_ok=True)
     # --- several processes (torchrun / accelerate launch / srun): sftnb.distributed -----------------------
     from . import distributed, work
-    distributed.check_strategy(cfg)
+    distributed.check_fsdp_launch(cfg)
     rank_cfg = load_config(params, {"run": run_override} if run_override else None)
     if distributed.world()[1] > 1 and not work.run_units(lambda: Experiment(rank_cfg, root)):
         return 0                                  # not rank 0: its share of the units is done, rank 0 finished

@@ -22,70 +22,29 @@ Everything streams in pieces through reused workspace buffers (a large tensor's 
 reusing buffers also avoids page faults on every allocation, the main cost on CPU): ``CHUNK`` elements per
 piece read from disk, ``PIECE`` per piece of a live model.
 
-Regions (which tensors take part) and the per-layer / per-module distribution of a selection (Tables 9-10)
-live here too: both the live and the on-disk path need them.
+The strategies (which end of the ranking, or seeded draws) are registered in ``sftnb.strategies``; regions (which
+tensors take part) and the per-layer / per-module distribution of a selection (Tables 9-10) in ``sftnb.regions``.
 """
 from __future__ import annotations
 
 import math
-import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
-import pandas as pd
 import torch
 
 from .errors import SftnbError
+# regions live in sftnb.regions; re-exported because callers (benchmarks, tests) take them from here
+from .regions import REGIONS, distribution, in_region, layer_of, region_names  # noqa: F401
+from .strategies import get_strategy
 
 EPS = 1e-8
-REGIONS = ("transformer", "mlp", "attention", "embedding", "all")
-STRATEGIES = ("top", "bottom", "random")
 CHUNK = 1 << 24                     # elements per piece read from disk, and per block of "random" keys
 PIECE = 1 << 20                     # elements per piece of a live model (4 MiB buffers: bounded, cache-friendly)
 FLIP = 0x7FFFFFFF                   # key -> FLIP - key reverses the order ("bottom")
 _HI = 1 << 15                       # keys are < 2^31, so the high 16 bits take 2^15 values
 _LO = 1 << 16
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-MODULE_TYPES = {"mlp.down_proj": "mlp.down", "mlp.up_proj": "mlp.up", "mlp.gate_proj": "mlp.gate",
-                "self_attn.o_proj": "attn.o", "self_attn.q_proj": "attn.q", "self_attn.v_proj": "attn.v",
-                "self_attn.k_proj": "attn.k"}
-
-
-# ============================================================================================= regions
-def layer_of(name: str) -> int | None:
-    m = _LAYER.search(name)
-    return int(m.group(1)) if m else None
-
-
-def module_type(name: str) -> str:
-    for key, label in MODULE_TYPES.items():
-        if f".{key}." in f".{name}":
-            return label
-    return "other"
-
-
-def in_region(name: str, region: str) -> bool:
-    if region not in REGIONS:
-        raise SftnbError(f"unknown region {region!r} (one of {', '.join(REGIONS)})")
-    if region == "all":
-        return True
-    if region == "embedding":
-        return "embed_tokens" in name or name.split(".")[0] == "lm_head"
-    parts = name.split(".")
-    owner = parts[-2] if len(parts) > 1 else name            # "input_layernorm" in "...input_layernorm.weight"
-    if layer_of(name) is None or "norm" in owner:
-        return False
-    if region == "mlp":
-        return ".mlp." in name
-    if region == "attention":
-        return ".self_attn." in name
-    return True                          # transformer: every non-norm parameter of a decoder layer
-
-
-def region_names(names: Iterable[str], region: str) -> list[str]:
-    """The region's names in canonical order (sorted): the order that breaks ties."""
-    return sorted(n for n in names if in_region(n, region))
 
 
 def relative_change(tuned: torch.Tensor, base: torch.Tensor, out: torch.Tensor | None = None,
@@ -161,14 +120,15 @@ def chunk_keys(strategy: str, seed: int, name: str, start: int, tuned: torch.Ten
     The keys may alias the workspace: use them before the next call."""
     n = tuned.numel()
     tuned, base = tuned.reshape(-1), base.reshape(-1)
-    if strategy == "random":
+    how = get_strategy(strategy)
+    if not how.ranks_by_change:
         keys = _random_keys(seed, name, start, n, numel if numel is not None else start + n, ws)
         return keys.to(tuned.device), None
     r = relative_change(tuned, base, out=ws.r(n, tuned.device), scratch=ws.get("den", n, device=tuned.device))
     if exclude_zero_base:
         r.masked_fill_(base == 0, 0.0)
     keys = r.view(torch.int32)
-    if strategy == "bottom":
+    if not how.largest_first:
         keys = FLIP - keys
     return keys, r
 
@@ -184,9 +144,10 @@ class Threshold:
 
     def value(self, strategy: str = "top") -> float:
         """The threshold as a relative change (NaN for random keys or an empty selection)."""
-        if not self.count or strategy == "random":
+        how = get_strategy(strategy)
+        if not self.count or not how.ranks_by_change:
             return math.nan
-        k = FLIP - self.key if strategy == "bottom" else self.key
+        k = self.key if how.largest_first else FLIP - self.key
         return torch.tensor([k], dtype=torch.int32).view(torch.float32).item()
 
 
@@ -290,11 +251,6 @@ def percent_counts(total: int, k_percents: Sequence[float]) -> list[int]:
     return [math.floor(total * k / 100) for k in k_percents]
 
 
-def check_strategy(strategy: str) -> None:
-    if strategy not in STRATEGIES:
-        raise SftnbError(f"unknown strategy {strategy!r} (top, bottom or random)")
-
-
 # ============================================================================================= results
 @dataclass
 class Selection:
@@ -309,24 +265,3 @@ class Selection:
     def to_dict(self) -> dict:
         return {"k_percent": self.k_percent, "strategy": self.strategy, "count": self.count, "total": self.total,
                 "threshold": self.threshold, "per_tensor": self.per_tensor}
-
-
-def distribution(selection: Selection) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Tables 9 and 10: the share of the selected elements per decoder layer and per module type."""
-    total = sum(selection.per_tensor.values()) or 1
-    by_layer: dict[int, int] = {}
-    by_module: dict[str, int] = {}
-    for name, n in selection.per_tensor.items():
-        layer = layer_of(name)
-        if layer is not None:
-            by_layer[layer] = by_layer.get(layer, 0) + n
-        mt = module_type(name)
-        by_module[mt] = by_module.get(mt, 0) + n
-    layers = sorted(by_layer)
-    per_layer = pd.DataFrame({"layer": layers, "count": [by_layer[k] for k in layers]})
-    per_layer["share"] = per_layer["count"] / total
-    order = [m for m in [*MODULE_TYPES.values(), "other"] if m in by_module]
-    per_module = pd.DataFrame({"module": order, "count": [by_module[m] for m in order]})
-    per_module["share"] = per_module["count"] / total
-    return per_layer, per_module
-

@@ -557,10 +557,10 @@ def test_fsdp_with_one_process_is_refused(tmp_path, monkeypatch, capsys):
     cfg = validate({"sft": {"strategy": "fsdp"}})
     with pytest.raises(SftnbError, match="^sft.strategy fsdp needs several processes: launch with torchrun "
                                          "--nproc_per_node N$"):
-        distributed.check_strategy(cfg)
-    distributed.check_strategy(validate({}))                                   # single: fine
+        distributed.check_fsdp_launch(cfg)
+    distributed.check_fsdp_launch(validate({}))                               # single: fine
     monkeypatch.setenv("WORLD_SIZE", "2")
-    distributed.check_strategy(cfg)                                             # several processes: fine
+    distributed.check_fsdp_launch(cfg)                                         # several processes: fine
     monkeypatch.delenv("WORLD_SIZE")
     # `sftnb run` refuses it before any notebook runs, in one line
     import sftnb.runner as runner
@@ -816,7 +816,7 @@ def test_fsdp_on_a_shared_gpu_is_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     with pytest.raises(SftnbError, match="^sft.strategy fsdp needs one GPU per process .NCCL.: 4 processes on 1 "
                                          "GPU.s.; use sft.strategy single to share a GPU$"):
-        distributed.check_strategy(cfg)
-    distributed.check_strategy(validate({}))                    # single: several ranks may share the GPU
+        distributed.check_fsdp_launch(cfg)
+    distributed.check_fsdp_launch(validate({}))                # single: several ranks may share the GPU
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    distributed.check_strategy(cfg)                             # one GPU each: fine
+    distributed.check_fsdp_launch(cfg)                         # one GPU each: fine
