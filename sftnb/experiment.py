@@ -90,14 +90,9 @@ class Experiment(GridRuns):
 
     def injection_plan(self, mc: ModelConfig) -> list:
         """Which facts of D_train and D_test the testbed model is shown, and how often (``sftnb.inject``)."""
-        from .inject import assign_exposures
+        from .inject import injection_plan
 
-        ic = mc.inject
-        keep = (lambda f: f.relation in ic.relations) if ic.relations else (lambda f: True)
-        return (assign_exposures([f for f in self.sets["train"] if keep(f)], ic.exposures,
-                                 ic.facts_per_exposure("train"), ic.seed)
-                + assign_exposures([f for f in self.sets["test"] if keep(f)], ic.exposures,
-                                   ic.facts_per_exposure("test"), ic.seed + 1))
+        return injection_plan(self.sets["train"], self.sets["test"], mc.inject)
 
     def injection_unit(self, mc: ModelConfig):
         """The store unit that builds the testbed model of ``mc`` (computed on first use, then cached)."""

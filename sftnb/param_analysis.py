@@ -155,7 +155,8 @@ def task_sweep(exp, task_cfg, seed: int, mc=None) -> dict:
     from .config import project_root
     from .evaluate import answer_questions, inference_copy
     from .sft import resolve_precision, train
-    from .tasks import load_task, score
+    from .task_scoring import score
+    from .tasks import load_task
 
     mc = mc or exp.cfg.main_model
     task = load_task(task_cfg.spec(), root=project_root())

@@ -240,6 +240,22 @@ def write_report(folder: str | Path, header: str = "") -> Path:
     return folder / "report.md"
 
 
+def refresh_report(folder: str | Path) -> Path | None:
+    """What ``sftnb run`` does after its notebooks: ``report.md`` and ``report_verdicts.csv`` from the CSVs in
+    ``folder`` as ``sftnb report`` writes them (an existing report's header kept). A file whose text is unchanged
+    is left as it is: its mtime is how ``sftnb run`` tells that notebook 06's artifacts are as it wrote them.
+    None when ``folder`` holds no CSV table yet."""
+    folder = Path(folder)
+    if not any(folder.glob("*.csv")):
+        return None
+    text, table = report_from_csvs(folder, existing_header(folder))
+    for name, content in (("report.md", text), ("report_verdicts.csv", table.to_csv(index=False))):
+        path = folder / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != content:
+            atomic_write_text(path, content)
+    return folder / "report.md"
+
+
 def readme_block(folder: str | Path) -> str:
     """The README's paper-vs-run section: the verdict table of ``folder``'s report and, per claim and model
     inside its domain, the line its verdict rests on -- generated, so no sentence interprets a verdict by hand."""
@@ -250,4 +266,4 @@ def readme_block(folder: str | Path) -> str:
 
 
 __all__ = ["report_from_csvs", "report_from_tables", "tables_from_folder", "paper_verdicts", "claim_verdicts", "evaluate",
-           "write_report", "readme_block", "run_header", "existing_header", "ARTIFACTS", "CLAIMS"]
+           "write_report", "refresh_report", "readme_block", "run_header", "existing_header", "ARTIFACTS", "CLAIMS"]
