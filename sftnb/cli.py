@@ -43,13 +43,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_data_summary(args) -> int:
-    from .data import domain_totals, load_source, summary_table
+    from .data import source_summary
 
     if args.source == "entityquestions" and not args.path:
         raise SftnbError("--source entityquestions needs --path DIR")
-    fs = load_source(args.source, args.path)
-    table = summary_table(fs)
-    totals = domain_totals(table)
+    fs, table, totals = source_summary(args.source, args.path)
     print(f"source: {fs.source}  relations: {len(table)}  facts: {len(fs.facts)}  "
           f"unmatched questions: {sum(fs.unmatched.values())}")
     print(table.to_string(index=False))
@@ -174,7 +172,7 @@ def _cmd_report(args) -> int:
     from pathlib import Path
 
     from .config import project_root
-    from .report import README_BEGIN, README_END, readme_block, write_report, existing_header
+    from .report import refresh_report, update_readme
 
     if args.paper:
         from .paper_rows import ASSUMPTIONS
@@ -193,18 +191,10 @@ def _cmd_report(args) -> int:
         raise SftnbError(f"{args.run}: no such run folder (give figures/<run> or a run name)")
     if not any(folder.glob("*.csv")):
         raise SftnbError(f"{folder}: no CSV tables (run the notebooks first: sftnb run params/<run>.yaml)")
-    path = write_report(folder, existing_header(folder))
-    print(f"wrote {path}")
+    print(f"wrote {refresh_report(folder)}")          # as `sftnb run` writes it after its notebooks
     if args.readme:
-        readme = Path(args.readme)
-        text = readme.read_text(encoding="utf-8")
-        if README_BEGIN not in text or README_END not in text:
-            raise SftnbError(f"{readme}: no section between {README_BEGIN!r} and {README_END!r}")
-        head, rest = text.split(README_BEGIN, 1)
-        tail = rest.split(README_END, 1)[1]
-        from .atomic import atomic_write_text
-        atomic_write_text(readme, head + readme_block(folder) + tail)
-        print(f"updated the verdicts in {readme}")
+        update_readme(args.readme, folder)
+        print(f"updated the verdicts in {Path(args.readme)}")
     return 0
 
 
@@ -215,20 +205,11 @@ def _cmd_run(args) -> int:
 
 def _cmd_plan(args) -> int:
     from .config import load_config
-    from .plan import format_plan, plan_from_config
+    from .timeplan import plan_text
 
-    cfg = load_config(args.params)
-    p = plan_from_config(cfg, args.gpus, args.gpu_memory, args.host_memory)
-    lines = format_plan(p).splitlines()
-    if not p.settings.on_cpu:          # the time estimate goes before the last line (fits / does not fit)
-        from .timeplan import estimate, format_time
-        try:
-            lines[-1:-1] = format_time(*estimate(cfg, p.shape.params, p.settings.gpus, p.shape.layers),
-                                     p.settings.gpus).splitlines()
-        except SftnbError as e:
-            lines.insert(-1, f"time: not estimated ({e})")
-    print("\n".join(lines))
-    return 0 if p.fits else 1
+    text, fits = plan_text(load_config(args.params), args.gpus, args.gpu_memory, args.host_memory)
+    print(text)
+    return 0 if fits else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,12 +1,14 @@
 """The experiment schema: one validated config for every notebook, the CLI and ``sftnb run``.
 
-A params file (``params/*.yaml``) holds sections of this schema; anything it leaves out takes the default
-below, which is the paper's value. The *recipe* (what is computed: data, models, probe, sft, grid, eval,
-token_kl, restore) is kept apart from the *run options* (``run``: device, dtype, batch sizes, folders),
-which never change a result's identity beyond what they must (dtype does; the folder does not).
+A params file (``params/*.yaml``) holds sections of this schema (``sftnb.sections``, and ``restore`` here);
+anything it leaves out takes the default there, which is the paper's value. The *recipe* (what is computed:
+data, models, probe, sft, grid, eval, token_kl, restore) is kept apart from the *run options* (``run``: device,
+dtype, batch sizes, folders), which never change a result's identity beyond what they must (dtype does; the
+folder does not).
 
 Validation happens before any work: an unknown key, a wrong type or an impossible value is one line that
-names the key (``SftnbError``).
+names the key (``SftnbError``). Loading (``load_config``) also makes every relative path absolute against the
+project root (``resolve_paths``), once, so no consumer depends on its working directory.
 """
 from __future__ import annotations
 

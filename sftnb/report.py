@@ -265,5 +265,19 @@ def readme_block(folder: str | Path) -> str:
     return f"{README_BEGIN}\n{summary_markdown(table)}\n\n" + "\n".join(lines) + f"\n{README_END}"
 
 
+def update_readme(readme: str | Path, folder: str | Path) -> None:
+    """Rewrite the verdict section of ``readme`` (between ``README_BEGIN`` and ``README_END``) from ``folder``'s
+    report (atomically)."""
+    from .errors import SftnbError
+
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        raise SftnbError(f"{readme}: no section between {README_BEGIN!r} and {README_END!r}")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    atomic_write_text(readme, head + readme_block(folder) + tail)
+
+
 __all__ = ["report_from_csvs", "report_from_tables", "tables_from_folder", "paper_verdicts", "claim_verdicts", "evaluate",
-           "write_report", "refresh_report", "readme_block", "run_header", "existing_header", "ARTIFACTS", "CLAIMS"]
+           "write_report", "refresh_report", "readme_block", "update_readme", "run_header", "existing_header", "ARTIFACTS", "CLAIMS"]

@@ -135,3 +135,15 @@ def test_run_writes_the_resolved_params_and_the_report(project, monkeypatch, cap
     assert main(["run", "params/paths.yaml"]) == 0                 # up to date: the report is not rewritten
     assert "up to date" in capsys.readouterr().out and len(seen) == 1
     assert (figs / "report.md").stat().st_mtime_ns == stamp
+
+    # `sftnb report` writes the same file (unchanged: not rewritten) and the README's verdict section
+    from sftnb.report import README_BEGIN, README_END
+    readme = project / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold\n{README_END}\noutro\n")
+    assert main(["report", str(figs), "--readme", str(readme)]) == 0
+    assert (figs / "report.md").stat().st_mtime_ns == stamp and (figs / "report.md").read_text() == report
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{README_BEGIN}\n") and text.endswith(f"{README_END}\noutro\n") and "old" not in text
+    readme.write_text("no markers\n")
+    assert main(["report", str(figs), "--readme", str(readme)]) == 2
+    assert "no section between" in capsys.readouterr().err and readme.read_text() == "no markers\n"
