@@ -44,13 +44,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_data_summary(args) -> int:
-    from .data import domain_totals, load_source, summary_table
+    from .data import source_summary
 
     if args.source == "entityquestions" and not args.path:
         raise SftnbError("--source entityquestions needs --path DIR")
-    fs = load_source(args.source, args.path)
-    table = summary_table(fs)
-    totals = domain_totals(table)
+    fs, table, totals = source_summary(args.source, args.path)
     print(f"source: {fs.source}  relations: {len(table)}  facts: {len(fs.facts)}  "
           f"unmatched questions: {sum(fs.unmatched.values())}")
     print(table.to_string(index=False))
@@ -62,19 +60,16 @@ def _cmd_data_summary(args) -> int:
 
 
 def _cmd_probe(args) -> int:
-    """Probe any facts file or data source, one JSON line per fact. Resumable: facts are probed in chunks of
-    ``--chunk-facts``, each saved as a store unit in a hidden folder beside ``--out`` (``.<out name>.units/``) the
-    moment it finishes; rerunning the same command after an interruption reuses every finished chunk. The folder
-    is removed once ``--out`` is written."""
-    import shutil
+    """Probe any facts file or data source, one JSON line per fact (``probe_file.probe_to_jsonl``). Resumable: facts
+    are probed in chunks of ``--chunk-facts``, each saved as a store unit in a hidden folder beside ``--out``
+    (``.<out name>.units/``) the moment it finishes; rerunning the same command after an interruption reuses every
+    finished chunk. The folder is removed once ``--out`` is written."""
     from pathlib import Path
 
-    from .atomic import atomic_write_text
     from .data import facts_from_spec
-    from .mastery import CATEGORIES, probe_stored
-    from .models import load_model, model_fingerprint
+    from .mastery import CATEGORIES
+    from .probe_file import probe_to_jsonl
     from .relations import all_relations
-    from .store import Store
 
     for name in ("templates", "samples", "max_new_tokens", "batch_tokens", "chunk_facts"):
         if getattr(args, name) != "auto" and getattr(args, name) < 1:
@@ -95,38 +90,20 @@ def _cmd_probe(args) -> int:
     missing = sorted({f.relation for f in facts} - set(relations))
     if missing:
         raise SftnbError(f"{args.facts}: unknown relation(s) {', '.join(missing)}")
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.lead_ins < 0 or args.lead_in_depth < 1 or args.calibration_facts < 10:
         raise SftnbError("--lead-ins must be >= 0, --lead-in-depth >= 1, --calibration-facts >= 10")
     cfg = ProbeConfig(method=args.method, n_templates=args.templates, n_samples=args.samples,
                       temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
                       chunk_facts=args.chunk_facts, lead_ins=args.lead_ins, lead_in_depth=args.lead_in_depth,
                       calibration_facts=args.calibration_facts)
-    work = out.parent / f".{out.name}.units"
-    store = Store(work)
-    done_before = sum(1 for _ in work.glob("probe/*/result.json"))
-    if done_before:
-        print(f"resuming: {done_before} finished chunk(s) of an earlier run in {work}")
-    dtype = str(next(model.parameters()).dtype)
-    df = probe_stored(store, model, tok, model_fingerprint(args.model), facts, relations, cfg,
-                      batch_tokens=args.batch_tokens, label="cli", dtype=dtype)
-    if cfg.method == "calibrated":
-        # the likelihood above, calibrated per relation on a seeded subset probed with the paper's sampling
-        from .calibration import fit, study_facts
-        subset = study_facts([facts], min(cfg.calibration_facts, len(facts)), cfg.seed)
-        sampled = probe_stored(store, model, tok, model_fingerprint(args.model), subset, relations,
-                               cfg.model_copy(update={"method": "sampling"}), batch_tokens=args.batch_tokens,
-                               label="cli-calibration", dtype=dtype)
-        cal = fit(df, sampled)
-        df = cal.apply(df, cfg.n_samples)
-        print(f"calibrated on {len(subset)} sampled facts: alpha per relation "
-              + ", ".join(f"{r} {a:.3g}" for r, a in cal.alpha.items()))
-    lines = df[["relation", "subject", "answers", "split", "domain", "R", "category",
-                "template_rates"]].to_json(orient="records", lines=True, force_ascii=False)
-    atomic_write_text(out, lines)
-    shutil.rmtree(work, ignore_errors=True)
-    counts = df["category"].value_counts().reindex(CATEGORIES, fill_value=0).tolist()
-    print(f"probed {len(df)} facts ({cfg.method}, {cfg.n_templates} templates x {cfg.n_samples} samples) "
+    done = probe_to_jsonl(args.model, facts, relations, cfg, out, args.device, args.dtype, args.batch_tokens)
+    if done.resumed_chunks:
+        print(f"resuming: {done.resumed_chunks} finished chunk(s) of an earlier run in {done.work}")
+    if done.calibration is not None:
+        print(f"calibrated on {done.calibration_facts} sampled facts: alpha per relation "
+              + ", ".join(f"{r} {a:.3g}" for r, a in done.calibration.alpha.items()))
+    counts = done.table["category"].value_counts().reindex(CATEGORIES, fill_value=0).tolist()
+    print(f"probed {len(done.table)} facts ({cfg.method}, {cfg.n_templates} templates x {cfg.n_samples} samples) "
           f"-> {out}; facts per category 0-4: {counts}")
     return 0
 
@@ -144,18 +121,13 @@ def _parse_exposures(text: str) -> list[int]:
 
 def _cmd_inject(args) -> int:
     """Continued pre-training of a model on declarative statements of a seeded subset of facts, each seen its
-    exposure count of times (``sftnb.inject``): the testbed model, as a Hugging Face folder at ``--out``.
-    Resumable like ``sftnb probe``: the work is a store unit in a hidden folder beside ``--out``."""
-    import shutil
+    exposure count of times (``inject.inject_into_folder``): the testbed model, as a Hugging Face folder at
+    ``--out``. Resumable like ``sftnb probe``: the work is a store unit in a hidden folder beside ``--out``."""
     from pathlib import Path
 
-    from .atomic import atomic_folder
-    from .config import InjectConfig, SFTConfig
     from .data import facts_from_spec
-    from .inject import assign_exposures, build, check_templates, default_templates, train_config
-    from .models import model_fingerprint, model_folder
-    from .relations import all_relations
-    from .store import Store
+    from .inject import inject_into_folder
+    from .models import model_folder
 
     exposures = _parse_exposures(args.exposures)
     out = Path(args.out)
@@ -164,30 +136,12 @@ def _cmd_inject(args) -> int:
     if not out.parent.exists():
         raise SftnbError(f"--out folder does not exist: {out.parent}")
     model_folder(args.model)                                    # a bad --model is one line, before any work
-    templates = {r: list(t) for r, t in default_templates().items()}
-    facts = [f for f in facts_from_spec(args.facts) if f.relation in templates]
-    if not facts:
-        raise SftnbError(f"{args.facts}: no facts of a relation with statement templates "
-                         f"({', '.join(sorted(templates))})")
+    facts = facts_from_spec(args.facts)
     ic = InjectConfig(exposures=exposures, train_facts_per_count=args.train_per_count,
                       test_facts_per_count=args.test_per_count, learning_rate=args.lr, batch_size=args.batch_size,
                       seed=args.seed)
-    plan = []
-    for split, per, offset in (("train", ic.train_facts_per_count, 0), ("test", ic.test_facts_per_count, 1)):
-        pool = [f for f in facts if f.split == split]
-        if per and pool:
-            plan += assign_exposures(pool, exposures, per, ic.seed + offset)
-    if not plan:
-        raise SftnbError(f"{args.facts}: no train or test facts to inject")
-    check_templates({r: templates[r] for r in {e.fact.relation for e in plan}}, all_relations())
-    work = out.parent / f".{out.name}.units"
-    unit = build(Store(work), args.model, model_fingerprint(args.model), plan, templates,
-                 train_config(SFTConfig(precision="fp32"), ic), ic.seed, device=args.device, dtype=args.dtype,
-                 label="cli")
-    res = unit.result()
-    with atomic_folder(out, if_exists="replace") as tmp:
-        shutil.copytree(unit.file("model"), tmp, dirs_exist_ok=True)
-    shutil.rmtree(work, ignore_errors=True)
+    res = inject_into_folder(args.model, facts, ic, out, args.device, args.dtype,
+                             source=args.facts)
     print(f"injected {res['facts']} facts ({res['statements']} statements, exposures {exposures}) into "
           f"{args.model} -> {out}")
     return 0
@@ -219,7 +173,7 @@ def _cmd_report(args) -> int:
     from pathlib import Path
 
     from .config import project_root
-    from .report import README_BEGIN, README_END, readme_block, write_report, existing_header
+    from .report import refresh_report, update_readme
 
     if args.paper:
         from .paper_rows import ASSUMPTIONS
@@ -238,18 +192,10 @@ def _cmd_report(args) -> int:
         raise SftnbError(f"{args.run}: no such run folder (give figures/<run> or a run name)")
     if not any(folder.glob("*.csv")):
         raise SftnbError(f"{folder}: no CSV tables (run the notebooks first: sftnb run params/<run>.yaml)")
-    path = write_report(folder, existing_header(folder))
-    print(f"wrote {path}")
+    print(f"wrote {refresh_report(folder)}")          # as `sftnb run` writes it after its notebooks
     if args.readme:
-        readme = Path(args.readme)
-        text = readme.read_text(encoding="utf-8")
-        if README_BEGIN not in text or README_END not in text:
-            raise SftnbError(f"{readme}: no section between {README_BEGIN!r} and {README_END!r}")
-        head, rest = text.split(README_BEGIN, 1)
-        tail = rest.split(README_END, 1)[1]
-        from .atomic import atomic_write_text
-        atomic_write_text(readme, head + readme_block(folder) + tail)
-        print(f"updated the verdicts in {readme}")
+        update_readme(args.readme, folder)
+        print(f"updated the verdicts in {Path(args.readme)}")
     return 0
 
 
@@ -260,20 +206,11 @@ def _cmd_run(args) -> int:
 
 def _cmd_plan(args) -> int:
     from .config import load_config
-    from .plan import format_plan, plan_from_config
+    from .timeplan import plan_text
 
-    cfg = load_config(args.params)
-    p = plan_from_config(cfg, args.gpus, args.gpu_memory, args.host_memory)
-    lines = format_plan(p).splitlines()
-    if not p.settings.on_cpu:          # the time estimate goes before the last line (fits / does not fit)
-        from .timeplan import estimate, format_time
-        try:
-            lines[-1:-1] = format_time(*estimate(cfg, p.shape.params, p.settings.gpus, p.shape.layers),
-                                     p.settings.gpus).splitlines()
-        except SftnbError as e:
-            lines.insert(-1, f"time: not estimated ({e})")
-    print("\n".join(lines))
-    return 0 if p.fits else 1
+    text, fits = plan_text(load_config(args.params), args.gpus, args.gpu_memory, args.host_memory)
+    print(text)
+    return 0 if fits else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,277 +1,31 @@
 """The experiment schema: one validated config for every notebook, the CLI and ``sftnb run``.
 
-A params file (``params/*.yaml``) holds sections of this schema; anything it leaves out takes the default
-below, which is the paper's value. The *recipe* (what is computed: data, models, probe, sft, grid, eval,
-token_kl, restore) is kept apart from the *run options* (``run``: device, dtype, batch sizes, folders),
-which never change a result's identity beyond what they must (dtype does; the folder does not).
+A params file (``params/*.yaml``) holds sections of this schema (``sftnb.sections``, and ``restore`` here);
+anything it leaves out takes the default there, which is the paper's value. The *recipe* (what is computed:
+data, models, probe, sft, grid, eval, token_kl, restore) is kept apart from the *run options* (``run``: device,
+dtype, batch sizes, folders), which never change a result's identity beyond what they must (dtype does; the
+folder does not).
 
 Validation happens before any work: an unknown key, a wrong type or an impossible value is one line that
-names the key (``SftnbError``).
+names the key (``SftnbError``). Loading (``load_config``) also makes every relative path absolute against the
+project root (``resolve_paths``), once, so no consumer depends on its working directory.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import SftnbError
 from .strategies import StrategyName
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _sorted_unique(values: list, what: str) -> list:
-    if list(values) != sorted(set(values)):
-        raise ValueError(f"{what} must be sorted ascending without repeats")
-    return values
-
-
-def _check_seeds(v: list[int]) -> list[int]:
-    if not v:
-        raise ValueError("at least one seed")
-    return _sorted_unique(v, "seeds")
-
-
-class DataConfig(_Section):
-    source: Literal["builtin", "entityquestions", "file"] = "builtin"
-    path: Optional[str] = None                 # EntityQuestions folder, or a JSONL facts file
-    # Reduced-scale runs: at most this many facts per relation in D_train / D_test / D_testood (None = all).
-    max_train_per_relation: Optional[int] = Field(None, ge=1)
-    max_test_per_relation: Optional[int] = Field(None, ge=1)
-    max_testood_per_relation: Optional[int] = Field(None, ge=1)
-    seed: int = 0                              # which subset the caps keep
-
-    @model_validator(mode="after")
-    def _path_needed(self):
-        if self.source in ("entityquestions", "file") and not self.path:
-            raise ValueError(f"data.source {self.source!r} needs data.path")
-        return self
-
-
-class InjectConfig(_Section):
-    """Knowledge injection (``sftnb.inject``): the model of a ``models:`` entry is ``path`` after continued
-    pre-training on declarative statements of a seeded subset of D_train and D_test facts, each fact seen
-    ``exposures[i]`` times (balanced across relations and counts)."""
-    exposures: list[int] = [0, 1, 2, 4, 8, 16]     # statements per fact; 0 = in the plan but never shown
-    train_facts_per_count: int = Field(60, ge=1)    # D_train facts per exposure count
-    test_facts_per_count: int = Field(30, ge=1)     # D_test facts per exposure count
-    # or one number per exposure count (overrides *_per_count), to balance the categories (testbed-paper-range)
-    train_facts_per_exposure: Optional[list[int]] = None
-    test_facts_per_exposure: Optional[list[int]] = None
-    # batches of similar token length (transformers' length grouping); False: schedule order (the main run's)
-    length_grouped: bool = False
-    # the exposure table's "before" (the base model's probe): every fact, or a seeded sample of this many
-    before_facts: Optional[int] = Field(None, ge=10)
-    # statement templates per relation ({subject} before {answer}); None = resources/injection_statements.json
-    templates: Optional[dict[str, list[str]]] = None
-    # relations injected (None: all with templates); few answers (6 continents) are learnt as a guess, not a fact
-    relations: Optional[list[str]] = None
-    # tests and CI only: statements may repeat the probe's wording (copying, not recall): a tiny model learns fast
-    allow_probe_wording: bool = False
-    learning_rate: float = Field(1e-4, gt=0)        # AdamW, one pass over the shuffled statements
-    batch_size: int = Field(16, ge=1)               # statements per step
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: Optional[float] = Field(1.0, gt=0)
-    seed: int = 0                                   # which facts, which counts, which templates, the order
-
-    @field_validator("exposures")
-    @classmethod
-    def _exposures(cls, v):
-        if not v or any(c < 0 for c in v):
-            raise ValueError("exposure counts must be non-negative integers")
-        return _sorted_unique(v, "exposures")
-
-    @model_validator(mode="after")
-    def _per_exposure(self):
-        for name in ("train_facts_per_exposure", "test_facts_per_exposure"):
-            v = getattr(self, name)
-            if v is not None and (len(v) != len(self.exposures) or any(n < 0 for n in v) or not sum(v)):
-                raise ValueError(f"{name}: one fact count >= 0 per exposure count ({len(self.exposures)}), "
-                                 f"not all zero")
-        return self
-
-    def facts_per_exposure(self, split: str) -> list[int]:
-        """D_train (``split="train"``) or D_test facts for each exposure count."""
-        per = self.train_facts_per_exposure if split == "train" else self.test_facts_per_exposure
-        return list(per) if per is not None else \
-            [self.train_facts_per_count if split == "train" else self.test_facts_per_count] * len(self.exposures)
-
-
-class ModelConfig(_Section):
-    name: str                                  # label used in tables and figures
-    path: str                                  # "smollm2-135m", "tiny-random" or a local Hugging Face folder
-    instruct_path: Optional[str] = None        # the matching instruct model, Table 7's first column
-    instruct_note: Optional[str] = None        # why Table 7's instruct column is n/a when instruct_path is not set
-    calibration_facts: Optional[int] = Field(None, ge=0)  # this model's probe.calibration_facts (None: the probe's)
-    quantization: Optional[Literal["4bit", "8bit"]] = None   # bitsandbytes, CUDA only (probe/eval)
-    # what every prompt starts with: "auto" = the tokenizer's own convention (LLaMA: its BOS; SmolLM2: nothing),
-    # "none", or a token of the vocabulary ("<|endoftext|>"); see sftnb.models.set_prompt_start
-    prompt_start: str = "auto"
-    inject: Optional[InjectConfig] = None      # the testbed: ``path`` with facts injected at graded exposure
-    grid: Optional["GridConfig"] = None        # this model's own grid (None: the run's ``grid``), e.g. fewer cells
-
-
-class ProbeConfig(_Section):
-    """Knowledge mastery (§3.3, App. F.1); see sftnb/mastery.py."""
-    # sampling: the paper's estimator; likelihood: P(a sample starts with the answer, directly or after one of the
-    # model's lead_ins most likely first tokens), one pass per template, reads low; calibrated: likelihood
-    # rescaled per relation to the sampled rate of a subset of calibration_facts facts (beyond the paper)
-    method: Literal["sampling", "likelihood", "calibrated"] = "sampling"
-    n_templates: int = Field(21, ge=1)         # N_map: first n mapping templates of each relation
-    n_samples: int = Field(10, ge=1)           # N_sample per template
-    temperature: float = Field(0.7, gt=0)
-    max_new_tokens: int = Field(32, ge=1)      # tokens per sample (a sample also stops once it contains the answer)
-    stop_at_newline: bool = False              # sampling: a line break ends a sample too (approximation; measured)
-    lead_ins: int = Field(8, ge=0)             # likelihood/calibrated: first tokens after which the answer is scored
-    lead_in_depth: int = Field(1, ge=1)        # ... or phrases of up to this many tokens (" a landmark of"), a beam of
-                                               # lead_ins phrases per length: one decode step of lead_ins rows each
-    # notebook 01 also probes the study facts (likelihood) with each of these prompt starts (models[].prompt_start:
-    # "none", "auto" or a token) and reports mean R and the categories under each; [] = skip
-    prompt_start_candidates: list[str] = []
-    # calibrated: facts sampled twice (seeds seed and seed+1) per model, spread over relations and sets: the first
-    # run calibrates, both measure the estimator's agreement with sampling (notebook 01)
-    calibration_facts: int = Field(200, ge=0)
-    chunk_facts: int = Field(4096, ge=1)       # facts per store unit (resume granularity)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _calibration(self):
-        if self.method == "calibrated" and self.calibration_facts < 10:
-            raise ValueError("probe.calibration_facts: the calibrated method needs at least 10 facts to calibrate on")
-        return self
-
-
-class LoraConfig(_Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    learning_rate: float = Field(1e-4, gt=0)
-
-
-class SFTConfig(_Section):
-    """Fine-tuning (§3.3, App. A)."""
-    learning_rate: float = Field(1e-5, gt=0)
-    batch_size: int = Field(8, ge=1)
-    epochs: int = Field(1, ge=1)
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: Optional[float] = Field(1.0, gt=0)
-    # auto: bf16 autocast over fp32 weights on GPU (the paper's setting), plain fp32 on CPU; fastest: the same,
-    # except bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX), where it is ~2.5x faster than fp32;
-    # bf16: pure bf16 weights, gradients and optimizer states (2 B each per parameter instead of 4; not the paper's
-    # fp32-master recipe). Memory per setting: `sftnb plan` (sftnb/plan.py).
-    precision: Literal["auto", "fastest", "fp32", "bf16-mixed", "bf16"] = "auto"
-    # single: each run on one device; fsdp: a run fully sharded over a group of ranks (weights, gradients and
-    # optimizer states divided by the group's size; sft.batch_size stays the global batch, split over the group)
-    strategy: Literal["single", "fsdp"] = "single"
-    # fsdp: ranks per sharded run. auto: the smallest group (a divisor of the world size) on which `sftnb plan` says
-    # the SFT stage fits; the run's ranks form world / fsdp_ranks groups that train different runs at once
-    fsdp_ranks: Union[Literal["auto"], int] = "auto"
-    # adamw: torch AdamW (two states in the weights' dtype: 8 B per fp32 parameter); adamw_8bit / paged_adamw_8bit:
-    # bitsandbytes (CUDA), two 8-bit states (~2 B per parameter), paged: in CUDA unified memory, spilling to host
-    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
-    # recompute each decoder layer in the backward pass (~1/3 more compute, the same results): activations shrink
-    # from ~(40 H + 16 I) bytes per token and layer (fp32) to the layer input
-    gradient_checkpointing: bool = False
-    lora: LoraConfig = LoraConfig()
-
-
-Scale = Union[int, Literal["all"]]
-
-
-def scale_order(values) -> list[Scale]:
-    """Scales sorted the paper's way: numbers ascending, "all" last (accepts ints or their strings)."""
-    vals = {v if v == "all" else int(v) for v in values}
-    return sorted(vals, key=lambda v: (v == "all", 0 if v == "all" else v))
-
-
-class GridConfig(_Section):
-    """The SFT grid (§3.4): categories x scales x seeds, plus Table 7's baselines."""
-    categories: list[int] = [0, 1, 2, 3, 4]
-    scales: list[Scale] = [60, 120, 240, 480, 960, 1920, "all"]
-    seeds: list[int] = [0, 1, 2]
-    keep_checkpoints: list[Scale] = [240, 1920]   # scales whose fine-tuned weights notebooks 03-06 reuse
-    mixed: bool = True                         # SFT (Mixed): D_train regardless of category (Table 7)
-    lora: bool = True                          # LoRA on the mixed set (Table 7)
-    lora_scales: Optional[list[Scale]] = None  # the LoRA runs' scales (None: every scale)
-    mixed_scales: Optional[list[Scale]] = None  # the mixed runs' scales (None: every scale)
-    models: Optional[list[str]] = None         # model names to run the grid for (None: every model)
-
-    @field_validator("categories")
-    @classmethod
-    def _cats(cls, v):
-        if any(c not in range(5) for c in v):
-            raise ValueError("mastery categories are 0-4")
-        return _sorted_unique(v, "categories")
-
-    @field_validator("scales", "keep_checkpoints")
-    @classmethod
-    def _scales(cls, v):
-        ints = [s for s in v if s != "all"]
-        if any(s <= 0 for s in ints):
-            raise ValueError("scales must be positive")
-        if v.count("all") > 1 or ("all" in v and v[-1] != "all"):
-            raise ValueError("'all' may appear once, last")
-        _sorted_unique(ints, "scales")
-        return v
-
-    _seeds = field_validator("seeds")(classmethod(lambda cls, v: _check_seeds(v)))
-
-
-class EvalConfig(_Section):
-    """Closed-book QA testing (§3.3): greedy decoding."""
-    max_new_tokens: int = Field(16, ge=1)
-    train_accuracy: bool = True                # Table 6: accuracy on each unit's own training set
-    # the paper's Acc_test (mean of the five category accuracies) is n/a when a category has fewer test facts
-    # than this; the count-weighted "pooled" accuracy is reported beside it under its own name
-    min_category_facts: int = Field(20, ge=1)
-
-
-class TokenKLConfig(_Section):
-    """Token-level analysis (§4.1)."""
-    k: int = Field(10, ge=1)                   # top-k logits of the fine-tuned model, re-normalised
-    # the facts the pre-trained model knows: D_test-4 in the paper; a small model may have none there, so a run
-    # can name the highest category that has facts (params/embedded.yaml does, for SmolLM2-135M)
-    category: int = Field(4, ge=0, le=4)
-    answer_within_words: int = Field(3, ge=0)  # "near the beginning": answer starts within this many words
-    max_examples: Optional[int] = Field(None, ge=1)
-
-
-class TaskConfig(_Section):
-    """Table 5: a further task (``sftnb.tasks``): the pre-trained model is fine-tuned on its training set with the
-    SFT settings above, then restored at ``k_percents`` and scored on its test set. Dumps to the spec of
-    ``sftnb.tasks.load_task``."""
-    name: str
-    source: Literal["builtin", "files"] = "builtin"
-    kind: Optional[Literal["math", "summary"]] = None     # builtin: one- to three-step arithmetic | summaries
-    train_path: Optional[str] = None           # files: JSONL or Parquet as Hugging Face datasets export them
-    test_path: Optional[str] = None
-    metric: Optional[Literal["rouge", "gsm8k"]] = None    # ROUGE-1/2/L F1 (rouge-score, stemmer) | GSM8K accuracy
-    prompt_field: Optional[str] = None         # files: field names (default per metric: XSum, GSM8K)
-    target_field: Optional[str] = None
-    max_train: Optional[int] = Field(None, ge=1)          # training examples (builtin: generated)
-    max_test: Optional[int] = Field(None, ge=1)           # test examples
-    seed: int = 0                              # which examples (generation / subsampling)
-    max_new_tokens: Optional[int] = Field(None, ge=1)     # None: the task's default
-    seeds: list[int] = [0]                     # SFT seeds (each a store unit)
-    k_percents: Optional[list[float]] = None   # None: restore.k_percents
-    learning_rate: Optional[float] = Field(None, gt=0)   # None: sft.learning_rate (the paper's setting)
-
-    _seeds = field_validator("seeds")(classmethod(lambda cls, v: _check_seeds(v)))
-
-    def spec(self) -> dict:
-        return self.model_dump(exclude={"seeds", "k_percents", "learning_rate"})
-
-
-ModelConfig.model_rebuild()
+# the sections (sftnb/sections.py), importable from here as before; RestoreConfig lives here, beside the whole
+from .schema import (BUILTIN_MODELS, DataConfig, EvalConfig, GridConfig, InjectConfig, LoraConfig,  # noqa: F401
+                       ModelConfig, ProbeConfig, RunOptions, Scale, SFTConfig, TaskConfig, TokenKLConfig,
+                       scale_order)
+from .schema import Section as _Section, check_seeds as _check_seeds, sorted_unique as _sorted_unique
 
 
 class RestoreConfig(_Section):
@@ -285,7 +39,8 @@ class RestoreConfig(_Section):
     layer_group_size: int = Field(4, ge=1)               # Table 11: layers 0-3, 4-7, ...
     layer_seeds: Optional[list[int]] = None             # Table 11's models (None: the first grid seed)
     seeds: Optional[list[int]] = None                   # Tables 4, 6, 7's models (None: every grid seed)
-    models: Optional[list[str]] = None                  # Tables 4, 6, 7, 11 (None: every grid model; Table 3: all)
+    models: Optional[list[str]] = None                  # models whose kept checkpoints are restored (Tables 4,
+                                                        # 6, 7, 11; None: every grid model); Table 3 is for all
 
     @field_validator("k_percents", "train_k_percents")
     @classmethod
@@ -295,29 +50,6 @@ class RestoreConfig(_Section):
         return _sorted_unique(v, "k percents")
 
     _seeds = field_validator("seeds")(classmethod(lambda cls, v: v if v is None else _check_seeds(v)))
-
-
-class RunOptions(_Section):
-    """How to run (not what): device, precision, sizes, folders."""
-    device: str = "auto"                       # auto | cpu | cuda | cuda:N
-    # weights while fine-tuning; auto = fp32 master weights (autocast per sft.precision), as the paper trains
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    # probe/eval weights: auto = bf16 on GPU, fp32 on CPU; fastest = bf16 also on a CPU with native bf16
-    # (sftnb.models.cpu_has_native_bf16), fp32 on one without (there bf16 is emulated and ~4x slower)
-    inference_dtype: Literal["auto", "fastest", "float32", "bfloat16", "float16"] = "auto"
-    # generation / scoring batches hold about this many token slots; auto: as many as the free device memory holds
-    # (sftnb.batching.resolve_budget; on a CPU batching.CPU_BATCH_TOKENS = 16384)
-    batch_tokens: Union[Literal["auto"], int] = "auto"
-    out_dir: Optional[str] = None              # store + checkpoints (default runs/<run_name>)
-    figures_dir: Optional[str] = None          # tables + figures (default figures/<run_name>)
-    progress: bool = True
-
-    @field_validator("batch_tokens")
-    @classmethod
-    def _batch_tokens(cls, v):
-        if v != "auto" and v < 64:
-            raise ValueError("must be auto or at least 64")
-        return v
 
 
 class ExperimentConfig(_Section):
@@ -375,20 +107,55 @@ class ExperimentConfig(_Section):
 
 
 SECTIONS = tuple(ExperimentConfig.model_fields)
+RESOLVED_PARAMS = "params.resolved.yaml"      # written beside a run's figures by ``sftnb run``
+
+
+def _is_project(folder: Path) -> bool:
+    return (folder / "params").is_dir() and (folder / "pyproject.toml").is_file()
 
 
 def project_root(start: Path | None = None) -> Path:
     """The folder holding ``params/`` and ``pyproject.toml`` (notebooks run one level below it)."""
     here = (start or Path.cwd()).resolve()
     for p in (here, *here.parents):
-        if (p / "params").is_dir() and (p / "pyproject.toml").is_file():
+        if _is_project(p):
             return p
     return here
+
+
+def params_root(params_file: str | Path | None = None) -> Path:
+    """What a params file's relative paths mean: the project that holds the file (wherever the command runs:
+    papermill starts notebooks in ``notebooks/``), else the project around the working directory."""
+    if params_file:
+        around = project_root(_resolve(params_file).parent)
+        if _is_project(around):
+            return around
+    return project_root()
 
 
 def _resolve(path: str | Path, root: Path | None = None) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else (root or project_root()) / p
+
+
+def resolve_paths(cfg: ExperimentConfig, root: Path) -> ExperimentConfig:
+    """``cfg`` with every path that a params file may give relative to the project root made absolute against
+    ``root``: data.path, models[].path (a folder, not a built-in name) and instruct_path, tasks' train_path /
+    test_path, run.out_dir / figures_dir. The run's default folders (``runs/<run_name>``) stay unset."""
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else os.path.normpath(_resolve(path, root))
+
+    def model_path(path: str | None) -> str | None:
+        return path if path in BUILTIN_MODELS else absolute(path)
+
+    return cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"path": absolute(cfg.data.path)}),
+        "models": [m.model_copy(update={"path": model_path(m.path), "instruct_path": model_path(m.instruct_path)})
+                   for m in cfg.models],
+        "tasks": [t.model_copy(update={"train_path": absolute(t.train_path), "test_path": absolute(t.test_path)})
+                  for t in cfg.tasks],
+        "run": cfg.run.model_copy(update={"out_dir": absolute(cfg.run.out_dir),
+                                          "figures_dir": absolute(cfg.run.figures_dir)})})
 
 
 def _format_error(e: ValidationError, origin: str) -> str:
@@ -429,12 +196,14 @@ def validate(raw: dict, origin: str = "params") -> ExperimentConfig:
 
 
 def load_config(params_file: str | Path | None = None, overrides: dict | None = None) -> ExperimentConfig:
-    """Validate a params file, with ``overrides`` (same sections, merged key by key) on top."""
+    """Validate a params file, with ``overrides`` (same sections, merged key by key) on top; its relative paths
+    resolved against the project root (``params_root``, ``resolve_paths``), once, here: every consumer -- the
+    CLI, ``sftnb run``, the notebooks (which run in ``notebooks/``), the tests -- sees absolute paths."""
     raw = read_params_file(params_file) if params_file else {}
     origin = str(params_file) if params_file else "params"
     if overrides:
         raw = _deep_merge(raw, overrides)
-    return validate(raw, origin)
+    return resolve_paths(validate(raw, origin), params_root(params_file))
 
 
 def notebook_config(namespace: dict[str, Any]) -> ExperimentConfig:
@@ -458,3 +227,13 @@ def notebook_config(namespace: dict[str, Any]) -> ExperimentConfig:
 
 def dump(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def write_resolved(cfg: ExperimentConfig, folder: Path) -> Path:
+    """``folder/params.resolved.yaml``: the params a run used, every default filled in and every path absolute
+    (atomically)."""
+    from .atomic import atomic_write_text
+
+    path = Path(folder) / RESOLVED_PARAMS
+    atomic_write_text(path, dump(cfg))
+    return path

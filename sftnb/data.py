@@ -224,3 +224,11 @@ def domain_totals(table: pd.DataFrame) -> pd.DataFrame:
     tot.loc["all"] = tot.sum()
     tot["relations"] = table.groupby("domain").size().reindex(tot.index).fillna(len(table)).astype(int)
     return tot
+
+
+def source_summary(source: str, path: str | Path | None = None) -> tuple[FactSet, pd.DataFrame, pd.DataFrame]:
+    """``sftnb data summary``: a data source loaded, its ``summary_table`` and the table's ``domain_totals``."""
+    fs = load_source(source, path)
+    table = summary_table(fs)
+    return fs, table, domain_totals(table)
+

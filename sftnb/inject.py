@@ -238,6 +238,57 @@ def build(store, base_path: str, base_id: str, plan: Sequence[Exposure], templat
     return unit
 
 
+def injection_plan(train: Sequence[Fact], test: Sequence[Fact], inject_cfg,
+                   skip_empty_splits: bool = False) -> list[Exposure]:
+    """Which D_train and D_test facts the testbed model is shown, and how often: ``facts_per_exposure`` facts of
+    each split (of ``inject_cfg.relations`` when set) per exposure count, seeded by ``seed`` (train) and ``seed + 1``
+    (test). ``skip_empty_splits``: a split without facts (a facts file of test facts only) is left out, not an
+    error."""
+    ic = inject_cfg
+    keep = (lambda f: f.relation in ic.relations) if ic.relations else (lambda f: True)
+    plan = []
+    for split, facts, offset in (("train", train, 0), ("test", test, 1)):
+        pool = [f for f in facts if keep(f)]
+        if pool or not skip_empty_splits:
+            plan += assign_exposures(pool, ic.exposures, ic.facts_per_exposure(split), ic.seed + offset)
+    return plan
+
+
+def inject_into_folder(base_path: str, facts: Sequence[Fact], inject_cfg, out: Path, device: str = "auto",
+                       dtype="float32", source: str = "facts") -> dict:
+    """``sftnb inject``: the base model after continued pre-training on statements of ``facts`` (the default
+    templates; SFT settings fp32, the injection's optimiser), as a Hugging Face folder at ``out`` (replaced
+    atomically). Resumable: the work is a store unit in a hidden folder beside ``out``, removed once ``out`` is
+    written. Returns the unit's result (facts, statements, training report); ``source`` names the facts in
+    errors."""
+    import shutil
+
+    from .atomic import atomic_folder
+    from .config import SFTConfig
+    from .models import model_fingerprint
+    from .relations import all_relations
+    from .store import Store
+
+    templates = {r: list(t) for r, t in default_templates().items()}
+    facts = [f for f in facts if f.relation in templates]
+    if not facts:
+        raise SftnbError(f"{source}: no facts of a relation with statement templates ({', '.join(sorted(templates))})")
+    plan = injection_plan([f for f in facts if f.split == "train"], [f for f in facts if f.split == "test"],
+                          inject_cfg, skip_empty_splits=True)
+    if not plan:
+        raise SftnbError(f"{source}: no train or test facts to inject")
+    check_templates({r: templates[r] for r in {e.fact.relation for e in plan}}, all_relations())
+    work = out.parent / f".{out.name}.units"
+    unit = build(Store(work), base_path, model_fingerprint(base_path), plan, templates,
+                 train_config(SFTConfig(precision="fp32"), inject_cfg), inject_cfg.seed, device=device, dtype=dtype,
+                 label="cli")
+    result = unit.result()
+    with atomic_folder(out, if_exists="replace") as tmp:
+        shutil.copytree(unit.file("model"), tmp, dirs_exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
 def train_config(sft_cfg, inject_cfg):
     """The SFT config with the injection's optimiser settings (one pass over the statements)."""
     return sft_cfg.model_copy(update={
@@ -248,19 +299,10 @@ def train_config(sft_cfg, inject_cfg):
 
 __all__ = ["default_templates", "check_templates", "Exposure", "assign_exposures", "exposure_schedule",
            "encode_statement", "length_grouped_order", "padding_fraction", "inject_model", "plan_table",
-           "write_folder", "render", "build", "train_config"]
+           "write_folder", "render", "build", "train_config", "injection_plan", "inject_into_folder", "build_testbed"]
 
 
 # --------------------------------------------------------------------------------------------- a run's testbed
-def injection_plan(ic, sets: dict[str, list[Fact]]) -> list[Exposure]:
-    """Which facts of D_train and D_test a testbed model (``models[].inject``, ``ic``) is shown, and how often."""
-    keep = (lambda f: f.relation in ic.relations) if ic.relations else (lambda f: True)
-    return (assign_exposures([f for f in sets["train"] if keep(f)], ic.exposures, ic.facts_per_exposure("train"),
-                             ic.seed)
-            + assign_exposures([f for f in sets["test"] if keep(f)], ic.exposures, ic.facts_per_exposure("test"),
-                               ic.seed + 1))
-
-
 def build_testbed(store, mc, sets: dict[str, list[Fact]], relations: dict[str, Relation], sft_cfg, device: str,
                   dtype, progress: bool = True):
     """The store unit that builds the testbed model of ``models[]`` entry ``mc``: ``mc.path`` after continued
@@ -269,7 +311,7 @@ def build_testbed(store, mc, sets: dict[str, list[Fact]], relations: dict[str, R
 
     ic = mc.inject
     templates = ic.templates or {r: list(t) for r, t in default_templates().items()}
-    plan = injection_plan(ic, sets)
+    plan = injection_plan(sets["train"], sets["test"], ic)
     if not ic.allow_probe_wording:
         check_templates({r: templates[r] for r in {e.fact.relation for e in plan} if r in templates}, relations)
     return build(store, mc.path, model_fingerprint(mc.path), plan, templates, train_config(sft_cfg, ic), ic.seed,

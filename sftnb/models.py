@@ -31,9 +31,7 @@ import torch
 
 from .atomic import atomic_folder
 from .errors import SftnbError
-
-EMBEDDED = "smollm2-135m"
-TINY = "tiny-random"
+from .schema import EMBEDDED, TINY     # the built-in names, which params' path resolution leaves as they are
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", "fastest", *_DTYPES)    # what every dtype option accepts (see resolve_dtype)

@@ -162,7 +162,8 @@ def task_sweep(run, task_cfg, seed: int) -> dict:
     from .config import project_root
     from .evaluate import answer_questions, inference_copy
     from .sft import resolve_precision, train
-    from .tasks import load_task, score
+    from .task_scoring import score
+    from .tasks import load_task
 
     task = load_task(task_cfg.spec(), root=project_root())
     ks = list(task_cfg.k_percents or run.cfg.restore.k_percents)

@@ -240,6 +240,22 @@ def write_report(folder: str | Path, header: str = "") -> Path:
     return folder / "report.md"
 
 
+def refresh_report(folder: str | Path) -> Path | None:
+    """What ``sftnb run`` does after its notebooks: ``report.md`` and ``report_verdicts.csv`` from the CSVs in
+    ``folder`` as ``sftnb report`` writes them (an existing report's header kept). A file whose text is unchanged
+    is left as it is: its mtime is how ``sftnb run`` tells that notebook 06's artifacts are as it wrote them.
+    None when ``folder`` holds no CSV table yet."""
+    folder = Path(folder)
+    if not any(folder.glob("*.csv")):
+        return None
+    text, table = report_from_csvs(folder, existing_header(folder))
+    for name, content in (("report.md", text), ("report_verdicts.csv", table.to_csv(index=False))):
+        path = folder / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != content:
+            atomic_write_text(path, content)
+    return folder / "report.md"
+
+
 def readme_block(folder: str | Path) -> str:
     """The README's paper-vs-run section: the verdict table of ``folder``'s report and, per claim and model
     inside its domain, the line its verdict rests on -- generated, so no sentence interprets a verdict by hand."""
@@ -249,5 +265,19 @@ def readme_block(folder: str | Path) -> str:
     return f"{README_BEGIN}\n{summary_markdown(table)}\n\n" + "\n".join(lines) + f"\n{README_END}"
 
 
+def update_readme(readme: str | Path, folder: str | Path) -> None:
+    """Rewrite the verdict section of ``readme`` (between ``README_BEGIN`` and ``README_END``) from ``folder``'s
+    report (atomically)."""
+    from .errors import SftnbError
+
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        raise SftnbError(f"{readme}: no section between {README_BEGIN!r} and {README_END!r}")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    atomic_write_text(readme, head + readme_block(folder) + tail)
+
+
 __all__ = ["report_from_csvs", "report_from_tables", "tables_from_folder", "paper_verdicts", "claim_verdicts", "evaluate",
-           "write_report", "readme_block", "run_header", "existing_header", "ARTIFACTS", "CLAIMS"]
+           "write_report", "refresh_report", "readme_block", "update_readme", "run_header", "existing_header", "ARTIFACTS", "CLAIMS"]

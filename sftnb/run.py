@@ -279,7 +279,7 @@ class ModelRun:
         its R and category before (the base model) and after injection."""
         from .inject import injection_plan
 
-        exposure = {e.fact.key: e.count for e in injection_plan(self.mc.inject, self.exp.sets)}
+        exposure = {e.fact.key: e.count for e in injection_plan(self.exp.sets["train"], self.exp.sets["test"], self.mc.inject)}
         after = pd.concat(self.probes().values(), ignore_index=True)
         t = after[["key", "relation", "split", "domain", "R", "category"]].merge(
             self.probes_before()[["key", "R", "category"]], on="key", suffixes=("", "_before"))

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from .config import load_config, project_root
+from .config import load_config, project_root, write_resolved
 from .experiment import Experiment
 from .errors import SftnbError
 from .atomic import atomic_write_json, atomic_write_text, temp_sibling
@@ -178,6 +178,11 @@ def run_cli(args) -> int:
         return 0                                  # not rank 0: its share of the units is done, rank 0 finished
     # --- end distributed: rank 0 (or the only process) executes the notebooks -------------------------------
     print(f"sftnb run {cfg.run_name}: {len(todo)} notebook(s); store {out}; figures {figures}")
+    figures.mkdir(parents=True, exist_ok=True)
+    # the params as this run uses them (defaults filled in, paths absolute), before any notebook: no notebook's
+    # artifact, so rewriting it never makes a notebook look out of date
+    write_resolved(cfg.model_copy(update={"run": cfg.run.model_copy(
+        update={"out_dir": str(out), "figures_dir": str(figures)})}), figures)
     _allocator_env()
     code = code_digest()
     total = time.perf_counter()
@@ -217,8 +222,10 @@ def run_cli(args) -> int:
                                    "artifacts": {name: _stamp(figures / name) for name in written}})
         print(f"  {nb.stem:<18} {time.perf_counter() - t0:7.1f} s   units computed {computed:3d}, reused {reused:3d}"
               f"   -> {len(written)} file(s): {', '.join(written) if written else '(all up to date)'}")
+    from .report import refresh_report
+    report = refresh_report(figures)                  # as `sftnb report` writes it, from the CSVs of every notebook
     published = publish_notebooks(executed, figures / "notebooks", root)
     print(f"done in {time.perf_counter() - total:.1f} s; executed notebooks in {executed} (readable copies in "
-          f"{published}); artifacts in {figures}")
+          f"{published}); artifacts in {figures}" + (f"; report {report}" if report else ""))
     work.finish()                                 # several processes: release the ranks waiting for rank 0
     return 0

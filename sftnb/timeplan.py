@@ -126,3 +126,22 @@ def format_time(stages: list[StageTime], assumptions: list[str], gpus: int) -> s
     lines.append(f"  {'total':<8} {sum(s.seconds for s in stages) / H:8.1f} h")
     lines += [f"  assumption: {a}" for a in assumptions]
     return "\n".join(lines)
+
+
+def plan_text(cfg, gpus: int | None = None, gpu_memory: float | None = None,
+              host_memory: float | None = None) -> tuple[str, bool]:
+    """``sftnb plan``: (the memory plan of ``sftnb.plan`` with, on GPUs, the time estimate before its last line
+    (fits / does not fit), whether the run fits)."""
+    from .errors import SftnbError
+    from .plan import format_plan, plan_from_config
+
+    p = plan_from_config(cfg, gpus, gpu_memory, host_memory)
+    lines = format_plan(p).splitlines()
+    if not p.settings.on_cpu:
+        try:
+            lines[-1:-1] = format_time(*estimate(cfg, p.shape.params, p.settings.gpus, p.shape.layers),
+                                       p.settings.gpus).splitlines()
+        except SftnbError as e:
+            lines.insert(-1, f"time: not estimated ({e})")
+    return "\n".join(lines), p.fits
+

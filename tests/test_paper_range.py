@@ -48,7 +48,7 @@ def test_profile_injection_plans_are_drawn_from_the_run_sets(path):
     exp = Experiment.__new__(Experiment)                 # the data and the plan only: no store, no model
     exp.cfg = cfg
     mc = _testbed(cfg)
-    plan = injection_plan(mc.inject, exp.sets)
+    plan = injection_plan(exp.sets["train"], exp.sets["test"], mc.inject)
     ic = mc.inject
     want = dict(zip(ic.exposures, ic.facts_per_exposure("train")))
     got = {c: sum(1 for e in plan if e.count == c and e.fact.split == "train") for c in ic.exposures}
@@ -138,7 +138,7 @@ def test_a_testbed_with_a_fact_count_per_exposure_on_a_tiny_model(tmp_path):
         "run": {"out_dir": str(tmp_path / "store"), "figures_dir": str(tmp_path / "figures")}})
     exp = Experiment(cfg, root=ROOT)
     (mc,) = cfg.models
-    plan = injection_plan(mc.inject, exp.sets)
+    plan = injection_plan(exp.sets["train"], exp.sets["test"], mc.inject)
     counts = collections.Counter((e.fact.split, e.count) for e in plan)
     assert counts == {("train", 0): 6, ("train", 2): 4, ("train", 8): 2, ("test", 0): 2, ("test", 2): 2,
                       ("test", 8): 1}

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 
 from sftnb.errors import SftnbError
-from sftnb.tasks import (Example, _passage, builtin_math_task, builtin_summary_task, builtin_task, format_prompt,
-                         gsm8k_prediction, gsm8k_reference, gsm8k_scores, load_task, load_task_files,
-                         math_problems, metric_columns, rouge_scores, score)
+from sftnb.task_builtin import _passage, builtin_math_task, builtin_summary_task, math_problems
+from sftnb.task_data import Example, load_task_files
+from sftnb.task_scoring import (format_prompt, gsm8k_prediction, gsm8k_reference, gsm8k_scores, metric_columns,
+                                rouge_scores, score)
+from sftnb.tasks import builtin_task, load_task
 
 
 # --------------------------------------------------------------------------------------------- ROUGE

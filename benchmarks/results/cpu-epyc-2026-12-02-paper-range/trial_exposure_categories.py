@@ -59,7 +59,7 @@ def main():
     n_facts = sum(len(exp.sets[s]) for s in ("train", "test", "testood"))
     print(f"probes: {n_facts} facts + the calibration study in {t_probe:.0f} s", flush=True)
 
-    exposure = {e.fact.key: e.count for e in injection_plan(mc.inject, exp.sets)}
+    exposure = {e.fact.key: e.count for e in injection_plan(exp.sets["train"], exp.sets["test"], mc.inject)}
     t = pd.concat(probes.values(), ignore_index=True)
     t["exposure"] = t["key"].map(exposure).fillna(-1).astype(int)         # -1: outside the plan
     t["group"] = t["relation"].where(t["relation"].isin(["city_country", "us_city_state"]), "other")
