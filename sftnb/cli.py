@@ -218,14 +218,14 @@ def _cmd_report(args) -> int:
     from pathlib import Path
 
     from .config import project_root
-    from .report import README_BEGIN, README_END, readme_block, write_report, existing_header
+    from .report import README_BEGIN, README_END, existing_header, paper_verdicts, readme_block, write_report
+    from .sections import SECTIONS
 
     if args.paper:
-        from .paper_rows import ASSUMPTIONS
-        from .report import paper_verdicts
+        from .report.paper_rows import ASSUMPTIONS
 
         print(f"the paper's own numbers under every rule ({ASSUMPTIONS}):")
-        for _, r in paper_verdicts().iterrows():
+        for _, r in paper_verdicts(SECTIONS).iterrows():
             print(f"{r['claim']}: {r['verdict']} -- {r['finding']}")
         return 0
     if not args.run:
@@ -237,7 +237,7 @@ def _cmd_report(args) -> int:
         raise SftnbError(f"{args.run}: no such run folder (give figures/<run> or a run name)")
     if not any(folder.glob("*.csv")):
         raise SftnbError(f"{folder}: no CSV tables (run the notebooks first: sftnb run params/<run>.yaml)")
-    path = write_report(folder, existing_header(folder))
+    path = write_report(folder, SECTIONS, existing_header(folder))
     print(f"wrote {path}")
     if args.readme:
         readme = Path(args.readme)
