@@ -12,8 +12,9 @@ import this package; nothing here imports them: the report takes the sections as
 """
 from .artifacts import Artifact, ModelOutput, Output, save_figure, save_table
 from .writer import (README_BEGIN, README_END, claim_verdicts, claims_of, existing_header, findings, paper_verdicts,
-                     readme_block, report_from_csvs, run_header, tables_from_folder, write_report)
+                     readme_block, report_from_csvs, run_header, summary_markdown, tables_from_folder,
+                     write_report)
 
 __all__ = ["Artifact", "ModelOutput", "Output", "save_figure", "save_table", "README_BEGIN", "README_END",
            "claim_verdicts", "claims_of", "existing_header", "findings", "paper_verdicts", "readme_block",
-           "report_from_csvs", "run_header", "tables_from_folder", "write_report"]
+           "report_from_csvs", "run_header", "summary_markdown", "tables_from_folder", "write_report"]
