@@ -114,14 +114,14 @@ def counts_table(probes: dict, injected: bool, out: ModelOutput) -> pd.DataFrame
         MASTERY_COUNTS, counts, caption=f"Facts per mastery category. {out.identity}.")
 
 
-def distribution_figure(probes: dict, out: Output):
-    """Figure 1: the distribution of R, one panel per set and model. ``probes``: {model config: {split: frame}}."""
-    frame = pd.concat([df.assign(set=f"D_{s}", model=mc.name) for mc, sets in probes.items()
-                       for s, df in sets.items()])
+def distribution_figure(probes: list, out: Output):
+    """Figure 1: the distribution of R, one panel per set and model. ``probes``: [(model config, {split: probe
+    frame}), ...] (``Experiment.probes`` of each model)."""
+    frame = pd.concat([df.assign(set=f"D_{s}", model=mc.name) for mc, sets in probes for s, df in sets.items()])
     g = sns.displot(frame, x="R", col="set", row="model", bins=20, height=2.4, aspect=1.3,
                     facet_kws={"sharey": False})
     g.set_axis_labels("mastery R", "facts")
-    caption = " ".join(f"{out.identity(mc)}." for mc in probes)
+    caption = " ".join(f"{out.identity(mc)}." for mc, _ in probes)
     return out.whole_run().figure(DISTRIBUTION, titled(g.figure, "mastery R of every fact", caption))
 
 
