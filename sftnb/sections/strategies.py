@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 
 from ..config import scale_order
+from ..report import paper
 from ..report.artifacts import Artifact, ModelOutput
 from ..report.display import display, fmt_gain
 from ..report.evidence import AGGREGATES, DOMAINS, difference_row, domain_correctness, group_runs, interval_row
-from ..report import paper
 from ..report.stats import ci_level
-from ..report.verdicts import LARGE, NO_DATA, OUT_OF_RANGE, Claim, Result, Tables, fmt, have, holm_signs, large, mark, verdict_of
+from ..report.verdicts import (LARGE, NO_DATA, OUT_OF_RANGE, Claim, Result, Tables, fmt, have, holm_signs, large, mark,
+                               verdict_of)
 from .restoration import restore_metric
 from .sft_grid import ACCURACY
 
@@ -96,7 +97,7 @@ def strategy_rows(results: dict, sweeps: dict, no_sft: dict, min_facts: int, mod
 # --------------------------------------------------------------------------------------------- display
 def strategies_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Table 7: each strategy's best configuration, its Acc_test and Acc_testood (headline aggregate) with 95 %
-    intervals, and what it is (``evidence_restoration.strategy_rows``)."""
+    intervals, and what it is (``strategy_rows``)."""
     if rows.empty:
         return pd.DataFrame()
     level = rows[rows["kind"] == "level"]
