@@ -113,7 +113,7 @@ def test_findings_give_one_generated_sentence_per_claim_and_model(tmp_path):
     text = report.findings(tmp_path, [sections.sft_grid])
     sentences = [line for line in text.splitlines() if line.startswith("- ")]
     assert len(sentences) == 2
-    assert sentences[1].startswith("- Phenomenon 2 (§3.4): the spread across training categories, M: **shown**, "
-                                   "that is, inside the claim's domain") and "spread at n=1920" in sentences[1]
+    assert sentences[1].startswith("- Phenomenon 2 (§3.4): the spread across training categories, M: **shown** "
+                                   "(inside the claim's domain") and "spread at n=1920" in sentences[1]
     assert "**no data**" in sentences[0] or "**out of range**" in sentences[0]
     assert report.findings(tmp_path, [sections.mastery]) == "(these sections declare no claims)"

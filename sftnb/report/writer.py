@@ -103,9 +103,8 @@ def findings(folder: str | Path, sections) -> str:
     table = claim_verdicts(folder, sections)
     if table.empty:
         return "(these sections declare no claims)"
-    lines = [f"- {r['claim']}, {r['model'] if r['model'] != '-' else 'this run'}: **{r['verdict']}**, that is, "
-             f"{DEFINITIONS[r['verdict']]}" + (f"; it rests on: {r['on']}." if r["on"] else ".")
-             for _, r in table.iterrows()]
+    lines = [f"- {r['claim']}, {r['model'] if r['model'] != '-' else 'this run'}: **{r['verdict']}** "
+             f"({DEFINITIONS[r['verdict']]})" + (f": {r['on']}." if r["on"] else ".") for _, r in table.iterrows()]
     return table.to_markdown(index=False) + "\n\n" + "\n".join(lines)
 
 
