@@ -132,7 +132,7 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame):
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, name: str, seed: int = 0) -> dict:
     """Exact category agreement, Spearman's rho of R with a 95 % bootstrap interval over facts, and mean R."""
-    from .stats_rank import ci_spearman
+    from .report.stats_rank import ci_spearman
 
     m = _paired(a, b)
     rho = ci_spearman(m["R_a"], m["R_b"], seed=seed) if len(m) > 3 else None

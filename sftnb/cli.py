@@ -173,14 +173,14 @@ def _cmd_report(args) -> int:
     from pathlib import Path
 
     from .config import project_root
-    from .report import refresh_report, update_readme
+    from .report import paper_verdicts, refresh_report, update_readme
+    from .sections import SECTIONS
 
     if args.paper:
-        from .paper_rows import ASSUMPTIONS
-        from .report import paper_verdicts
+        from .report.paper_rows import ASSUMPTIONS
 
         print(f"the paper's own numbers under every rule ({ASSUMPTIONS}):")
-        for _, r in paper_verdicts().iterrows():
+        for _, r in paper_verdicts(SECTIONS).iterrows():
             print(f"{r['claim']}: {r['verdict']} -- {r['finding']}")
         return 0
     if not args.run:
@@ -192,7 +192,7 @@ def _cmd_report(args) -> int:
         raise SftnbError(f"{args.run}: no such run folder (give figures/<run> or a run name)")
     if not any(folder.glob("*.csv")):
         raise SftnbError(f"{folder}: no CSV tables (run the notebooks first: sftnb run params/<run>.yaml)")
-    print(f"wrote {refresh_report(folder)}")          # as `sftnb run` writes it after its notebooks
+    print(f"wrote {refresh_report(folder, SECTIONS)}")          # as `sftnb run` writes it after its notebooks
     if args.readme:
         update_readme(args.readme, folder)
         print(f"updated the verdicts in {Path(args.readme)}")

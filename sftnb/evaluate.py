@@ -8,7 +8,7 @@ let one fact carry a fifth of the metric. ``pooled_accuracy`` is the count-weigh
 different quantity that is always defined; tables name it apart ("Acc_test (pooled)").
 
 Per-fact correctness is kept with every result (``pack_correct``: a string of 0/1), so that any comparison can be
-bootstrapped over the same test facts (``sftnb.stats``).
+bootstrapped over the same test facts (``sftnb.report.stats``).
 """
 from __future__ import annotations
 

@@ -223,7 +223,8 @@ def run_cli(args) -> int:
         print(f"  {nb.stem:<18} {time.perf_counter() - t0:7.1f} s   units computed {computed:3d}, reused {reused:3d}"
               f"   -> {len(written)} file(s): {', '.join(written) if written else '(all up to date)'}")
     from .report import refresh_report
-    report = refresh_report(figures)                  # as `sftnb report` writes it, from the CSVs of every notebook
+    from .sections import SECTIONS
+    report = refresh_report(figures, SECTIONS)                  # as `sftnb report` writes it, from the CSVs of every notebook
     published = publish_notebooks(executed, figures / "notebooks", root)
     print(f"done in {time.perf_counter() - total:.1f} s; executed notebooks in {executed} (readable copies in "
           f"{published}); artifacts in {figures}" + (f"; report {report}" if report else ""))

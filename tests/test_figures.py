@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sftnb import evidence, evidence_restoration, figures, report
+from sftnb import report
+from sftnb.report.evidence import headline_metric
+from sftnb.sections import SECTIONS, sft_grid, strategies
 from sftnb.evaluate import pack_correct, paper_accuracy, pooled_accuracy
 from sftnb.grid import RunKey
-from sftnb.reports import save_table
+from sftnb.report.artifacts import save_table
 
 
 def _per_set(correct_by_set: dict) -> dict:
@@ -42,15 +44,15 @@ def test_grid_cells_give_intervals_and_mark_the_paper_aggregate_na():
         sets = {**_sets(rng, [0.1, 0.3, 0.5, 0.7, 0.9], [40, 40, 40, 40, 3]),
                 **_sets(rng, [0.2] * 5, [20] * 5, "testood")}
         results[RunKey("divided", 0, 60, seed)] = {"per_set": _per_set(sets)}
-    cells = evidence.grid_cells(results, 20, "M")
+    cells = sft_grid.grid_cells(results, 20, "M")
     acc = cells[(cells["metric"] == "Acc") & (cells["domain"] == "test")].iloc[0]
     pooled = cells[(cells["metric"] == "Acc (pooled)") & (cells["domain"] == "test")].iloc[0]
     assert math.isnan(acc["estimate"]) and acc["n_facts"] == 163                # test-4 has 3 facts < 20
     assert pooled["low"] < pooled["estimate"] < pooled["high"] and pooled["n_seeds"] == 3
-    assert evidence.headline_metric(cells) == "Acc (pooled)"
+    assert headline_metric(cells) == "Acc (pooled)"
     ood = cells[(cells["metric"] == "Acc") & (cells["domain"] == "testood")].iloc[0]
     assert 0.1 < ood["estimate"] < 0.3
-    t = figures.table_per_test_category(cells, "test", small=20)
+    t = sft_grid.table_per_test_category(cells, "test", small=20)
     assert t.loc["D_train-0", "Acc_test-4"].endswith("(n=3)") and t.loc["D_train-0", "Acc_test"] == "n/a"
 
 
@@ -62,7 +64,7 @@ def test_category_difference_is_paired_over_facts_and_signed():
         worse = {k: [bool(x) and rng.random() < 0.5 for x in v] for k, v in base.items()}
         results[RunKey("divided", 0, 60, seed)] = {"per_set": _per_set(worse)}
         results[RunKey("divided", 2, 60, seed)] = {"per_set": _per_set(base)}
-    diffs = evidence.category_differences(results, 20, "M", "Acc")
+    diffs = sft_grid.category_difference_rows(results, 20, "M", "Acc")
     row = diffs[(diffs["training"] == "D_train-2") & (diffs["versus"] == "D_train-0") & (diffs["domain"] == "test")]
     assert len(row) == 1 and row.iloc[0]["low"] > 0                   # D_train-2 better, and significantly
 
@@ -81,7 +83,7 @@ def test_table7_restoration_column_compares_restored_models_only_and_instruct_is
     # the unrestored model (k = 0) is the best, yet restoration must report its best *restored* model
     sweeps = {(RunKey("divided", 1, 60, 0), "top"): _sweep({0: _per_set(good), 5: _per_set(worse),
                                                               20: _per_set(worse)})}
-    rows = evidence_restoration.strategy_rows(results, sweeps, _per_set(worse), 20, "M", "Acc", None, "it is itself instruct")
+    rows = strategies.strategy_rows(results, sweeps, _per_set(worse), 20, "M", "Acc", None, "it is itself instruct")
     level = rows[(rows["kind"] == "level") & (rows["domain"] == "test")].set_index("strategy")
     assert level.loc["Parameter Restoration", "estimate"] < level.loc["SFT (Divided)", "estimate"]
     assert level.loc["Parameter Restoration", "configuration"].startswith("D_train-1, n=60, restore")
@@ -89,7 +91,7 @@ def test_table7_restoration_column_compares_restored_models_only_and_instruct_is
                                                                                                 "configuration"]
     vs = rows[rows["kind"] == "vs SFT (Divided)"]
     assert (vs[vs["strategy"] == "Parameter Restoration"]["n_seeds"] == 1).all()
-    t = figures.strategies_table(rows)
+    t = strategies.strategies_table(rows)
     assert list(t.index) == ["Acc_test", "Acc_testood", "configuration"] and t.loc["Acc_test", "M-Instruct"] == "n/a"
 
 
@@ -120,7 +122,7 @@ def test_report_verdicts_follow_from_the_csvs_and_change_with_them(tmp_path):
     conc = [{"model": "M", "training": "D_train-0", "scale": "240", "top_percent": 1, "n_seeds": 3,
              "estimate": 0.9, "low": 0.85, "high": 0.95}]
     _write(tmp_path, "table03_concentration_M.csv", conc)
-    text, table = report.report_from_csvs(tmp_path)
+    text, table = report.report_from_csvs(tmp_path, SECTIONS)
     verdict = dict(zip(table["claim"], table["verdict"]))
     p2 = "Phenomenon 2 (§3.4): the spread across training categories"
     assert verdict[p2] == "shown"
@@ -129,9 +131,9 @@ def test_report_verdicts_follow_from_the_csvs_and_change_with_them(tmp_path):
     assert "no data" in report.summary_markdown(table) and "**out of range**:" in text
     _write(tmp_path, "table02_spread_M.csv", [r | {"estimate": -r["estimate"], "low": -r["high"], "high": -r["low"]}
                                              for r in spread])
-    _, table2 = report.report_from_csvs(tmp_path)
+    _, table2 = report.report_from_csvs(tmp_path, SECTIONS)
     assert dict(zip(table2["claim"], table2["verdict"]))[p2] == "opposite"
-    report.write_report(tmp_path)
+    report.write_report(tmp_path, SECTIONS)
     block = report.readme_block(tmp_path)
     assert block.startswith(report.README_BEGIN) and f"- {p2}, M: **opposite**: spread at n=1920" in block
 
@@ -158,7 +160,7 @@ def test_the_committed_report_follows_from_the_committed_csvs():
     folder = root / "figures" / "embedded"
     if not (folder / "report_verdicts.csv").is_file():
         pytest.skip("figures/embedded has no report yet (make reproduce writes it)")
-    _, table = report.report_from_csvs(folder)
+    _, table = report.report_from_csvs(folder, SECTIONS)
     committed = pd.read_csv(folder / "report_verdicts.csv")
     assert table[["claim", "model", "verdict"]].equals(committed[["claim", "model", "verdict"]])
     assert report.readme_block(folder) in (root / "README.md").read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sftnb import paper
+from sftnb.report import paper
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT.parent / "shared" / "reference" / "paper-ye2025-sft-knowledge.txt"

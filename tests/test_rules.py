@@ -1,13 +1,15 @@
-"""The paper's claims as rules (sftnb.rules, sftnb.verdicts, sftnb.paper_rows): each rule on synthetic rows gives
+"""The paper's claims as rules (sftnb.sections' claims, sftnb.report.verdicts, sftnb.report.paper_rows): each rule on synthetic rows gives
 shown, opposite, inconclusive and out of range where it should; the rules find the paper's own numbers shown and
 their reversal opposite; Finding 2 is not fooled by Simpson's paradox."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from sftnb import evidence, paper_rows, report, rules, verdicts
+from sftnb import report, sections
 from sftnb.grid import RunKey
-from sftnb.rules import Tables
+from sftnb.report import paper_rows, verdicts
+from sftnb.report.verdicts import Tables
+from sftnb.sections.token_kl import kl_accuracy_within_scale
 
 CATS = [f"D_train-{c}" for c in range(5)]
 
@@ -17,7 +19,7 @@ def _iv(e, h, **ids):
 
 
 def _rule(key):
-    return next(c.rule for c in rules.CLAIMS if c.key == key)
+    return next(c.rule for c in sections.CLAIMS if c.key == key)
 
 
 def _verdict(key, tables, model="M"):
@@ -133,7 +135,7 @@ def test_finding_2_simpson_case_is_not_opposite():
             for seed in range(3):
                 kl = 1.0 * j + 0.1 * c + 0.01 * rng.random()
                 points[(c, scale, seed)] = (kl, 0.3 * j - 0.05 * c + 0.002 * rng.random())
-    rows = evidence.kl_accuracy_within_scale(_runs(points), 4, "M")
+    rows = kl_accuracy_within_scale(_runs(points), 4, "M")
     pooled = rows[rows["role"] == "descriptive"].iloc[0]
     assert pooled["estimate"] > 0.5 and pooled["low"] > 0                      # the pooled rho says "opposite"
     r = _rule("section4_finding_2")(Tables(kl_within=rows))[0]
@@ -143,7 +145,7 @@ def test_finding_2_simpson_case_is_not_opposite():
 
 def test_finding_2_out_of_range_below_the_papers_smallest_scale():
     points = {(c, s, seed): (0.1 * c + s, 0.5) for c in range(5) for s in (15, 30) for seed in range(2)}
-    rows = evidence.kl_accuracy_within_scale(_runs(points), 4, "M")
+    rows = kl_accuracy_within_scale(_runs(points), 4, "M")
     assert _verdict("section4_finding_2", Tables(kl_within=rows)) == "out of range"
 
 
@@ -272,15 +274,15 @@ def test_every_claim_has_a_rule_test_and_its_sentence():
     tested = {"phenomenon_1", "phenomenon_2", "section4_finding_1", "section4_finding_2", "table3_concentration",
               "table4_gains", "table6_training", "section5_finding_1", "section5_finding_2", "table5_tasks",
               "table7_strategies", "table11_layers", "appendix_e1"}
-    assert {c.key for c in rules.CLAIMS} == tested and len(rules.CLAIMS) >= 12
-    from sftnb import paper
-    for c in rules.CLAIMS:
+    assert {c.key for c in sections.CLAIMS} == tested and len(sections.CLAIMS) >= 12
+    from sftnb.report import paper
+    for c in sections.CLAIMS:
         assert paper.claim(c.key) and c.domain and c.rule.__doc__
 
 
 # --------------------------------------------------------------------------------------------- the paper itself
 def test_the_rules_find_every_claim_the_paper_prints_numbers_for_shown():
-    got = report.paper_verdicts().set_index("key")["verdict"]
+    got = report.paper_verdicts(sections.SECTIONS).set_index("key")["verdict"]
     figures_only = {"section4_finding_1", "section4_finding_2"}          # Figures 4-5: no numbers printed
     assert (got.drop(list(figures_only)) == "shown").all(), got.to_dict()
     assert (got[list(figures_only)] == "no data").all()
@@ -296,8 +298,8 @@ def test_report_paper_cli_prints_one_line_per_claim(capsys):
     from sftnb.cli import main
     assert main(["report", "--paper"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 + len(rules.CLAIMS) and "n = 3 runs" in out[0]
-    assert sum(": shown -- " in line for line in out) == len(rules.CLAIMS) - 2
+    assert len(out) == 1 + len(sections.CLAIMS) and "n = 3 runs" in out[0]
+    assert sum(": shown -- " in line for line in out) == len(sections.CLAIMS) - 2
     assert main(["report"]) == 2
 
 

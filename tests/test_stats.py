@@ -1,13 +1,13 @@
-"""sftnb.stats: aggregates, interval mechanics, and -- the acceptance test -- coverage of the 95 % intervals in
+"""sftnb.report.stats: aggregates, interval mechanics, and -- the acceptance test -- coverage of the 95 % intervals in
 seeded simulations with a known true value (facts redrawn every simulation; seed noise on the logit scale)."""
 import numpy as np
 import pytest
 from scipy.special import expit, logit
 
-from sftnb import stats
+from sftnb.report import stats
 from sftnb.errors import SftnbError
-from sftnb.stats_rank import ci_spearman
-from sftnb.stats import (Interval, category_mean, ci_difference, ci_level, ci_mean_items,
+from sftnb.report.stats_rank import ci_spearman
+from sftnb.report.stats import (Interval, category_mean, ci_difference, ci_level, ci_mean_items,
                          pooled_mean, verdict)
 
 

@@ -37,7 +37,7 @@ Interval for a level theta (``ci_level``) or a difference theta_b - theta_a (``c
   by the delta method, and mapped back: its interval stays inside the range, and is asymmetric near a bound.
   Differences are unbounded in practice and stay symmetric.
 
-Rank correlations with their intervals: ``sftnb.stats_rank``.
+Rank correlations with their intervals: ``stats_rank``.
 
 All randomness comes from numpy.random.default_rng(seed): an interval is a deterministic function of its inputs.
 The bootstrap is vectorised (index arrays [n_boot, n_facts]) in chunks of at most ``_CHUNK`` elements.
@@ -50,7 +50,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 from scipy import stats as _sps
 
-from .errors import SftnbError
+from ..errors import SftnbError
 
 CATEGORIES = (0, 1, 2, 3, 4)
 _CHUNK = 1 << 22      # elements per gathered bootstrap block (n_seeds x rows x n_facts): ~32 MB of float64

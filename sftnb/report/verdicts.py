@@ -26,6 +26,7 @@ that share test facts are positively correlated through them, so the combined in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,33 @@ class Result:
     verdict: str
     lines: list[str] = field(default_factory=list)
     metric: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One statement of the paper, as a paper section (``sftnb.sections``) declares it: the paper's sentence (a
+    key of ``resources/paper_results.json`` "claims"), where the paper makes it (``place``: "§5.2", "App. C.2";
+    report.md follows the paper's order of places), its domain, the rule that judges it (a function of a
+    ``Tables``; its docstring is the rule as report.md prints it), the artifacts the rule reads (``needs``:
+    ``artifacts.Artifact``) and the paper's own numbers for it (``paper``: a sentence)."""
+    title: str
+    key: str
+    place: str
+    domain: str
+    rule: Callable[["Tables"], list[Result]]
+    needs: tuple = ()
+    paper: Callable[[], str] = lambda: ""
+
+
+def paper_position(place: str) -> tuple[int, str]:
+    """A place in the paper as a sort key: the main text (§3.4 < §5.2) before the appendices (App. C.2 < E.1)."""
+    appendix = place.startswith("App.")
+    return int(appendix), place.removeprefix("App.").strip().lstrip("§")
+
+
+def in_paper_order(claims) -> list[Claim]:
+    """The claims in the order of their places in the paper; claims of one place keep the order given."""
+    return sorted(claims, key=lambda c: paper_position(c.place))
 
 
 # --------------------------------------------------------------------------------------------- one comparison
@@ -251,7 +279,7 @@ def mark(sign: int) -> str:
     return {1: " (significant, as claimed)", -1: " (significant, reversed)", 0: ""}[sign]
 
 
-__all__ = ["Tables", "LARGE", "PEAK", "K_PAPER", "TASK_MARGIN", "n_of", "scales_of", "have", "headline", "large",
+__all__ = ["Claim", "in_paper_order", "paper_position", "Tables", "LARGE", "PEAK", "K_PAPER", "TASK_MARGIN", "n_of", "scales_of", "have", "headline", "large",
            "family_lines", "VERDICTS", "DEFINITIONS", "SHOWN", "OPPOSITE", "INCONCLUSIVE", "OUT_OF_RANGE", "NO_DATA", "Result",
            "p_value", "holm", "holm_signs", "verdict_of", "combine", "parts", "superlative", "combine_independent", "mean_of",
            "difference_of", "fmt", "mark", "outside"]

@@ -1,4 +1,4 @@
-"""Rank correlations with bootstrap intervals (``sftnb.stats`` holds the accuracy intervals).
+"""Rank correlations with bootstrap intervals (``stats`` holds the accuracy intervals).
 
 Spearman (``ci_spearman``) — rho = Pearson correlation of average ranks; percentile bootstrap over the paired
 units: [q_{(1-L)/2}(rho*), q_{(1+L)/2}(rho*)] — the units (relations, categories, ...) are the sample; the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as _sps
 
-from .errors import SftnbError
+from ..errors import SftnbError
 from .stats import Interval, check_common
 
 CHUNK = 1 << 22       # elements per bootstrap block

@@ -1,6 +1,6 @@
 """The rules against the paper itself: tidy rows built from the paper's published numbers, and their reversal.
 
-``sftnb report --paper`` applies every rule of ``sftnb.rules`` to these rows: a rule that encodes the paper's
+``sftnb report --paper`` applies every claim's rule (``sftnb.sections``) to these rows: a rule that encodes the paper's
 statement faithfully must find it ``shown`` in the paper's own numbers, and ``opposite`` in the numbers reversed
 (``reverse``). The rows have the schemas of a run's CSVs, for a model named ``PAPER_MODEL``.
 
