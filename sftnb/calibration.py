@@ -31,7 +31,8 @@ import pandas as pd
 from scipy.optimize import brentq
 
 from .facts import Fact
-from .mastery import CATEGORIES, category, on_grid
+from .facts import CATEGORIES
+from .mastery import category, on_grid
 
 _LOG_ALPHA = (-4.0, 8.0)          # alpha between e^-4 and e^8: anything outside is clamped (and reported)
 FOLDS = 5

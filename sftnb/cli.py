@@ -67,7 +67,7 @@ def _cmd_probe(args) -> int:
     from pathlib import Path
 
     from .data import facts_from_spec
-    from .mastery import CATEGORIES
+    from .facts import CATEGORIES
     from .probe_file import probe_to_jsonl
     from .relations import all_relations
 

@@ -21,10 +21,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import SftnbError
 from .strategies import StrategyName
-# the sections (sftnb/sections.py), importable from here as before; RestoreConfig lives here, beside the whole
+from .scales import Scale
+# the params' sections (sftnb/schema.py), importable from here as before; RestoreConfig lives here, beside the whole
 from .schema import (BUILTIN_MODELS, DataConfig, EvalConfig, GridConfig, InjectConfig, LoraConfig,  # noqa: F401
-                       ModelConfig, ProbeConfig, RunOptions, Scale, SFTConfig, TaskConfig, TokenKLConfig,
-                       scale_order)
+                     ModelConfig, ProbeConfig, RunOptions, SFTConfig, TaskConfig, TokenKLConfig)
 from .schema import Section as _Section, check_seeds as _check_seeds, sorted_unique as _sorted_unique
 
 

@@ -57,7 +57,7 @@ from typing import Callable, Sequence
 
 from . import claims
 from .errors import SftnbError
-from .launch import world
+from .launch import device, world
 
 TIMEOUT_S = float(os.environ.get("SFTNB_DIST_TIMEOUT_S", 48 * 3600))
 # what makes a process one rank of several: stripped from the environment of rank 0's notebook kernels
@@ -212,7 +212,6 @@ def group_mesh():
         return None
     from torch.distributed.device_mesh import DeviceMesh
 
-    from .fsdp import device
     return DeviceMesh.from_group(group.pg, device().type)
 
 

@@ -24,6 +24,7 @@ from .generation import StopRule, decode, generate
 from .matching import answer_in_text
 from .models import copy_model, encode_prompt, stop_token_ids, word_start_tokens
 from .sft import prompt_ids
+from .correctness import pack_correct
 
 
 @contextlib.contextmanager
@@ -105,15 +106,6 @@ def pooled_accuracy(results: dict[str, dict], names: Iterable[str]) -> float:
     n = sum(results[m]["n"] for m in names if m in results)
     return sum(results[m]["accuracy"] * results[m]["n"] for m in names if m in results and results[m]["n"]) / n \
         if n else math.nan
-
-
-def pack_correct(correct: Sequence[bool]) -> str:
-    """Per-fact correctness as a compact string ("0110..."), stored with results for paired bootstraps."""
-    return "".join("1" if c else "0" for c in correct)
-
-
-def unpack_correct(packed: str) -> list[bool]:
-    return [ch == "1" for ch in packed]
 
 
 def stored(results: dict[str, dict]) -> dict[str, dict]:

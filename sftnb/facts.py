@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from .relations import Relation
 
 SPLITS = ("train", "dev", "test")
+CATEGORIES = (0, 1, 2, 3, 4)   # how well a model knows a fact: its mastery category (paper §3.3, sftnb.mastery)
 
 
 @dataclass(frozen=True)

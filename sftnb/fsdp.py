@@ -40,6 +40,7 @@ import time
 import torch
 
 from .errors import SftnbError
+from .launch import device
 from .sft import IGNORE, TrainReport, answer_loss, collate, example_ids, make_optimizer, resolve_precision
 
 
@@ -48,10 +49,6 @@ def _dist():
     if not (dist.is_available() and dist.is_initialized()):
         raise SftnbError("sft.strategy fsdp needs several processes: launch with torchrun --nproc_per_node N")
     return dist
-
-
-def device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def mixed_precision(precision: str, dev: torch.device):

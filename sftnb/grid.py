@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from . import mastery
-from .config import Scale, scale_order
+from .scales import Scale, scale_order
 from .errors import SftnbError
 from .evaluate import inference_copy, stored
 from .facts import Fact
@@ -196,7 +196,8 @@ class Grid:
         from transformers import AutoModelForCausalLM
 
         from . import distributed
-        from .fsdp import device, mixed_precision, sharded_from_rank0, train_fsdp
+        from .fsdp import mixed_precision, sharded_from_rank0, train_fsdp
+        from .launch import device
 
         run = self.run
         # no copy of the model on any rank: built empty and sharded over the run's group (distributed.group_mesh;

@@ -18,6 +18,13 @@ def world() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def device():
+    """This process's device: its current CUDA device (one GPU per process, as the launcher set it), else the CPU."""
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def pid_alive(pid: int) -> bool:
     """Is process ``pid`` (on this host) alive?"""
     try:

@@ -28,14 +28,13 @@ import pandas as pd
 
 from .config import ProbeConfig
 from .errors import SftnbError
-from .facts import Fact
+from .facts import CATEGORIES, Fact
 from .generation import StopRule, decode, generate
 from .scoring import continuation_logprobs, lead_in_probs
 from .matching import answer_in_text, expand_answers, normalize
 from .models import encode_prompt, stop_token_ids, word_start_tokens
 from .relations import Relation
 
-CATEGORIES = (0, 1, 2, 3, 4)
 PROBE_COLUMNS = ["key", "relation", "subject", "answers", "split", "domain", "R", "category", "template_rates"]
 
 
@@ -230,15 +229,6 @@ def split_by_category(facts: Sequence[Fact], probed: pd.DataFrame) -> dict[int, 
     """D_x-0 ... D_x-4: the facts of each mastery category, in the original order."""
     cat = dict(zip(probed["key"], probed["category"]))
     return {c: [f for f in facts if cat.get(f.key) == c] for c in CATEGORIES}
-
-
-def category_counts(probes: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Table 1 / Table 8: facts per mastery category (rows) for each named set (columns)."""
-    table = pd.DataFrame({name: df["category"].value_counts().reindex(CATEGORIES, fill_value=0)
-                          for name, df in probes.items()})
-    table.index.name = "category"
-    table.loc["total"] = table.sum()
-    return table.astype(int)
 
 
 def best_templates(probed: pd.DataFrame) -> dict[str, int]:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from .config import scale_order
+from .scales import scale_order
 from .errors import SftnbError
 from .evaluate import stored
 from .grid import RunKey

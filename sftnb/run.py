@@ -21,13 +21,13 @@ import torch
 from . import mastery
 from .config import ModelConfig
 from .evaluate import evaluate_sets, inference_copy, paper_accuracy, pooled_accuracy, stored
-from .facts import Fact
+from .facts import CATEGORIES, Fact
 from .grid import Grid
 from .models import copy_model, load_model, load_tokenizer, model_fingerprint
 
 SETS = ("train", "test", "testood")
-TEST_SETS = tuple(f"test-{c}" for c in mastery.CATEGORIES)
-OOD_SETS = tuple(f"testood-{c}" for c in mastery.CATEGORIES)
+TEST_SETS = tuple(f"test-{c}" for c in CATEGORIES)
+OOD_SETS = tuple(f"testood-{c}" for c in CATEGORIES)
 
 
 class ModelRun:
@@ -190,10 +190,10 @@ class ModelRun:
             args = (self.store, self.inference_model, tok, self.model_id, facts, self.exp.relations, cfg,
                     "likelihood", self.cfg.run.batch_tokens, self.exp.progress)
             df = mastery.probe_stored(*args, label=f"{self.name}-start", dtype=str(self.exp.infer_dtype))
-            counts = df["category"].value_counts().reindex(mastery.CATEGORIES, fill_value=0)
+            counts = df["category"].value_counts().reindex(CATEGORIES, fill_value=0)
             rows.append({"prompt start": start, "tokens": tok.convert_ids_to_tokens(list(tok.sftnb_prompt_start)),
                          "facts": len(df), "mean R": float(df["R"].mean()),
-                         **{f"category {c}": int(counts[c]) for c in mastery.CATEGORIES},
+                         **{f"category {c}": int(counts[c]) for c in CATEGORIES},
                          "used by this run": tuple(tok.sftnb_prompt_start) == used})
         return pd.DataFrame(rows)
 
@@ -203,8 +203,8 @@ class ModelRun:
 
     def eval_sets(self) -> dict[str, list[Fact]]:
         cats = self.categorized()
-        return {**{f"test-{c}": cats["test"][c] for c in mastery.CATEGORIES},
-                **{f"testood-{c}": cats["testood"][c] for c in mastery.CATEGORIES}}
+        return {**{f"test-{c}": cats["test"][c] for c in CATEGORIES},
+                **{f"testood-{c}": cats["testood"][c] for c in CATEGORIES}}
 
     # ------------------------------------------------------------------------------------------- evaluation
     def evaluate(self, model, tok, sets: dict[str, Sequence[Fact]]) -> dict[str, dict]:

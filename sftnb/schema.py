@@ -10,6 +10,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .scales import Scale
+
 # the built-in model names a ``models[].path`` may hold instead of a folder (``sftnb.models`` resolves them)
 EMBEDDED = "smollm2-135m"
 TINY = "tiny-random"
@@ -177,15 +179,6 @@ class SFTConfig(Section):
     # from ~(40 H + 16 I) bytes per token and layer (fp32) to the layer input
     gradient_checkpointing: bool = False
     lora: LoraConfig = LoraConfig()
-
-
-Scale = Union[int, Literal["all"]]
-
-
-def scale_order(values) -> list[Scale]:
-    """Scales sorted the paper's way: numbers ascending, "all" last (accepts ints or their strings)."""
-    vals = {v if v == "all" else int(v) for v in values}
-    return sorted(vals, key=lambda v: (v == "all", 0 if v == "all" else v))
 
 
 class GridConfig(Section):

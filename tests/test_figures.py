@@ -10,7 +10,8 @@ import pytest
 from sftnb import report
 from sftnb.report.evidence import headline_metric
 from sftnb.sections import SECTIONS, sft_grid, strategies
-from sftnb.evaluate import pack_correct, paper_accuracy, pooled_accuracy
+from sftnb.correctness import pack_correct
+from sftnb.evaluate import paper_accuracy, pooled_accuracy
 from sftnb.grid import RunKey
 from sftnb.report.artifacts import save_table
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..mastery import CATEGORIES, category_counts
+from ..facts import CATEGORIES
 from ..report.artifacts import Artifact, ModelOutput, Output
 from ..report.display import fmt_gain, fmt_level, titled
 from ..report.evidence import interval_row
@@ -32,6 +32,15 @@ CLAIMS: list = []
 
 
 # --------------------------------------------------------------------------------------------- rows
+def category_counts(probes: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Table 1 / Table 8: facts per mastery category (rows) for each named set (columns)."""
+    table = pd.DataFrame({name: df["category"].value_counts().reindex(CATEGORIES, fill_value=0)
+                          for name, df in probes.items()})
+    table.index.name = "category"
+    table.loc["total"] = table.sum()
+    return table.astype(int)
+
+
 def testbed_rows(testbed: pd.DataFrame, model: str) -> pd.DataFrame:
     """The testbed's ground truth (``Experiment.testbed``): per exposure count, the mean R after injection with its
     interval over facts, before injection, and the category distribution; Spearman's rho(exposure, R) over the
