@@ -19,10 +19,10 @@ import time
 import torch
 
 from sftnb.config import InjectConfig, SFTConfig
-from sftnb.data import load_source, paper_splits
+from sftnb.data.sources import load_source, paper_splits
 from sftnb.inject import (assign_exposures, default_templates, encode_statement, exposure_schedule, inject_model,
                           length_grouped_order, padding_fraction, train_config)
-from sftnb.models import load_model
+from sftnb.lm.models import load_model
 
 RELATIONS = ("city_country", "country_capital", "us_city_state", "us_state_capital")
 

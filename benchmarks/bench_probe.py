@@ -7,7 +7,7 @@ temperature ``--temperature``, at most ``--max-new-tokens`` new tokens, stopping
 * naive: ``model.generate(do_sample=True, temperature=T, top_k=0, top_p=1.0, num_return_sequences=n,
   max_new_tokens=M)`` over left-padded batches of ``--naive-batch`` prompts (top_k=0 / top_p=1 so both paths draw
   from the same distribution, softmax(logits / T); Hugging Face's default top_k=50 would otherwise apply);
-* ours: ``sftnb.generation.generate(model, prompts, n=n, temperature=T, max_new_tokens=M, batch_tokens=...)``.
+* ours: ``sftnb.lm.generation.generate(model, prompts, n=n, temperature=T, max_new_tokens=M, batch_tokens=...)``.
 
 Both paths are warmed up first (a small call of each), then timed on the same prompts; the figure is
 generations/s = prompts x samples / wall time. Examples::
@@ -27,8 +27,8 @@ import torch
 def probe_prompts(tokenizer, count: int, with_answers: bool = False):
     """``count`` probe prompts (BOS + mapping-template text), cycling over relations, templates and subjects
     (and, ``with_answers``, each prompt's answers)."""
-    from sftnb.builtin_facts import load_builtin
-    from sftnb.relations import builtin_relations
+    from sftnb.data.builtin import load_builtin
+    from sftnb.data.relations import builtin_relations
 
     rels = builtin_relations()
     facts = load_builtin().facts
@@ -77,7 +77,7 @@ def run_naive(model, tok, prompts, n, temperature, max_new, batch, eos, seed):
 
 
 def run_ours(model, prompts, n, temperature, max_new, batch_tokens, eos, seed, stop=None, static=False):
-    from sftnb.generation import generate
+    from sftnb.lm.generation import generate
 
     out = generate(model, prompts, n=n, temperature=temperature, max_new_tokens=max_new, eos_token_ids=eos,
                    seed=seed, batch_tokens=batch_tokens, progress=False, stop=stop, static=static)
@@ -97,12 +97,12 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-tokens", type=lambda v: v if v == "auto" else int(v), default="auto",
                     help="engine token budget per batch; auto (default): what the free GPU memory holds "
-                         "(sftnb.batching.resolve_budget), 16384 on a CPU")
+                         "(sftnb.lm.batching.resolve_budget), 16384 on a CPU")
     ap.add_argument("--stop-rule", action="store_true",
                     help="the engine ends a sample once it contains its answer, as the mastery probe does "
                          "(model.generate runs every sample to EOS or max_new_tokens)")
     ap.add_argument("--static", action="store_true",
-                    help="the engine's static KV cache + CUDA graphs path (sftnb.generation, CUDA only)")
+                    help="the engine's static KV cache + CUDA graphs path (sftnb.lm.generation, CUDA only)")
     ap.add_argument("--naive-batch", type=int, default=None,
                     help="prompts per model.generate call (default: all prompts on CPU, 1024 on CUDA)")
     ap.add_argument("--skip-naive", action="store_true")
@@ -114,7 +114,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from sftnb.models import load_model
+    from sftnb.lm.models import load_model
 
     t0 = time.perf_counter()
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -123,10 +123,10 @@ def main(argv=None):
     cuda = dev.type == "cuda"
     # on an H200, 2,097,152 token slots beat 524,288 and 65,536 (1.24x vs 0.89x vs 0.31x of model.generate:
     # benchmarks/results/h200-2026-11-26/call2_probe_*.log); "auto" takes what the free memory holds
-    from sftnb.batching import resolve_budget
-    from sftnb.generation import StopRule, slot_bytes
-    from sftnb.matching import answer_in_text
-    from sftnb.models import word_start_tokens
+    from sftnb.lm.batching import resolve_budget
+    from sftnb.lm.generation import StopRule, slot_bytes
+    from sftnb.data.matching import answer_in_text
+    from sftnb.lm.models import word_start_tokens
 
     batch_tokens = resolve_budget(args.batch_tokens, model, lambda: slot_bytes(model, 24, args.max_new_tokens,
                                                                                args.samples, True))

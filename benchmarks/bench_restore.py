@@ -88,9 +88,9 @@ def load_pair(args):
     """(fine-tuned model, pre-trained state dict) in float32."""
     import torch
 
-    from sftnb.models import load_model
+    from sftnb.lm.models import load_model
     if args.base:
-        from sftnb.checkpoints import Checkpoint
+        from sftnb.restoration.checkpoints import Checkpoint
         model, _ = load_model(args.tuned, device="cpu", dtype="float32")
         ck = Checkpoint(args.base)
         base = {n: ck.read(n).float() for n, _ in model.named_parameters()}
@@ -114,7 +114,7 @@ def load_pair(args):
 def run_naive(model, base, ks):
     import torch
 
-    from sftnb.select import region_names, relative_change
+    from sftnb.restoration.selection import region_names, relative_change
     params = dict(model.named_parameters())
     names = region_names(params, "transformer")
     counts = []
@@ -135,7 +135,7 @@ def run_naive(model, base, ks):
 
 
 def run_ours(model, base, ks):
-    from sftnb.restore import Restorer
+    from sftnb.restoration.restore import Restorer
     r = Restorer(model, base)
     r.prepare(ks)                                   # every threshold of the sweep: two passes
     counts = []
@@ -149,7 +149,7 @@ def child(args) -> None:
     import torch  # noqa: F401  (imports first: the baseline RSS includes torch and transformers)
     import transformers  # noqa: F401
 
-    import sftnb.restore  # noqa: F401
+    import sftnb.restoration.restore  # noqa: F401
     rss_imports = rss_now()
     model, base = load_pair(args)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -190,7 +190,7 @@ def write_synthetic_pair(root: Path, billions: float) -> int:
     import torch
     from transformers import LlamaConfig
 
-    from sftnb.checkpoints import ShardWriter
+    from sftnb.restoration.checkpoints import ShardWriter
     h, inter, vocab, heads = 2560, 6912, 32000, 20
     per_layer = 4 * h * h + 3 * h * inter + 2 * h
     layers = max(1, math.ceil((billions * 1e9 - 2 * vocab * h) / per_layer))   # at least ``billions``

@@ -22,9 +22,9 @@ import time
 import torch
 
 from sftnb.config import SFTConfig
-from sftnb.data import load_source
+from sftnb.data.sources import load_source
 from sftnb.evaluate import answer_questions
-from sftnb.models import load_model, resolve_dtype
+from sftnb.lm.models import load_model, resolve_dtype
 from sftnb.sft import example_ids, prompt_ids, resolve_precision, train
 
 

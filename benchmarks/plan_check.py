@@ -1,6 +1,6 @@
 """The memory plan against a measured peak: the probe's sampling and the evaluation's greedy decoding, run as the
 package runs them (``run.batch_tokens: auto`` unless ``--batch-tokens``), each batch's peak beside the model's
-weights next to ``sftnb.memory``'s estimate of it for the same settings (the stage's estimate less the weights).
+weights next to ``sftnb.lm.memory``'s estimate of it for the same settings (the stage's estimate less the weights).
 
 On CUDA the peak is ``torch.cuda.max_memory_allocated`` (what the plan's formulas count: live tensors), on a CPU the
 peak RSS increase over the RSS before the model was built (/proc/self/status VmHWM; run with
@@ -65,12 +65,12 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from bench_probe import probe_prompts
 
-    from sftnb.batching import resolve_budget
+    from sftnb.lm.batching import resolve_budget
     from sftnb.evaluate import answer_questions
-    from sftnb.generation import generate, slot_bytes
-    from sftnb.memory import PlanSettings, eval_memory, model_shape, probe_memory
-    from sftnb.models import load_model, resolve_device, resolve_dtype
-    from sftnb.scoring import first_token_logits
+    from sftnb.lm.generation import generate, slot_bytes
+    from sftnb.lm.memory import PlanSettings, eval_memory, model_shape, probe_memory
+    from sftnb.lm.models import load_model, resolve_device, resolve_dtype
+    from sftnb.lm.scoring import first_token_logits
 
     dev = resolve_device(a.device)
     dtype = resolve_dtype("auto", dev)                       # run.inference_dtype auto: bf16 on CUDA, fp32 on CPU

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
 
-from .facts import Fact
-from .facts import CATEGORIES
+from .data.facts import Fact
+from .data.facts import CATEGORIES
 from .mastery import category, on_grid
 
 _LOG_ALPHA = (-4.0, 8.0)          # alpha between e^-4 and e^8: anything outside is clamped (and reported)

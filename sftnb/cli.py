@@ -23,10 +23,10 @@ import sys
 import typing
 
 from .config import InjectConfig, ProbeConfig, RestoreConfig, RunOptions
-from .errors import SftnbError
-from .models import DTYPE_CHOICES
-from .regions import REGIONS
-from .strategies import DEFAULT_STRATEGY, STRATEGIES
+from .infra.errors import SftnbError
+from .lm.models import DTYPE_CHOICES
+from .restoration.regions import REGIONS
+from .restoration.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 
 def _default(section, name: str):
@@ -44,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_data_summary(args) -> int:
-    from .data import source_summary
+    from .data.sources import source_summary
 
     if args.source == "entityquestions" and not args.path:
         raise SftnbError("--source entityquestions needs --path DIR")
@@ -66,10 +66,10 @@ def _cmd_probe(args) -> int:
     finished chunk. The folder is removed once ``--out`` is written."""
     from pathlib import Path
 
-    from .data import facts_from_spec
-    from .facts import CATEGORIES
+    from .data.sources import facts_from_spec
+    from .data.facts import CATEGORIES
     from .probe_file import probe_to_jsonl
-    from .relations import all_relations
+    from .data.relations import all_relations
 
     for name in ("templates", "samples", "max_new_tokens", "batch_tokens", "chunk_facts"):
         if getattr(args, name) != "auto" and getattr(args, name) < 1:
@@ -125,9 +125,9 @@ def _cmd_inject(args) -> int:
     ``--out``. Resumable like ``sftnb probe``: the work is a store unit in a hidden folder beside ``--out``."""
     from pathlib import Path
 
-    from .data import facts_from_spec
+    from .data.sources import facts_from_spec
     from .inject import inject_into_folder
-    from .models import model_folder
+    from .lm.models import model_folder
 
     exposures = _parse_exposures(args.exposures)
     out = Path(args.out)
@@ -148,11 +148,11 @@ def _cmd_inject(args) -> int:
 
 
 def _cmd_restore(args) -> int:
-    """The streaming path over checkpoints on disk (``sftnb.checkpoints``)."""
+    """The streaming path over checkpoints on disk (``sftnb.restoration.checkpoints``)."""
     import time
 
-    from .checkpoints import restore_checkpoints
-    from .models import EMBEDDED, model_folder
+    from .restoration.checkpoints import restore_checkpoints
+    from .lm.models import EMBEDDED, model_folder
 
     t0 = time.perf_counter()
     # the embedded default by name: its cached safetensors folder (converted from the GGUF on first use)
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except SftnbError as e:
-        from .launch import world
+        from .infra.launch import world
         rank, size, _ = world()
         # one of several processes (torchrun, accelerate, srun): say which one, since each may see other files
         where = f"[rank {rank} of {size} on {socket.gethostname()}] " if size > 1 else ""

@@ -19,9 +19,9 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .errors import SftnbError
-from .strategies import StrategyName
-from .scales import Scale
+from .infra.errors import SftnbError
+from .restoration.strategies import StrategyName
+from .data.scales import Scale
 # the params' sections (sftnb/schema.py), importable from here as before; RestoreConfig lives here, beside the whole
 from .schema import (BUILTIN_MODELS, DataConfig, EvalConfig, GridConfig, InjectConfig, LoraConfig,  # noqa: F401
                      ModelConfig, ProbeConfig, RunOptions, SFTConfig, TaskConfig, TokenKLConfig)
@@ -34,7 +34,7 @@ class RestoreConfig(_Section):
     train_k_percents: list[float] = [5, 20]              # Table 6 (training set)
     train_scales: Optional[list[Scale]] = None           # Table 6's kept scales (None: every kept scale)
     region: Literal["transformer", "mlp", "attention", "embedding", "all"] = "transformer"
-    strategies: list[StrategyName] = ["top"]             # names of sftnb.strategies.STRATEGIES
+    strategies: list[StrategyName] = ["top"]             # names of sftnb.restoration.strategies.STRATEGIES
     redundant_k_percent: float = Field(20, gt=0, le=100)  # Tables 9-10: where the restored updates sit
     layer_group_size: int = Field(4, ge=1)               # Table 11: layers 0-3, 4-7, ...
     layer_seeds: Optional[list[int]] = None             # Table 11's models (None: the first grid seed)
@@ -232,7 +232,7 @@ def dump(cfg: ExperimentConfig) -> str:
 def write_resolved(cfg: ExperimentConfig, folder: Path) -> Path:
     """``folder/params.resolved.yaml``: the params a run used, every default filled in and every path absolute
     (atomically)."""
-    from .atomic import atomic_write_text
+    from .infra.atomic import atomic_write_text
 
     path = Path(folder) / RESOLVED_PARAMS
     atomic_write_text(path, dump(cfg))

@@ -18,13 +18,13 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .facts import Fact
-from .batching import device_of
-from .generation import StopRule, decode, generate
-from .matching import answer_in_text
-from .models import copy_model, encode_prompt, stop_token_ids, word_start_tokens
+from .data.facts import Fact
+from .lm.batching import device_of
+from .lm.generation import StopRule, decode, generate
+from .data.matching import answer_in_text
+from .lm.models import copy_model, encode_prompt, stop_token_ids, word_start_tokens
 from .sft import prompt_ids
-from .correctness import pack_correct
+from .data.correctness import pack_correct
 
 
 @contextlib.contextmanager

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 from .config import ExperimentConfig, ModelConfig
-from .data import load_source, paper_splits
-from .errors import SftnbError
-from .facts import Fact
-from .models import resolve_device, resolve_dtype
+from .data.sources import load_source, paper_splits
+from .infra.errors import SftnbError
+from .data.facts import Fact
+from .lm.models import resolve_device, resolve_dtype
 from .run import ModelRun
-from .store import Store
+from .infra.store import Store
 
 
 class Experiment:

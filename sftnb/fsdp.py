@@ -28,7 +28,7 @@ After training, ``full_state_dict`` gathers the full weights on the CPU of the m
 get ``{}``) for saving and evaluation in a plain (unsharded) model.
 
 Such an SFT unit spans a group of ranks (``mesh``; all of them by default): see
-``sftnb.distributed.compute_collective`` (the group's first rank claims, computes the rest of the unit and
+``sftnb.infra.distributed.compute_collective`` (the group's first rank claims, computes the rest of the unit and
 publishes; the others train with it and receive the result). Validation: a run with ``sft.strategy: fsdp``
 started as one process is refused when it starts (``distributed.check_fsdp_launch``).
 """
@@ -39,8 +39,8 @@ import time
 
 import torch
 
-from .errors import SftnbError
-from .launch import device
+from .infra.errors import SftnbError
+from .infra.launch import device
 from .sft import IGNORE, TrainReport, answer_loss, collate, example_ids, make_optimizer, resolve_precision
 
 

@@ -4,7 +4,7 @@ per run.
 
 ``Grid`` is one model's grid (``run.grid`` of a ``sftnb.run.ModelRun``: it reads the run's data, model and probes).
 ``sftnb.work`` lists its units, with the others of a run, in dependency order for ``sftnb run`` under torchrun
-(``sftnb.distributed``).
+(``sftnb.infra.distributed``).
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 
 from . import mastery
-from .scales import Scale, scale_order
-from .errors import SftnbError
+from .data.scales import Scale, scale_order
+from .infra.errors import SftnbError
 from .evaluate import inference_copy, stored
-from .facts import Fact
-from .models import copy_model
+from .data.facts import Fact
+from .lm.models import copy_model
 from .sft import resolve_precision, train, train_lora
 
 
@@ -149,7 +149,7 @@ class Grid:
         whichever rank is free. With ``sft.strategy: fsdp`` the sharded runs form a ``Grouped`` stage (groups of
         ``fsdp_ranks`` ranks train different runs at once) and the LoRA runs, which train on one device, follow in
         the same stage, taken by ranks whose group is done."""
-        from .distributed import Grouped
+        from .infra.distributed import Grouped
 
         keys = [k for k in self.keys() if self.training_facts(k) is not None]
         unit = lambda k: (lambda: self.unit(k))           # noqa: E731
@@ -162,7 +162,7 @@ class Grid:
     def fsdp_ranks(self) -> int:
         """Ranks per sharded run: ``sft.fsdp_ranks``, or (auto) the smallest divisor of the world size on whose
         GPUs the plan's SFT stage fits (all of them on a CPU, where nothing limits a group)."""
-        from .launch import world
+        from .infra.launch import world
 
         size, sft = world()[1], self.run.cfg.sft
         if sft.fsdp_ranks != "auto":
@@ -188,16 +188,16 @@ class Grid:
         ref = self.run.reference()
         unit = self.run.store.unit("sft", spec, key.label)
         if self.run.cfg.sft.strategy == "fsdp" and key.kind != "lora":
-            from . import distributed
+            from .infra import distributed
             return distributed.compute_collective(unit, lambda tmp: self._compute_fsdp(tmp, key, ref))
         return unit.compute(lambda tmp: self._evaluate(tmp, key, ref, *self.finetune(key)))
 
     def _compute_fsdp(self, tmp, key: RunKey, ref: dict) -> dict:
         from transformers import AutoModelForCausalLM
 
-        from . import distributed
+        from .infra import distributed
         from .fsdp import mixed_precision, sharded_from_rank0, train_fsdp
-        from .launch import device
+        from .infra.launch import device
 
         run = self.run
         # no copy of the model on any rank: built empty and sharded over the run's group (distributed.group_mesh;

@@ -29,9 +29,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from .errors import SftnbError
-from .facts import Fact
-from .relations import Relation
+from .infra.errors import SftnbError
+from .data.facts import Fact
+from .data.relations import Relation
 
 IGNORE = -100
 
@@ -144,7 +144,7 @@ def exposure_schedule(plan: Sequence[Exposure], templates: dict[str, Sequence[st
 
 def encode_statement(tokenizer, text: str) -> tuple[list[int], list[int]]:
     """(input_ids, labels): the model's prompt start, then the statement; the loss covers every statement token."""
-    from .models import encode_prompt
+    from .lm.models import encode_prompt
 
     ids = encode_prompt(tokenizer, text)
     start = len(getattr(tokenizer, "sftnb_prompt_start", ()))
@@ -213,7 +213,7 @@ def build(store, base_path: str, base_id: str, plan: Sequence[Exposure], templat
     """The injection as a store unit (resumable, deterministic for its seed): its folder's ``model/`` is the
     injected model. ``base_id`` identifies the base weights in the unit's key; ``train_cfg`` is an SFTConfig
     carrying the injection's optimiser settings."""
-    from .models import load_model
+    from .lm.models import load_model
 
     used = {e.fact.relation for e in plan}
     missing = sorted(used - set(templates))
@@ -263,11 +263,11 @@ def inject_into_folder(base_path: str, facts: Sequence[Fact], inject_cfg, out: P
     errors."""
     import shutil
 
-    from .atomic import atomic_folder
+    from .infra.atomic import atomic_folder
     from .config import SFTConfig
-    from .models import model_fingerprint
-    from .relations import all_relations
-    from .store import Store
+    from .lm.models import model_fingerprint
+    from .data.relations import all_relations
+    from .infra.store import Store
 
     templates = {r: list(t) for r, t in default_templates().items()}
     facts = [f for f in facts if f.relation in templates]
@@ -307,7 +307,7 @@ def build_testbed(store, mc, sets: dict[str, list[Fact]], relations: dict[str, R
                   dtype, progress: bool = True):
     """The store unit that builds the testbed model of ``models[]`` entry ``mc``: ``mc.path`` after continued
     pre-training on its injection plan (``build``)."""
-    from .models import model_fingerprint
+    from .lm.models import model_fingerprint
 
     ic = mc.inject
     templates = ic.templates or {r: list(t) for r, t in default_templates().items()}

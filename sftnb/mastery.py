@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 
 from .config import ProbeConfig
-from .errors import SftnbError
-from .facts import CATEGORIES, Fact
-from .generation import StopRule, decode, generate
-from .scoring import continuation_logprobs, lead_in_probs
-from .matching import answer_in_text, expand_answers, normalize
-from .models import encode_prompt, stop_token_ids, word_start_tokens
-from .relations import Relation
+from .infra.errors import SftnbError
+from .data.facts import CATEGORIES, Fact
+from .lm.generation import StopRule, decode, generate
+from .lm.scoring import continuation_logprobs, lead_in_probs
+from .data.matching import answer_in_text, expand_answers, normalize
+from .lm.models import encode_prompt, stop_token_ids, word_start_tokens
+from .data.relations import Relation
 
 PROBE_COLUMNS = ["key", "relation", "subject", "answers", "split", "domain", "R", "category", "template_rates"]
 
@@ -183,7 +183,7 @@ def probe_chunks(store, model, tokenizer, model_id: str, facts: Sequence[Fact], 
                  progress: bool = True, label: str = "probe", dtype: str = "") -> list:
     """The store units of ``probe_stored``, one per chunk of ``cfg.chunk_facts`` facts, as zero-argument callables
     that compute (or reuse) their chunk: the units the ranks of ``sftnb run`` share one by one
-    (``sftnb.distributed``). Arguments as for ``probe_stored``."""
+    (``sftnb.infra.distributed``). Arguments as for ``probe_stored``."""
     method = "likelihood" if (method or cfg.method) == "calibrated" else (method or cfg.method)
     # what changes the numbers: sampling is seeded; a lead-in never holds a token that ends a sample
     drop = {"chunk_facts", "calibration_facts", "method"} | ({"lead_ins", "lead_in_depth"} if method == "sampling"

@@ -1,7 +1,7 @@
 """Parameter level (paper §5, App. B.2, C, E): how much SFT changed each parameter, where, and what restoring
 the most-changed ones to their pre-trained values does.
 
-Builds on the streaming engine in ``sftnb.restore`` (exact global top-k of relative change, live restore/undo)
+Builds on the streaming engine in ``sftnb.restoration.restore`` (exact global top-k of relative change, live restore/undo)
 and on the SFT grid's kept checkpoints. Every sweep is one store unit per fine-tuned model, and every function
 takes the ``ModelRun`` (``sftnb.run``) of the model it analyses.
 
@@ -18,12 +18,12 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from .scales import scale_order
-from .errors import SftnbError
+from .data.scales import scale_order
+from .infra.errors import SftnbError
 from .evaluate import stored
 from .grid import RunKey
-from .regions import model_regions
-from .restore import Restorer
+from .restoration.regions import model_regions
+from .restoration.restore import Restorer
 
 CONCENTRATION_XS = (1, 3, 5, 10, 20, 40, 60)
 
@@ -162,7 +162,7 @@ def task_sweep(run, task_cfg, seed: int) -> dict:
     from .config import project_root
     from .evaluate import answer_questions, inference_copy
     from .sft import resolve_precision, train
-    from .task_scoring import score
+    from .data.task_metrics import score
     from .tasks import load_task
 
     task = load_task(task_cfg.spec(), root=project_root())

@@ -1,7 +1,7 @@
 """``sftnb plan``: will a params file's work fit, before any work? From the main model's config.json alone.
 
 Each stage (probe, SFT, LoRA SFT, evaluation, restoration) gets its per-device peak from the formulas of
-``sftnb.memory`` (documented there, with their assumptions and how they were checked), the host its copy of the
+``sftnb.lm.memory`` (documented there, with their assumptions and how they were checked), the host its copy of the
 pre-trained reference. When something does not fit, ``plan`` searches the changes a user can make, in order of cost --
 more GPUs with ``sft.strategy: fsdp``, ``sft.optimizer: adamw_8bit``, ``sft.gradient_checkpointing: true``, a smaller
 ``run.batch_tokens``, and last ``sft.precision: bf16`` (which leaves the paper's recipe) -- and advises the cheapest
@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import SftnbError
-from .memory import (GB, USABLE, Estimate, ModelShape, PlanSettings, activation_memory, eval_memory, fmt_gb,
+from .infra.errors import SftnbError
+from .lm.memory import (GB, USABLE, Estimate, ModelShape, PlanSettings, activation_memory, eval_memory, fmt_gb,
                      generation_peak, host_memory, lora_memory, model_shape, probe_memory, restore_memory,
                      scoring_peak, sft_memory)
 
@@ -153,7 +153,7 @@ SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layer
 
 def read_config_json(path: str) -> dict:
     """config.json of a model path ("tiny-random", "smollm2-135m" or a folder), without loading weights."""
-    from .models import EMBEDDED, TINY, cache_dir, model_folder, tiny_model
+    from .lm.models import EMBEDDED, TINY, cache_dir, model_folder, tiny_model
 
     if path == TINY:
         return tiny_model()[0].config.to_dict()          # ~100k random parameters: cheaper than re-deriving
@@ -193,7 +193,7 @@ def plan_from_config(cfg, gpus: int | None = None, gpu_memory_gb: float | None =
     plan's memory to its RAM (MemTotal)."""
     import torch
 
-    from .models import cpu_has_native_bf16
+    from .lm.models import cpu_has_native_bf16
 
     if gpus is not None and gpus < 1:
         raise SftnbError(f"--gpus must be at least 1 (got {gpus})")

@@ -9,14 +9,14 @@ from typing import Sequence
 
 import pandas as pd
 
-from .atomic import atomic_write_text
+from .infra.atomic import atomic_write_text
 from .calibration import Calibration, fit, study_facts
 from .config import ProbeConfig
-from .facts import Fact
+from .data.facts import Fact
 from .mastery import probe_stored
-from .models import load_model, model_fingerprint
-from .relations import Relation
-from .store import Store
+from .lm.models import load_model, model_fingerprint
+from .data.relations import Relation
+from .infra.store import Store
 
 
 @dataclass

@@ -21,9 +21,9 @@ import torch
 from . import mastery
 from .config import ModelConfig
 from .evaluate import evaluate_sets, inference_copy, paper_accuracy, pooled_accuracy, stored
-from .facts import CATEGORIES, Fact
+from .data.facts import CATEGORIES, Fact
 from .grid import Grid
-from .models import copy_model, load_model, load_tokenizer, model_fingerprint
+from .lm.models import copy_model, load_model, load_tokenizer, model_fingerprint
 
 SETS = ("train", "test", "testood")
 TEST_SETS = tuple(f"test-{c}" for c in CATEGORIES)
@@ -83,7 +83,7 @@ class ModelRun:
     def identity(self) -> str:
         """The model named exactly, for captions: its variant, where its weights came from, its prompt start and
         the precision the run computed in."""
-        from .models import describe
+        from .lm.models import describe
 
         mc, text = self.mc, describe(self.mc.path)
         if mc.inject is not None:
@@ -178,7 +178,7 @@ class ModelRun:
     def prompt_start_study(self) -> pd.DataFrame:
         """The study facts probed (likelihood, answer at the start) with every ``probe.prompt_start_candidates``:
         mean R and the category counts under each start, and which one the run uses."""
-        from .models import set_prompt_start
+        from .lm.models import set_prompt_start
 
         facts = self.study_facts()
         cfg = self.cfg.probe.model_copy(update={"lead_ins": 0})

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .config import load_config, project_root, write_resolved
 from .experiment import Experiment
-from .errors import SftnbError
-from .atomic import atomic_write_json, atomic_write_text, temp_sibling
+from .infra.errors import SftnbError
+from .infra.atomic import atomic_write_json, atomic_write_text, temp_sibling
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -142,7 +142,7 @@ def _check_memory_plan(cfg, params: Path) -> None:
     better one line now than an out-of-memory error hours in. A multi-process GPU run plans for its world size."""
     import torch
 
-    from .launch import world
+    from .infra.launch import world
     from .plan import format_plan, plan_from_config
 
     rank, size, _ = world()
@@ -170,8 +170,9 @@ def run_cli(args) -> int:
     todo = notebooks(root, args.only)
     executed = out / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
-    # --- several processes (torchrun / accelerate launch / srun): sftnb.distributed -----------------------
-    from . import distributed, work
+    # --- several processes (torchrun / accelerate launch / srun): sftnb.infra.distributed -----------------------
+    from .infra import distributed
+    from . import work
     distributed.check_fsdp_launch(cfg)
     rank_cfg = load_config(params, {"run": run_override} if run_override else None)
     if distributed.world()[1] > 1 and not work.run_units(lambda: Experiment(rank_cfg, root)):

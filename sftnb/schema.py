@@ -10,12 +10,12 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .scales import Scale
+from .data.scales import Scale
+from .lm import EMBEDDED, TINY
 
-# the built-in model names a ``models[].path`` may hold instead of a folder (``sftnb.models`` resolves them)
-EMBEDDED = "smollm2-135m"
-TINY = "tiny-random"
+# the built-in model names a ``models[].path`` may hold instead of a folder (``sftnb.lm.models`` resolves them)
 BUILTIN_MODELS = (EMBEDDED, TINY)
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -108,7 +108,7 @@ class ModelConfig(Section):
     calibration_facts: Optional[int] = Field(None, ge=0)  # this model's probe.calibration_facts (None: the probe's)
     quantization: Optional[Literal["4bit", "8bit"]] = None   # bitsandbytes, CUDA only (probe/eval)
     # what every prompt starts with: "auto" = the tokenizer's own convention (LLaMA: its BOS; SmolLM2: nothing),
-    # "none", or a token of the vocabulary ("<|endoftext|>"); see sftnb.models.set_prompt_start
+    # "none", or a token of the vocabulary ("<|endoftext|>"); see sftnb.lm.models.set_prompt_start
     prompt_start: str = "auto"
     inject: Optional[InjectConfig] = None      # the testbed: ``path`` with facts injected at graded exposure
     grid: Optional["GridConfig"] = None        # this model's own grid (None: the run's ``grid``), e.g. fewer cells
@@ -268,10 +268,10 @@ class RunOptions(Section):
     # weights while fine-tuning; auto = fp32 master weights (autocast per sft.precision), as the paper trains
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # probe/eval weights: auto = bf16 on GPU, fp32 on CPU; fastest = bf16 also on a CPU with native bf16
-    # (sftnb.models.cpu_has_native_bf16), fp32 on one without (there bf16 is emulated and ~4x slower)
+    # (sftnb.lm.models.cpu_has_native_bf16), fp32 on one without (there bf16 is emulated and ~4x slower)
     inference_dtype: Literal["auto", "fastest", "float32", "bfloat16", "float16"] = "auto"
     # generation / scoring batches hold about this many token slots; auto: as many as the free device memory holds
-    # (sftnb.batching.resolve_budget; on a CPU batching.CPU_BATCH_TOKENS = 16384)
+    # (sftnb.lm.batching.resolve_budget; on a CPU batching.CPU_BATCH_TOKENS = 16384)
     batch_tokens: Union[Literal["auto"], int] = "auto"
     out_dir: Optional[str] = None              # store + checkpoints (default runs/<run_name>)
     figures_dir: Optional[str] = None          # tables + figures (default figures/<run_name>)

@@ -1,7 +1,7 @@
 """Supervised fine-tuning on closed-book QA (paper §3.3, App. A).
 
 Every example is ``<start><|question|> {question} <|answer|> {answer}<eos>`` (App. A's template, whose
-``bos_token`` is the model's prompt start: ``sftnb.models.encode_prompt``); the markers are plain text (no new
+``bos_token`` is the model's prompt start: ``sftnb.lm.models.encode_prompt``); the markers are plain text (no new
 tokens) and the loss covers the answer tokens only (prompt tokens carry label -100). Prompt and answer are
 tokenised separately so that evaluation, which feeds the prompt alone, sees exactly the training prompt ids.
 """
@@ -16,9 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import LoraConfig, SFTConfig
-from .errors import SftnbError
-from .batching import left_pad
-from .models import encode_prompt
+from .infra.errors import SftnbError
+from .lm.batching import left_pad
+from .lm.models import encode_prompt
 
 IGNORE = -100
 
@@ -42,7 +42,7 @@ def example_ids(tokenizer, question: str, answer: str) -> tuple[list[int], list[
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad a batch (``sftnb.batching.left_pad``): padding is masked out of attention and loss, and every
+    """Left-pad a batch (``sftnb.lm.batching.left_pad``): padding is masked out of attention and loss, and every
     row's answer ends in the last column (see ``answer_loss``)."""
     input_ids, mask, position_ids = left_pad([ids for ids, _ in examples], pad_id)
     labels, _, _ = left_pad([lab for _, lab in examples], IGNORE)
@@ -82,7 +82,7 @@ class TrainReport:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``fp32`` or ``bf16-mixed`` for this device (see ``SFTConfig.precision``)."""
     if precision in ("auto", "fastest"):
-        from .models import cpu_has_native_bf16
+        from .lm.models import cpu_has_native_bf16
         fast_cpu = precision == "fastest" and cpu_has_native_bf16()
         return "bf16-mixed" if device.type == "cuda" or fast_cpu else "fp32"
     return precision

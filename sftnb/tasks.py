@@ -4,11 +4,11 @@ Table 5 of Ye et al. fine-tunes LLaMA-3-8B on XSum (one-sentence news summaries)
 math), restores the k = 0, 1, 3, 5, 10, 20, 40, 60 % most-changed parameters and scores each restored model
 (ROUGE-1/2/L for XSum, accuracy for GSM8K). The tasks, by what each module does:
 
-* ``sftnb.task_data``: what a task is (``Example``, ``Task``) and real data from local files
+* ``sftnb.data.tasks``: what a task is (``Example``, ``Task``) and real data from local files
   (``load_task_files``): nothing is downloaded at run time;
-* ``sftnb.task_builtin``: two offline built-in tasks for the CPU main run (``builtin_math_task``,
+* ``sftnb.data.builtin_tasks``: two offline built-in tasks for the CPU main run (``builtin_math_task``,
   ``builtin_summary_task``), made deterministically from a seed;
-* ``sftnb.task_scoring``: the metrics (``score``: ROUGE-1/2/L F1 with rouge-score's stemmer; GSM8K accuracy on
+* ``sftnb.data.task_metrics``: the metrics (``score``: ROUGE-1/2/L F1 with rouge-score's stemmer; GSM8K accuracy on
   the number after ``####``) and the prompt each takes (``format_prompt``);
 * here: a task from its params spec (``load_task``; ``TaskConfig.spec()`` dumps to it).
 
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import SftnbError
-from .task_builtin import builtin_math_task, builtin_summary_task
-from .task_data import DEFAULT_FIELDS, Task, load_task_files
-from .task_scoring import check_metric
+from .infra.errors import SftnbError
+from .data.builtin_tasks import builtin_math_task, builtin_summary_task
+from .data.tasks import DEFAULT_FIELDS, Task, load_task_files
+from .data.task_metrics import check_metric
 
 
 BUILTIN_KINDS = {"math": (builtin_math_task, "gsm8k"), "summary": (builtin_summary_task, "rouge")}

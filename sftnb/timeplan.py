@@ -9,7 +9,7 @@ assumption, and ``format_time`` prints each one:
 - another model size runs at the same achieved FLOP rate: throughput x (measured params / params). A small model's
   decode is bound by host work (a step costs about the same whatever the batch), so this reads long for 8B models;
 - the stop rule is off in the probe row: generations are counted at the measured share of max_new_tokens;
-- work is shared at unit granularity (``sftnb.distributed``), so a stage takes its work / (N x one GPU's rate):
+- work is shared at unit granularity (``sftnb.infra.distributed``), so a stage takes its work / (N x one GPU's rate):
   perfect sharing, and for FSDP runs perfect scaling over the ranks; LoRA runs at the full-SFT sample rate;
 - a grid scale ``all`` trains on a fifth of D_train per category (all of it for mixed / LoRA runs): the category
   sizes are known only after the probe.
@@ -42,7 +42,7 @@ def _row(stage: str) -> dict:
 
 def _counts(cfg) -> dict[str, int]:
     """Facts per set and mapping templates per fact, as ``Experiment.sets`` reads them."""
-    from .data import load_source, paper_splits
+    from .data.sources import load_source, paper_splits
 
     d = cfg.data
     factset = load_source(d.source, d.path)
@@ -132,7 +132,7 @@ def plan_text(cfg, gpus: int | None = None, gpu_memory: float | None = None,
               host_memory: float | None = None) -> tuple[str, bool]:
     """``sftnb plan``: (the memory plan of ``sftnb.plan`` with, on GPUs, the time estimate before its last line
     (fits / does not fit), whether the run fits)."""
-    from .errors import SftnbError
+    from .infra.errors import SftnbError
     from .plan import format_plan, plan_from_config
 
     p = plan_from_config(cfg, gpus, gpu_memory, host_memory)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from .errors import SftnbError
+from .infra.errors import SftnbError
 
 
 def renormalized_kl(finetuned_logits: torch.Tensor, base_logits: torch.Tensor, k: int = 10) -> torch.Tensor:
@@ -71,7 +71,7 @@ def select_examples(model, tokenizer, facts: Sequence, relations: dict, best_tem
     pre-trained model's greedy completion has the answer within ``answer_within_words`` words.
     Returns dicts with key, prompt, answers and the pre-trained output, in the order of ``facts``."""
     from .evaluate import complete
-    from .matching import answer_position
+    from .data.matching import answer_position
 
     texts = [relations[f.relation].mapping(best_templates.get(f.relation, 0), f.subject) for f in facts]
     outs = complete(model, tokenizer, texts, max_new_tokens, batch_tokens, progress, desc="§4.1 examples")
@@ -86,8 +86,8 @@ def select_examples(model, tokenizer, facts: Sequence, relations: dict, best_tem
 def first_token_logits_of(model, tokenizer, prompts: Sequence[str], batch_tokens: int = 16384) -> torch.Tensor:
     """[N, V] float32 (CPU) next-token logits of ``model`` after each prompt text (the model's prompt start
     first, as everywhere)."""
-    from .scoring import first_token_logits
-    from .models import encode_prompt
+    from .lm.scoring import first_token_logits
+    from .lm.models import encode_prompt
 
     if not prompts:
         return torch.zeros(0, model.config.get_text_config().vocab_size)

@@ -2,7 +2,7 @@
 
 ``stages(run)`` lists the units of a ``ModelRun`` as stages of zero-argument callables (each computes or reuses
 one store unit). A stage's units are independent; a stage starts once the stages before it are done
-(``sftnb.distributed.compute_all``). A ``Deferred`` stage is listed when it is reached, since listing it needs
+(``sftnb.infra.distributed.compute_all``). A ``Deferred`` stage is listed when it is reached, since listing it needs
 what the stages before compute (the injected model, the mastery categories, the grid's checkpoints).
 
 The analyses after the grid come from ``param_analysis.ANALYSES``, which the notebooks read through too.
@@ -13,8 +13,8 @@ import os
 import time
 from typing import Callable
 
-from . import distributed
-from .distributed import Deferred
+from .infra import distributed
+from .infra.distributed import Deferred
 from .param_analysis import ANALYSES, TASKS
 
 

@@ -23,6 +23,6 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random LLaMA + tokenizer saved as a Hugging Face folder, built once per test session."""
-    from sftnb.models import save_tiny_model
+    from sftnb.lm.models import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0)

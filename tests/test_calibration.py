@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from sftnb.calibration import (Calibration, compare, cross_fitted, fit, fit_alpha, study_facts, transform)
-from sftnb.facts import Fact
+from sftnb.data.facts import Fact
 from sftnb.mastery import category
 
 
@@ -87,8 +87,8 @@ def test_lead_in_phrases_are_a_beam_of_disjoint_events_with_their_exact_probabil
     """Depth 3 keeps depth 1's lead-ins first; every phrase's probability is the product of its tempered next-token
     probabilities, the probabilities after it are those of the watched tokens, and no phrase holds a watched or
     excluded token (so the events "phrase, then a watched token" are disjoint: their sum stays <= 1)."""
-    from sftnb.models import load_model
-    from sftnb.scoring import continuation_logprobs, lead_in_probs
+    from sftnb.lm.models import load_model
+    from sftnb.lm.scoring import continuation_logprobs, lead_in_probs
 
     model, tok = load_model("tiny-random")
     prompts = [tok.encode(t, add_special_tokens=False) for t in (" Zorbville is located in", " Mimbleton is in the")]
@@ -126,8 +126,8 @@ def test_an_answer_after_a_lead_in_is_scored_as_sampling_scores_it(lead, depth):
     from sftnb.config import InjectConfig, ProbeConfig, SFTConfig
     from sftnb.inject import Exposure, exposure_schedule, inject_model, train_config
     from sftnb.mastery import probe
-    from sftnb.models import load_model
-    from sftnb.relations import builtin_relations
+    from sftnb.lm.models import load_model
+    from sftnb.data.relations import builtin_relations
 
     rels = builtin_relations()
     facts = [Fact("city_country", s, (c,), "train", "in", "") for s, c in (("Zorbville", "Qatar"),

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sftnb.builtin_facts import load_builtin
+from sftnb.data.builtin import load_builtin
 from sftnb.cli import main
-from sftnb.relations import builtin_relations, entityquestions_relations
+from sftnb.data.relations import builtin_relations, entityquestions_relations
 
 ROOT = Path(__file__).resolve().parents[1]
 EQ = entityquestions_relations()

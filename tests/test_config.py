@@ -6,7 +6,7 @@ import yaml
 
 from sftnb.config import (SECTIONS, ExperimentConfig, dump, load_config, notebook_config, project_root,
                           read_params_file, validate)
-from sftnb.errors import SftnbError
+from sftnb.infra.errors import SftnbError
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = sorted((ROOT / "params").glob("*.yaml"))
@@ -178,7 +178,7 @@ def test_fastest_dtype_follows_the_cpu(monkeypatch):
     """`fastest` is bf16 only where the CPU computes it natively; `auto` keeps fp32 on any CPU."""
     import torch
 
-    from sftnb import models
+    from sftnb.lm import models
     from sftnb.sft import resolve_precision
     assert models.native_bf16_in_cpuinfo("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
     assert models.native_bf16_in_cpuinfo("Features\t: fp asimd bf16 i8mm\n")

@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from sftnb.builtin_facts import builtin_triples, load_builtin
-from sftnb.data import (Fact, FactSet, domain_totals, load_entityquestions, load_facts_file, load_source,
+from sftnb.data.builtin import builtin_triples, load_builtin
+from sftnb.data.sources import (Fact, FactSet, domain_totals, load_entityquestions, load_facts_file, load_source,
                         paper_splits, subsample_per_relation, summary_table)
-from sftnb.errors import SftnbError
-from sftnb.relations import builtin_relations, entityquestions_relations
+from sftnb.infra.errors import SftnbError
+from sftnb.data.relations import builtin_relations, entityquestions_relations
 
 EQ = entityquestions_relations()
 
@@ -292,7 +292,7 @@ def test_builtin_split_is_deterministic_and_proportioned():
     builtin_triples.cache_clear()
     assert _digest(load_builtin().facts) == first
     # ... and in a fresh interpreter with another hash seed (no dependence on set or dict order)
-    code = ("import hashlib, json; from sftnb.builtin_facts import load_builtin; "
+    code = ("import hashlib, json; from sftnb.data.builtin import load_builtin; "
             "print(hashlib.sha256(json.dumps([f.to_dict() for f in load_builtin().facts]).encode()).hexdigest())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "PYTHONHASHSEED": "12345"}, timeout=120)

@@ -1,4 +1,4 @@
-"""Many processes, one store: claims (sftnb.claims), work sharing and the runner hook (sftnb.distributed), FSDP SFT
+"""Many processes, one store: claims (sftnb.infra.locks), work sharing and the runner hook (sftnb.infra.distributed), FSDP SFT
 (sftnb.fsdp). Multi-process tests start real processes (subprocess, torchrun with the gloo backend) on the CPU."""
 import json
 import os
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sftnb import claims, distributed
+from sftnb.infra import locks as claims, distributed
 from sftnb.config import load_config, validate
-from sftnb.errors import SftnbError
-from sftnb.store import Store
+from sftnb.infra.errors import SftnbError
+from sftnb.infra.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -136,7 +136,7 @@ def snapshot(root: Path) -> dict:
 SAME_UNIT = """
 import json, os, sys, time
 from pathlib import Path
-from sftnb.store import Store
+from sftnb.infra.store import Store
 root, start = Path(sys.argv[1]), float(sys.argv[2])
 store = Store(root)
 time.sleep(max(0.0, start - time.time()))                    # both processes ask at the same moment
@@ -251,7 +251,7 @@ def test_claim_is_released_when_the_unit_raises(tmp_path):
 
 SLOW_UNIT = """
 import sys, time
-from sftnb.store import Store
+from sftnb.infra.store import Store
 store = Store(sys.argv[1])
 def fn(tmp):
     print("READY", flush=True)
@@ -293,8 +293,8 @@ def test_exclusive_create_self_test(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ kill -9, rerun
 KILLED_RUN = """
 import sys
-from sftnb.distributed import compute_all
-from sftnb.store import Store
+from sftnb.infra.distributed import compute_all
+from sftnb.infra.store import Store
 import standin
 store = Store(sys.argv[1])
 hang = (0, int(sys.argv[2])) if len(sys.argv) > 2 else None
@@ -327,8 +327,8 @@ def test_kill_minus_9_mid_unit_then_rerun_completes_without_recomputing(tmp_path
 # ------------------------------------------------------------------------------------------ sharing out
 INDEPENDENT = """
 import sys, time
-from sftnb.distributed import compute_all
-from sftnb.store import Store
+from sftnb.infra.distributed import compute_all
+from sftnb.infra.store import Store
 import standin
 store = Store(sys.argv[1])
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
@@ -361,8 +361,8 @@ def test_share_order_is_rank_strided_then_the_rest():
 
 TORCHRUN_STAGES = """
 import json, sys
-from sftnb import distributed
-from sftnb.store import Store
+from sftnb.infra import distributed
+from sftnb.infra.store import Store
 import standin
 from reports import write_report
 rank, size, _ = distributed.init()
@@ -451,12 +451,12 @@ def test_accelerate_launch_shares_units_too(tmp_path):
 FSDP = """
 import json, sys
 import torch
-from sftnb import distributed
+from sftnb.infra import distributed
 from sftnb.config import SFTConfig
 from torch.distributed.fsdp import MixedPrecisionPolicy
 from sftnb.fsdp import mixed_precision, sharded_from_rank0, train_fsdp
-from sftnb.models import tiny_model
-from sftnb.store import Store
+from sftnb.lm.models import tiny_model
+from sftnb.infra.store import Store
 import pairs_of
 from reports import write_report
 rank, size, _ = distributed.init()
@@ -499,7 +499,7 @@ def test_fsdp_training_matches_a_single_process(tmp_path, device):
     import torch
 
     from sftnb.config import SFTConfig
-    from sftnb.models import tiny_model
+    from sftnb.lm.models import tiny_model
     from sftnb.sft import train
 
     (tmp_path / "pairs_of.py").write_text(f"PAIRS = {PAIRS!r}\n")
@@ -598,7 +598,7 @@ Experiment.work = lambda self: [standin.work(self.store, n=6, stages=2, sleep=0.
 sys.exit(main(["run", "params/smoke.yaml"]))
 """
 NOTEBOOK = """import json, os, pathlib
-from sftnb.store import Store
+from sftnb.infra.store import Store
 out = pathlib.Path(params_file).parents[1]
 units = sorted(u["spec"]["i"] + 10 * u["spec"]["stage"] for u in Store(out / "runs" / "smoke").units("num"))
 with open(out / "notebook_runs.txt", "a") as fh:
@@ -665,7 +665,7 @@ sys.exit(main(["run", "params/smoke.yaml"]))
 def test_a_rank_that_cannot_read_the_model_folder_stops_the_run_with_one_line_and_nothing_written(tmp_path):
     """The model is ``~/tiny``; rank 0's home has it, rank 1's does not (as on a node without the shared disk).
     Rank 1 says so in one line naming itself, the launch fails, and no unit is computed, claimed or half-written."""
-    from sftnb.models import save_tiny_model
+    from sftnb.lm.models import save_tiny_model
     from test_runner import make_project
 
     (tmp_path / "project").mkdir()
@@ -691,7 +691,7 @@ def test_a_rank_that_cannot_read_the_model_folder_stops_the_run_with_one_line_an
 WORK = """
 import json, sys
 from pathlib import Path
-from sftnb import distributed
+from sftnb.infra import distributed
 from sftnb.config import load_config
 from sftnb.experiment import Experiment
 root = Path(sys.argv[1])
@@ -787,7 +787,7 @@ devices = []
 torch.cuda.is_available = lambda: True
 torch.cuda.device_count = lambda: 1
 torch.cuda.set_device = devices.append
-from sftnb import distributed
+from sftnb.infra import distributed
 rank, size, local = distributed.init()
 assert devices == [0], devices
 assert dist.get_backend() == "gloo", dist.get_backend()        # NCCL refuses two ranks on one device

@@ -2,9 +2,9 @@
 import pytest
 
 from sftnb.config import ProbeConfig
-from sftnb.facts import Fact
+from sftnb.data.facts import Fact
 from sftnb.mastery import probe
-from sftnb.relations import builtin_relations
+from sftnb.data.relations import builtin_relations
 
 KNOWN = [("France", "Paris"), ("Japan", "Tokyo"), ("Germany", "Berlin"), ("Italy", "Rome"), ("China", "Beijing")]
 INVENTED = [("Vrenthalia", "Quorvath"), ("Zubrovnia", "Kelmsgard"), ("Ostravelia", "Pindrumel")]
@@ -12,7 +12,7 @@ INVENTED = [("Vrenthalia", "Quorvath"), ("Zubrovnia", "Kelmsgard"), ("Ostravelia
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from sftnb.models import load_model
+    from sftnb.lm.models import load_model
     return load_model("smollm2-135m", device="cpu", dtype="bfloat16")
 
 
@@ -31,7 +31,7 @@ def test_capitals_known_and_invented_entities_unknown(smollm2):
 def test_greedy_engine_equals_generate_on_smollm2(smollm2):
     import torch
 
-    from sftnb.generation import greedy
+    from sftnb.lm.generation import greedy
     from sftnb.sft import prompt_ids
     model, tok = smollm2
     prompts = [prompt_ids(tok, q) for q in ("What is the capital of France?", "Which country is Lyon located in?")]

@@ -10,7 +10,7 @@ import pytest
 from sftnb import report
 from sftnb.report.evidence import headline_metric
 from sftnb.sections import SECTIONS, sft_grid, strategies
-from sftnb.correctness import pack_correct
+from sftnb.data.correctness import pack_correct
 from sftnb.evaluate import paper_accuracy, pooled_accuracy
 from sftnb.grid import RunKey
 from sftnb.report.artifacts import save_table

@@ -1,4 +1,4 @@
-"""The generation engine (sftnb.generation) on tiny random LLaMAs: exactness against Hugging Face, determinism,
+"""The generation engine (sftnb.lm.generation) on tiny random LLaMAs: exactness against Hugging Face, determinism,
 ordering, EOS handling and row compaction, sampling distribution, and the scoring helpers."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from sftnb import batching as B
-from sftnb import generation as G
-from sftnb.generation import decode, generate, greedy
-from sftnb.scoring import continuation_logprobs, first_token_logits
-from sftnb.models import tiny_model
+from sftnb.lm import batching as B
+from sftnb.lm import generation as G
+from sftnb.lm.generation import decode, generate, greedy
+from sftnb.lm.scoring import continuation_logprobs, first_token_logits
+from sftnb.lm.models import tiny_model
 
 TEXTS = ["The capital of X is", "X was born in the city of", "X is a", "Who founded X? The founder of X is",
          "X plays", "The language spoken in X is"]
@@ -283,7 +283,7 @@ def test_batches_respect_budget_and_balance():
 def test_stopping_once_the_answer_is_there_changes_no_correctness():
     """evaluate_sets stops a completion once it contains its answer; the verdicts equal those on full completions."""
     from sftnb.evaluate import answer_questions, score
-    from sftnb.facts import Fact
+    from sftnb.data.facts import Fact
     model, tok = tiny_model(seed=3)
     qs = [f"What is the capital of Place{i}?" for i in range(24)]
     full = answer_questions(model, tok, qs, max_new_tokens=12, progress=False)

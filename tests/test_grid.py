@@ -50,7 +50,7 @@ def test_parameter_analyses_use_the_finetuned_weights(tmp_path):
     import math
 
     from sftnb.param_analysis import kept_runs, restore_sweep, restorer_on, sweep_frame, update_statistics
-    from sftnb.select import in_region
+    from sftnb.restoration.selection import in_region
     exp = Experiment(smoke_config(tmp_path))
     runs = kept_runs(exp.main)
     assert runs
@@ -81,9 +81,9 @@ def test_kept_checkpoint_is_a_folder_sftnb_restore_takes(tmp_path):
     from safetensors.torch import load_file
 
     from sftnb.cli import main
-    from sftnb.models import load_model, save_tiny_model
+    from sftnb.lm.models import load_model, save_tiny_model
     from sftnb.param_analysis import kept_runs
-    from sftnb.select import in_region
+    from sftnb.restoration.selection import in_region
     exp = Experiment(smoke_config(tmp_path))
     key = kept_runs(exp.main)[0]
     exp.main.grid.unit(key)

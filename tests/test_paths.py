@@ -12,7 +12,7 @@ import yaml
 import sftnb.runner as runner
 from sftnb.cli import main
 from sftnb.config import RESOLVED_PARAMS, load_config, notebook_config, validate
-from sftnb.data import load_source
+from sftnb.data.sources import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_paths_resolve_from_outside_the_project_and_absolute_ones_stay(project, 
 def test_a_missing_relative_data_path_names_the_resolved_folder(project, monkeypatch):
     monkeypatch.chdir(project / "notebooks")
     cfg = load_config("params/paths.yaml", {"data": {"source": "entityquestions", "path": "../shared/eq"}})
-    from sftnb.errors import SftnbError
+    from sftnb.infra.errors import SftnbError
     with pytest.raises(SftnbError, match=f"not a directory: {project.parent / 'shared' / 'eq'}$"):
         load_source(cfg.data.source, cfg.data.path)
 

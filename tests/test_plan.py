@@ -11,7 +11,7 @@ import torch
 
 from sftnb.cli import main
 from sftnb.config import load_config, validate
-from sftnb.errors import SftnbError
+from sftnb.infra.errors import SftnbError
 from sftnb.plan import (GB, PlanSettings, activation_memory, format_plan, generation_peak, model_shape, plan,
                         plan_from_config, probe_memory, scoring_peak, sft_memory)
 
@@ -30,7 +30,7 @@ def test_llama3_8b_parameter_count():
 @pytest.mark.parametrize("cfg", [
     LLAMA3_8B,
     dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-         vocab_size=384, tie_word_embeddings=False),                               # sftnb.models.tiny_model
+         vocab_size=384, tie_word_embeddings=False),                               # sftnb.lm.models.tiny_model
     dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
          head_dim=64, vocab_size=49152, tie_word_embeddings=True),                 # SmolLM2-135M (tied)
     dict(hidden_size=96, intermediate_size=200, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=6,
@@ -130,8 +130,8 @@ def reset_peak():
         f.write("5")
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from sftnb.builtin_facts import load_builtin
-from sftnb.models import tiny_model, tiny_tokenizer
+from sftnb.data.builtin import load_builtin
+from sftnb.lm.models import tiny_model, tiny_tokenizer
 args = json.loads(sys.argv[1])
 tok, facts = tiny_tokenizer(), load_builtin().facts
 h = args["hidden"]
@@ -161,8 +161,8 @@ print(json.dumps({"measured": rss("VmHWM:") - base, "width": width, "keep": keep
 """
 _INFER = _COMMON + r"""
 from collections import Counter
-from sftnb.generation import generate
-from sftnb.scoring import first_token_logits
+from sftnb.lm.generation import generate
+from sftnb.lm.scoring import first_token_logits
 from sftnb.sft import prompt_ids
 prompts = [prompt_ids(tok, f.question) for f in facts]
 length = Counter(map(len, prompts)).most_common(1)[0][0]
@@ -190,7 +190,7 @@ print(json.dumps({"weights": weights, "generate": gen, "score": rss("VmHWM:") - 
 
 
 def _native_bf16() -> bool:
-    from sftnb.models import cpu_has_native_bf16
+    from sftnb.lm.models import cpu_has_native_bf16
     return cpu_has_native_bf16()
 
 
@@ -287,7 +287,7 @@ def test_sft_schema_fields():
 
 
 def test_embedded_model_shape_without_conversion():
-    from sftnb.models import cache_dir
+    from sftnb.lm.models import cache_dir
     from sftnb.plan import SMOLLM2_135M, read_config_json
 
     cached = cache_dir() / "smollm2-135m-instruct" / "config.json"
@@ -396,7 +396,7 @@ def test_time_plan_counts_the_work_and_prints_its_assumptions(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ 2 ranks, measured
 _FSDP_RANKS = _COMMON + r"""
 import os
-from sftnb import distributed
+from sftnb.infra import distributed
 from sftnb.config import SFTConfig
 from sftnb.fsdp import mixed_precision, sharded_from_rank0, train_fsdp
 from sftnb.sft import IGNORE, collate, example_ids
@@ -430,7 +430,7 @@ def test_plan_within_25_percent_of_each_ranks_measured_rss_under_torchrun(tmp_pa
     """Issue 23: under ``torchrun --nproc_per_node 2`` (gloo), FSDP SFT as ``GridRuns._compute_fsdp`` runs it (a
     pre-trained template on every rank, weights broadcast from rank 0, MixedPrecisionPolicy, the trained weights
     gathered on rank 0): each rank's peak RSS increase against the plan's sft stage plus that rank's host share."""
-    from sftnb.memory import fsdp_gather_memory, host_memory
+    from sftnb.lm.memory import fsdp_gather_memory, host_memory
 
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",

@@ -9,10 +9,10 @@ from safetensors.torch import load_file, save_file
 
 from sftnb.cli import build_parser, main
 from sftnb.config import RestoreConfig, dump, validate
-from sftnb.errors import SftnbError
-from sftnb.regions import BY_NAME, REGIONS, checkpoint_regions, model_regions
-from sftnb.restore import Restorer
-from sftnb.strategies import STRATEGIES, get_strategy
+from sftnb.infra.errors import SftnbError
+from sftnb.restoration.regions import BY_NAME, REGIONS, checkpoint_regions, model_regions
+from sftnb.restoration.restore import Restorer
+from sftnb.restoration.strategies import STRATEGIES, get_strategy
 
 LAYERS = 3
 
@@ -108,7 +108,7 @@ def old_module_type(name):
 def test_llama_regions_layers_and_labels_are_the_old_ones(tmp_path, bias):
     from transformers import LlamaForCausalLM
 
-    from sftnb.models import tiny_model
+    from sftnb.lm.models import tiny_model
     models = [tiny_model(seed=0)[0]]
     config = tiny_config("llama")
     config.attention_bias = config.mlp_bias = bias

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sftnb.relations import (IN_DOMAIN_EQ, Relation, all_relations, builtin_relations, entityquestions_relations,
+from sftnb.data.relations import (IN_DOMAIN_EQ, Relation, all_relations, builtin_relations, entityquestions_relations,
                              relations_for)
 
 IN_DOMAIN = {"P17", "P19", "P20", "P36", "P69", "P131", "P159", "P276", "P495", "P740"}

@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-import sftnb.restore as rmod
-import sftnb.select as smod
+import sftnb.restoration.restore as rmod
+import sftnb.restoration.selection as smod
 from sftnb.cli import main
-from sftnb.restore import Restorer
-from sftnb.select import FLIP, radix_thresholds, region_names, relative_change
+from sftnb.restoration.restore import Restorer
+from sftnb.restoration.selection import FLIP, radix_thresholds, region_names, relative_change
 
 SHAPES = [(7, 13), (128,), (3, 5, 11), (64, 9), (1,), (200,), (2, 50)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -180,7 +180,7 @@ def test_radix_thresholds_counts_and_ties():
 
 
 def test_layer_groups_and_distribution():
-    from sftnb.models import tiny_model
+    from sftnb.lm.models import tiny_model
     model, _ = tiny_model(seed=0)
     base_model, _ = tiny_model(seed=1)
     base = snapshot(base_model)
@@ -206,7 +206,7 @@ def test_layer_groups_and_distribution():
 # ----------------------------------------------------------------------------------------------- the CLI
 @pytest.fixture(scope="module")
 def model_pair(tmp_path_factory):
-    from sftnb.models import save_tiny_model
+    from sftnb.lm.models import save_tiny_model
     root = tmp_path_factory.mktemp("pair")
     base = save_tiny_model(root / "base", seed=0)
     tuned = save_tiny_model(root / "tuned", seed=1, max_shard_size="200KB")   # sharded, with an index
@@ -215,7 +215,7 @@ def model_pair(tmp_path_factory):
 
 @pytest.mark.parametrize("strategy,region", [("top", "transformer"), ("random", "all")])
 def test_cli_matches_live_restorer(model_pair, tmp_path, strategy, region):
-    from sftnb.models import load_model
+    from sftnb.lm.models import load_model
     base, tuned = model_pair
     out = tmp_path / "restored"
     assert main(["restore", "--base", str(base), "--tuned", str(tuned), "--k", "5,20", "--out", str(out),
@@ -267,7 +267,7 @@ def test_cli_bad_inputs(model_pair, tmp_path, capsys, argv, msg):
 def test_cli_refuses_existing_out_and_mismatched_models(model_pair, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
-    from sftnb.models import save_tiny_model
+    from sftnb.lm.models import save_tiny_model
     base, tuned = model_pair
     out = tmp_path / "o"
     out.mkdir()

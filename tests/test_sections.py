@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from sftnb import report, sections
-from sftnb.correctness import pack_correct
+from sftnb.data.correctness import pack_correct
 from sftnb.grid import RunKey
 from sftnb.report import paper_rows
 from sftnb.report.artifacts import Artifact, ModelOutput

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from sftnb.config import SFTConfig
-from sftnb.facts import Fact
+from sftnb.data.facts import Fact
 from sftnb.evaluate import evaluate_sets
 from sftnb.grid import balanced_sample
-from sftnb.models import tiny_model
+from sftnb.lm.models import tiny_model
 from sftnb.sft import IGNORE, collate, example_ids, prompt_ids, qa_prompt, train
 
 

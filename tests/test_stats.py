@@ -5,7 +5,7 @@ import pytest
 from scipy.special import expit, logit
 
 from sftnb.report import stats
-from sftnb.errors import SftnbError
+from sftnb.infra.errors import SftnbError
 from sftnb.report.stats_rank import ci_spearman
 from sftnb.report.stats import (Interval, category_mean, ci_difference, ci_level, ci_mean_items,
                          pooled_mean, verdict)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sftnb.atomic import atomic_write_json, atomic_write_text
-from sftnb.store import Store, canonical_json, spec_hash
+from sftnb.infra.atomic import atomic_write_json, atomic_write_text
+from sftnb.infra.store import Store, canonical_json, spec_hash
 
 SPEC = {"model": "tiny-random", "scale": 60, "seed": 0, "lr": 1e-5}
 
@@ -143,7 +143,7 @@ def test_a_concurrent_writer_that_finished_first_wins(tmp_path):
 
 KILL_MID_UNIT = """
     import sys, time
-    from sftnb.store import Store
+    from sftnb.infra.store import Store
     store = Store(sys.argv[1])
     store.compute("sft", {"i": 0}, lambda tmp: {"i": 0})           # a unit that finishes
     def slow(tmp):
@@ -165,7 +165,7 @@ def test_kill_minus_9_mid_unit_leaves_no_result_and_resumes(tmp_path):
     store_dir = tmp_path / "sft"
     leftovers = [n for n in _entries(store_dir) if n.startswith(".") and not n.endswith(".claim")]
     assert len(leftovers) == 1 and f".tmp-{proc.pid}-" in leftovers[0]     # the dead writer's temp folder
-    claimed = [n for n in _entries(store_dir) if n.endswith(".claim")]     # and its claim (sftnb.claims)
+    claimed = [n for n in _entries(store_dir) if n.endswith(".claim")]     # and its claim (sftnb.infra.locks)
     assert claimed == [f".{spec_hash('sft', {'i': 1})[:16]}.claim"]
     assert json.loads((store_dir / claimed[0]).read_text())["pid"] == proc.pid
     # before the next run cleans up: the killed unit has no (half-written) result, the finished one has
@@ -232,7 +232,7 @@ def test_atomic_write_json_failing_mid_write_keeps_the_old_file(tmp_path):
 
 KILL_MID_WRITE = """
     import os, sys, time
-    from sftnb import atomic
+    from sftnb.infra import atomic
     def stall(fd):                                   # the data is written, the rename has not happened
         print("READY", flush=True)
         time.sleep(120)

@@ -7,10 +7,10 @@ import warnings
 import pandas as pd
 import pytest
 
-from sftnb.errors import SftnbError
-from sftnb.task_builtin import _passage, builtin_math_task, builtin_summary_task, math_problems
-from sftnb.task_data import Example, load_task_files
-from sftnb.task_scoring import (format_prompt, gsm8k_prediction, gsm8k_reference, gsm8k_scores, metric_columns,
+from sftnb.infra.errors import SftnbError
+from sftnb.data.builtin_tasks import _passage, builtin_math_task, builtin_summary_task, math_problems
+from sftnb.data.tasks import Example, load_task_files
+from sftnb.data.task_metrics import (format_prompt, gsm8k_prediction, gsm8k_reference, gsm8k_scores, metric_columns,
                                 rouge_scores, score)
 from sftnb.tasks import builtin_task, load_task
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sftnb import renormalized_kl
-from sftnb.errors import SftnbError
+from sftnb.infra.errors import SftnbError
 
 
 def reference_kl(ft, base, k):

@@ -5,8 +5,8 @@ import warnings
 
 warnings.filterwarnings("ignore")
 from sftnb.config import SFTConfig
-from sftnb.builtin_facts import load_builtin
-from sftnb.models import load_model
+from sftnb.data.builtin import load_builtin
+from sftnb.lm.models import load_model
 from sftnb.sft import train
 
 facts = [f for f in load_builtin().facts if f.split == "train"][:60]

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..infra.atomic import atomic_write_bytes, atomic_write_text
 
 
 def _flat(df: pd.DataFrame, index: bool) -> tuple[pd.DataFrame, bool]:

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from ..scales import scale_order
+from ..data.scales import scale_order
 from .stats import Interval
 
 

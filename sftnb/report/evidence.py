@@ -1,7 +1,7 @@
 """Every number the tables and figures compare, with its uncertainty: the shared mechanics of the tidy interval
 tables each paper section (``sftnb.sections``) builds from the stored units.
 
-Each evaluation stores per-fact correctness (``sftnb.correctness.pack_correct``) and each grid unit the per-example
+Each evaluation stores per-fact correctness (``sftnb.data.correctness.pack_correct``) and each grid unit the per-example
 first-token KL, so any comparison can be bootstrapped over the *same* test facts. A *condition* is one training
 configuration over its seeds: a [n_seeds, n_facts] array on a domain's facts in a fixed order (category 0's facts,
 then 1's, ...) whose strata are the categories. ``stats`` turns conditions into intervals (test-fact bootstrap +
@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..correctness import unpack_correct
-from ..facts import CATEGORIES
+from ..data.correctness import unpack_correct
+from ..data.facts import CATEGORIES
 from .stats import Interval, ci_difference, ci_level
 
 DOMAINS = ("test", "testood")

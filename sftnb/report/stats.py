@@ -50,7 +50,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 from scipy import stats as _sps
 
-from ..errors import SftnbError
+from ..infra.errors import SftnbError
 
 CATEGORIES = (0, 1, 2, 3, 4)
 _CHUNK = 1 << 22      # elements per gathered bootstrap block (n_seeds x rows x n_facts): ~32 MB of float64

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as _sps
 
-from ..errors import SftnbError
+from ..infra.errors import SftnbError
 from .stats import Interval, check_common
 
 CHUNK = 1 << 22       # elements per bootstrap block

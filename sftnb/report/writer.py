@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..atomic import atomic_write_text
-from ..errors import SftnbError
+from ..infra.atomic import atomic_write_text
+from ..infra.errors import SftnbError
 from . import paper
 from .verdicts import DEFINITIONS, NO_DATA, VERDICTS, Claim, Tables, in_paper_order
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..facts import CATEGORIES
+from ..data.facts import CATEGORIES
 from ..report.artifacts import Artifact, ModelOutput, Output
 from ..report.display import fmt_gain, fmt_level, titled
 from ..report.evidence import interval_row

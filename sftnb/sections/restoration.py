@@ -2,7 +2,7 @@
 two findings of §5.2 (App. C.2 for Table 6).
 
 For each fine-tuned configuration (category, scale, strategy) over its seeds, the top k % of parameters by relative
-change are set back to their pre-trained values (``sftnb.restore``; ``sftnb.param_analysis`` runs the sweeps);
+change are set back to their pre-trained values (``sftnb.restoration.restore``; ``sftnb.param_analysis`` runs the sweeps);
 the rows are the accuracy after restoring and its gain over the same models unrestored (paired seeds and facts).
 """
 from __future__ import annotations

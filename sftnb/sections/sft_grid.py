@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..scales import scale_order
+from ..data.scales import scale_order
 from ..report import paper
 from ..report.artifacts import Artifact, ModelOutput
 from ..report.display import (display, domain_name, errorbar_lines, fmt_gain, fmt_level, has_values, left_out, panels,

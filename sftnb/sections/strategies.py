@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from ..scales import scale_order
+from ..data.scales import scale_order
 from ..report import paper
 from ..report.artifacts import Artifact, ModelOutput
 from ..report.display import display, fmt_gain

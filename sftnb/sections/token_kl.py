@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..scales import scale_order
+from ..data.scales import scale_order
 from ..report import paper
 from ..report.artifacts import Artifact, ModelOutput
 from ..report.display import display, errorbar_lines, fmt_gain, fmt_level, scale_labels, titled

@@ -1,6 +1,6 @@
 import sys, time
 from sftnb.config import load_config
-from sftnb.models import load_model
+from sftnb.lm.models import load_model
 from sftnb.tasks import builtin_task, score
 from sftnb.sft import train
 from sftnb.evaluate import answer_questions

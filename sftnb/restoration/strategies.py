@@ -2,7 +2,7 @@
 schema all read, so a strategy added here is known everywhere at once.
 
 A strategy says how the elements of a region are ranked before the first k % are restored: by the relative change
-r (``sftnb.select.relative_change``) from its largest or its smallest end, or by seeded uniform draws.
+r (``sftnb.restoration.selection.relative_change``) from its largest or its smallest end, or by seeded uniform draws.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-from .errors import SftnbError
+from ..infra.errors import SftnbError
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_folder
-from .errors import SftnbError
-from .schema import EMBEDDED, TINY     # the built-in names, which params' path resolution leaves as they are
+from ..infra.atomic import atomic_folder
+from ..infra.errors import SftnbError
+from . import EMBEDDED, TINY     # the built-in names, which params' path resolution leaves as they are
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", "fastest", *_DTYPES)    # what every dtype option accepts (see resolve_dtype)
@@ -129,7 +129,7 @@ def tiny_tokenizer(vocab_size: int = 384):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from .relations import all_relations
+    from ..data.relations import all_relations
 
     corpus = []
     for rel in all_relations().values():
@@ -212,7 +212,7 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 
 def word_start_tokens(tokenizer) -> torch.Tensor:
     """[V] bool: tokens whose text starts with a non-word character (before one, the text's last word has ended;
-    ``sftnb.generation.StopRule``). Computed once per tokenizer."""
+    ``sftnb.lm.generation.StopRule``). Computed once per tokenizer."""
     cached = getattr(tokenizer, "sftnb_word_start", None)
     if cached is not None:
         return cached

@@ -14,7 +14,7 @@ of all r:
   elements equal to T to take. The same passes carry float64 sums of r per bin, so the concentration table
   (Table 3) is exact (sums of everything above T, plus ties x T's value) at no extra pass.
 * Ties at T are taken in canonical order: tensors by sorted name, then flat index (``TieBreaker``). The live
-  ``sftnb.restore.Restorer`` and the streaming ``sftnb.checkpoints.restore_checkpoints`` both walk tensors in that
+  ``sftnb.restoration.restore.Restorer`` and the streaming ``sftnb.restoration.checkpoints.restore_checkpoints`` both walk tensors in that
   order, so they select identical elements.
 * count = floor(n * k / 100).
 
@@ -22,8 +22,8 @@ Everything streams in pieces through reused workspace buffers (a large tensor's 
 reusing buffers also avoids page faults on every allocation, the main cost on CPU): ``CHUNK`` elements per
 piece read from disk, ``PIECE`` per piece of a live model.
 
-The strategies (which end of the ranking, or seeded draws) are registered in ``sftnb.strategies``; regions (which
-tensors take part) and the per-layer / per-module distribution of a selection (Tables 9-10) in ``sftnb.regions``.
+The strategies (which end of the ranking, or seeded draws) are registered in ``sftnb.restoration.strategies``; regions (which
+tensors take part) and the per-layer / per-module distribution of a selection (Tables 9-10) in ``sftnb.restoration.regions``.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .errors import SftnbError
-# regions live in sftnb.regions; re-exported because callers (benchmarks, tests) take them from here
+from ..infra.errors import SftnbError
+# regions live in sftnb.restoration.regions; re-exported because callers (benchmarks, tests) take them from here
 from .regions import REGIONS, distribution, in_region, layer_of, region_names  # noqa: F401
 from .strategies import get_strategy
 

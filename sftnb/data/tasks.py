@@ -18,8 +18,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SftnbError
-from .task_scoring import check_metric, format_prompt, gsm8k_reference
+from ..infra.errors import SftnbError
+from .task_metrics import check_metric, format_prompt, gsm8k_reference
 
 
 @dataclass(frozen=True)

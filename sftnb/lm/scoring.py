@@ -6,7 +6,7 @@
     lead_in_probs(model, prompts, watch, n_lead, temperature=1.0, ..., depth=1) -> list[dict]: the probability of
         watched tokens at the start and right after the model's likeliest other first tokens or phrases (lead-ins)
 
-All work on token-id lists in left-padded batches of about ``batch_tokens`` tokens (``sftnb.batching``); only the
+All work on token-id lists in left-padded batches of about ``batch_tokens`` tokens (``sftnb.lm.batching``); only the
 positions needed are projected on the vocabulary (``logits_to_keep``), so any causal LM's own head applies.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .batching import LOGITS_BUDGET, batches, cache_kwarg, check_prompts, device
 
 def _budget(batch_tokens, model) -> int:
     """``batch_tokens``, or for "auto" what the free device memory holds at a no-grad forward's peak per token
-    (``sftnb.memory.forward_bytes_per_token``; the logits have their own budget, LOGITS_BUDGET)."""
+    (``sftnb.lm.memory.forward_bytes_per_token``; the logits have their own budget, LOGITS_BUDGET)."""
     def per_token():
         from .memory import forward_bytes_per_token, model_shape
         shape = model_shape(model.config.to_dict())

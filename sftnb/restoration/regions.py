@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .errors import SftnbError
+from ..infra.errors import SftnbError
 
 REGIONS = ("transformer", "mlp", "attention", "embedding", "all")
 LAYER_REGIONS = {"transformer": ("attention", "mlp"), "mlp": ("mlp",), "attention": ("attention",)}
@@ -238,7 +238,7 @@ def layer_of(name: str, regions: ModelRegions | None = None) -> int | None:
 
 
 def distribution(selection, regions: ModelRegions | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Tables 9 and 10: the share of a selection's elements (``sftnb.select.Selection``) per decoder layer and per
+    """Tables 9 and 10: the share of a selection's elements (``sftnb.restoration.selection.Selection``) per decoder layer and per
     module label (the paper's for LLaMA-style projections first, then the others as they come, then "other")."""
     regions = regions or BY_NAME
     total = sum(selection.per_tensor.values()) or 1

@@ -65,13 +65,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import SftnbError
+from ..infra.errors import SftnbError
 
 GB = 1 << 30
 USABLE = 0.90                       # share of a device's memory the estimates may fill
-PIECE = 1 << 20                     # sftnb.restore.PIECE: elements per piece of a live model
+PIECE = 1 << 20                     # sftnb.restoration.restore.PIECE: elements per piece of a live model
 WORKSPACE_PER_ELEMENT = 32          # reused buffers per piece element (r, keys, mask, indices, values), rounded up
-LOGITS_BUDGET = 1 << 25             # sftnb.generation._LOGITS_BUDGET
+LOGITS_BUDGET = 1 << 25             # sftnb.lm.generation._LOGITS_BUDGET
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -126,7 +126,7 @@ class ModelShape:
         return max(i * o for i, o in [*self.projections().values(), (self.vocab, self.hidden)])
 
     def region_params(self, region: str) -> int:
-        """Parameters of a restoration region (sftnb.regions) of this LLaMA-like shape."""
+        """Parameters of a restoration region (sftnb.restoration.regions) of this LLaMA-like shape."""
         per_layer = {"mlp": self.mlp_params(), "attention": self.attention_params(),
                      "transformer": self.mlp_params() + self.attention_params()}
         if region in per_layer:
@@ -295,7 +295,7 @@ def forward_bytes_per_token(shape: ModelShape, b: int) -> int:
 
 def generation_peak(shape: ModelShape, b: int, batch_tokens: int, prompt: int, new: int, n: int,
                     sampling: bool) -> Estimate:
-    """max(decode, prefill) of one full generate() batch (sftnb.generation), weights excluded."""
+    """max(decode, prefill) of one full generate() batch (sftnb.lm.generation), weights excluded."""
     rows = max(1, batch_tokens // (prompt + new))
     kv_token = 2 * shape.layers * shape.kv_dim * b
     f = forward_bytes_per_token(shape, b)
@@ -315,7 +315,7 @@ def scoring_peak(shape: ModelShape, b: int, batch_tokens: int, logit_entries: in
 
 
 def auto_budget(shape: ModelShape, s: PlanSettings, held: int, per_token: float) -> int:
-    """``run.batch_tokens: auto`` as ``sftnb.batching.resolve_budget`` sizes it: the token slots that fill USABLE of
+    """``run.batch_tokens: auto`` as ``sftnb.lm.batching.resolve_budget`` sizes it: the token slots that fill USABLE of
     a device beside ``held`` bytes (``per_token``: the stage's peak per slot); on a CPU its fixed default."""
     from .batching import CPU_BATCH_TOKENS
 

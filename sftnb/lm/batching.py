@@ -1,5 +1,5 @@
 """Batches of token-id sequences for a causal LM: left padding with explicit positions, and batches of about a
-token budget. Shared by generation (``sftnb.generation``), teacher-forced scoring (``sftnb.scoring``) and SFT
+token budget. Shared by generation (``sftnb.lm.generation``), teacher-forced scoring (``sftnb.lm.scoring``) and SFT
 (``sftnb.sft``), so every forward the package runs pads and positions the same way.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ LOGITS_BUDGET = 1 << 25    # scoring: at most this many logit entries per batch 
 # run.batch_tokens "auto" on a CPU, where there is no free device memory to size batches by: the budget measured
 # fastest for the embedded 135M model on a 2-core Xeon (larger batches gain nothing there and cost RAM)
 CPU_BATCH_TOKENS = 16384
-USABLE = 0.90              # share of the free device memory an "auto" budget may fill (sftnb.memory.USABLE)
+USABLE = 0.90              # share of the free device memory an "auto" budget may fill (sftnb.lm.memory.USABLE)
 
 
 def device_of(model) -> torch.device:
@@ -42,7 +42,7 @@ def free_device_bytes(device: torch.device) -> int | None:
 
 def resolve_budget(batch_tokens, model, bytes_per_token: Callable[[], float]) -> int:
     """``batch_tokens`` as given, or for ``"auto"`` / None the largest budget whose batches fit the free device
-    memory (``bytes_per_token()``: a batch's peak per budget token, ``sftnb.memory``'s formula), or
+    memory (``bytes_per_token()``: a batch's peak per budget token, ``sftnb.lm.memory``'s formula), or
     ``CPU_BATCH_TOKENS`` on a CPU."""
     if batch_tokens not in (None, "auto"):
         return int(batch_tokens)

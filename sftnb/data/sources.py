@@ -1,4 +1,4 @@
-"""Closed-book QA facts: the loaders (paper §3.1). Their records, ``Fact`` and ``FactSet``, are in ``sftnb.facts``.
+"""Closed-book QA facts: the loaders (paper §3.1). Their records, ``Fact`` and ``FactSet``, are in ``sftnb.data.facts``.
 
 Sources:
 
@@ -6,7 +6,7 @@ Sources:
   ``.jsonl``) at any path. The subject is recovered from each question through its relation's question
   template; a question that does not fit is counted and reported (``FactSet.unmatched``), never silently
   dropped.
-* ``builtin``: real-world facts built offline from data shipped by PyPI packages (``sftnb.builtin_facts``).
+* ``builtin``: real-world facts built offline from data shipped by PyPI packages (``sftnb.data.builtin``).
 * a JSONL facts file (``relation``, ``subject``, ``answers``; optional ``split``): ``load_facts_file``.
 
 Downstream the paper's datasets are: D_train = in-domain train, D_test = in-domain test,
@@ -23,7 +23,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .errors import SftnbError
+from ..infra.errors import SftnbError
 from .facts import SPLITS, Fact, FactSet
 from .relations import all_relations, relations_for
 
@@ -160,7 +160,7 @@ def load_source(source: str, path: str | Path | None = None) -> FactSet:
             raise SftnbError("data.source 'entityquestions' needs data.path (the dataset's folder)")
         return load_entityquestions(path)
     if source == "builtin":
-        from .builtin_facts import load_builtin
+        from .builtin import load_builtin
         return load_builtin()
     if source == "file":
         if path is None:

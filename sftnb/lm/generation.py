@@ -7,7 +7,7 @@ Public API (all work on token-id lists; callers build prompts, BOS included if t
     greedy(model, prompts, **kw) -> list[list[int]]
     decode(tokenizer, completions) -> list[list[str]]
 
-(Teacher-forced scoring, without sampling, is in ``sftnb.scoring``; batching and padding in ``sftnb.batching``.)
+(Teacher-forced scoring, without sampling, is in ``sftnb.lm.scoring``; batching and padding in ``sftnb.lm.batching``.)
 
 What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_sequences=n)`` on this workload:
 
@@ -31,7 +31,7 @@ What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_
 Batching: a batch of B prompts of longest length L costs ``B * n * (L + max_new_tokens)`` token slots (its KV cache
 at the end of decoding); batches are filled, in length order, up to ``batch_tokens`` (a single prompt always
 forms a batch even when it alone exceeds the budget). ``batch_tokens="auto"`` (``run.batch_tokens: auto``, the
-default) sizes the budget from the device's free memory with ``sftnb.memory``'s formula for a batch's peak (the
+default) sizes the budget from the device's free memory with ``sftnb.lm.memory``'s formula for a batch's peak (the
 H200 logs: a 135M model ran 4x faster at 2**21 token slots than at 2**16); on a CPU it is ``CPU_BATCH_TOKENS``.
 
 Determinism: the uniform that picks token t of sample j of a prompt is a hash of (seed, the prompt's token ids,
@@ -279,7 +279,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
 
 
 def slot_bytes(model, prompt: int, new: int, n: int, sampling: bool) -> float:
-    """Peak device bytes of a generate() batch per token slot of its budget (``sftnb.memory.generation_peak``:
+    """Peak device bytes of a generate() batch per token slot of its budget (``sftnb.lm.memory.generation_peak``:
     KV cache, logits, sampler and forward), for prompts of ``prompt`` tokens."""
     from .memory import generation_peak, model_shape
 

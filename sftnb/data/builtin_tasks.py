@@ -1,5 +1,5 @@
 """Two offline built-in tasks for Table 5 on the CPU main run (``builtin_math_task``, ``builtin_summary_task``),
-made deterministically from a seed, the facts that ``sftnb.builtin_facts`` ships and the wording in
+made deterministically from a seed, the facts that ``sftnb.data.builtin`` ships and the wording in
 ``resources/builtin_task_templates.json``.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Callable
 
-from .errors import SftnbError
-from .task_data import Example, Task
-from .task_scoring import format_prompt
+from ..infra.errors import SftnbError
+from .tasks import Example, Task
+from .task_metrics import format_prompt
 
 
 @lru_cache(maxsize=1)
@@ -101,7 +101,7 @@ def builtin_math_task(n_train: int = 400, n_test: int = 100, seed: int = 0, max_
 def _countries() -> tuple[dict, ...]:
     """Countries with a capital, continent and currency (what the summary states), with their languages and
     cities other than the capital, sorted by name."""
-    from .builtin_facts import builtin_triples
+    from .builtin import builtin_triples
     info: dict[str, dict] = {}
     cities: dict[str, list[str]] = {}
     for rel, subject, answers in builtin_triples():

@@ -1,7 +1,7 @@
 """Who this process is among the processes of one run: (rank, world_size, local_rank) from the launcher's
 environment -- torchrun and ``accelerate launch`` (RANK, WORLD_SIZE, LOCAL_RANK), else Slurm's ``srun``
 (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID: the batch script itself is one process even when the job has
-several tasks), else (0, 1, 0). Read by the store's claims and by ``sftnb.distributed``.
+several tasks), else (0, 1, 0). Read by the store's claims and by ``sftnb.infra.distributed``.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ and its claim is retaken (dead pid on the same host at once, else after ``stale_
 ``compute``) computes it without a second claim, as the store always did: waiting for itself would deadlock.
 
 *No-wait mode.* ``with no_wait():`` makes ``claim_or_wait`` raise ``Busy`` instead of waiting, so that the work
-sharing in ``sftnb.distributed.compute_all`` can skip a unit another process is computing and come back to it.
+sharing in ``sftnb.infra.distributed.compute_all`` can skip a unit another process is computing and come back to it.
 
 *Filesystems without O_EXCL.* ``check_exclusive_create(root)`` runs at ``Store()`` creation: it creates the same
 probe file twice and expects the second to fail. Where it does not (some FUSE / object-store mounts, NFSv2),
@@ -247,7 +247,7 @@ def break_stale(path: Path, stale_s: float | None = None, heartbeat_s: float | N
 
 def claim_or_wait(unit, heartbeat_s: float | None = None, stale_s: float | None = None,
                   poll_s: float | None = None) -> Claim | None:
-    """A started claim on ``unit`` (a ``sftnb.store.Unit``) when this process must compute it, or None once
+    """A started claim on ``unit`` (a ``sftnb.infra.store.Unit``) when this process must compute it, or None once
     another process has published it (after waiting for it). In no-wait mode raises ``Busy`` instead of waiting."""
     path = claim_path(unit.path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def entityquestions_relations() -> dict[str, Relation]:
 
 @lru_cache(maxsize=None)
 def builtin_relations() -> dict[str, Relation]:
-    """Relations of the embedded built-in facts (sftnb.builtin_facts)."""
+    """Relations of the embedded built-in facts (sftnb.data.builtin)."""
     return _load_relations("builtin_relations.json", "builtin")
 
 

@@ -15,7 +15,7 @@ import re
 from functools import lru_cache
 from typing import Callable, Sequence
 
-from .errors import SftnbError
+from ..infra.errors import SftnbError
 
 
 @lru_cache(maxsize=1)

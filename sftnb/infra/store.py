@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import claims
+from . import locks as claims
 from .launch import pid_alive, world
 from .atomic import atomic_folder, atomic_write_json, temp_owner_pid
 
@@ -69,7 +69,7 @@ class Unit:
             self.store.reused.append(self)
             self.store.log("reused", self)
             return self.result()
-        # --- claims (sftnb.claims): one process computes the unit, the others wait for it and read it ---
+        # --- claims (sftnb.infra.locks): one process computes the unit, the others wait for it and read it ---
         claim = claims.claim_or_wait(self)
         if claim is None:                          # another process published it meanwhile
             self.store.reused.append(self)
@@ -95,12 +95,12 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         self.computed: list[Unit] = []
         self.reused: list[Unit] = []
-        claims.check_exclusive_create(self.root)   # claims need O_EXCL (sftnb.claims)
+        claims.check_exclusive_create(self.root)   # claims need O_EXCL (sftnb.infra.locks)
         self.clean_stale()
 
     def log(self, event: str, unit: Unit) -> None:
         """One line per unit served, so ``sftnb run`` can say what each notebook computed and reused, and which
-        rank of which host did it (several processes share one store: ``sftnb.distributed``)."""
+        rank of which host did it (several processes share one store: ``sftnb.infra.distributed``)."""
         line = json.dumps({"event": event, "kind": unit.kind, "unit": unit.path.name, "t": round(time.time(), 3),
                            "rank": world()[0], "host": socket.gethostname(), "pid": os.getpid()})
         with open(self.root / "units.log.jsonl", "a", encoding="utf-8") as fh:
@@ -113,7 +113,7 @@ class Store:
         return self.unit(kind, spec, label).compute(fn)
 
     def clean_stale(self) -> int:
-        """Delete temporary directories left by processes that died mid-unit, and stale claims (``sftnb.claims``).
+        """Delete temporary directories left by processes that died mid-unit, and stale claims (``sftnb.infra.locks``).
         A temporary folder whose unit is claimed by a live process (maybe on another node) is kept."""
         n = 0
         for tmp in self.root.glob("*/.*"):

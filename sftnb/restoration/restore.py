@@ -2,8 +2,8 @@
 
 ``Restorer`` works on a live model: ``restore(k)`` writes the pre-trained values of the top (bottom, random) k %
 of a region in place, ``restore_layers(group)`` those of whole decoder layers (Table 11); ``undo()`` gives the
-fine-tuned values back bit for bit. Which elements are taken comes from ``sftnb.select`` (the exact global
-radix selection, shared with the on-disk path in ``sftnb.checkpoints``); both kinds of restoration go through
+fine-tuned values back bit for bit. Which elements are taken comes from ``sftnb.restoration.selection`` (the exact global
+radix selection, shared with the on-disk path in ``sftnb.restoration.checkpoints``); both kinds of restoration go through
 one loop over the region's pieces, given a selection predicate.
 
 Undo keeps a 1-bit-per-element mask of what changed plus, depending on where the pre-trained weights are:
@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import SftnbError
+from ..infra.errors import SftnbError
 from .regions import distribution, model_regions
-from .select import (Pass1, Selection, Threshold, TieBreaker, Workspace, chunk_keys, percent_counts, pieces,
+from .selection import (Pass1, Selection, Threshold, TieBreaker, Workspace, chunk_keys, percent_counts, pieces,
                      radix_pass1, radix_thresholds)
 from .strategies import get_strategy
 
@@ -302,5 +302,5 @@ class Restorer:
             self.undo()
 
     def distribution(self, selection: Selection) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Tables 9 and 10 for a selection (see ``sftnb.regions.distribution``)."""
+        """Tables 9 and 10 for a selection (see ``sftnb.restoration.regions.distribution``)."""
         return distribution(selection, self.regions)

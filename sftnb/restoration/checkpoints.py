@@ -1,8 +1,8 @@
 """Checkpoints on disk, tensor by tensor: safetensors folders in, atomically published shards out.
 
 ``restore_checkpoints`` is ``sftnb restore``. Pass 1 and 2 stream both checkpoints to find every k's threshold
-(``sftnb.select.radix_pass1`` / ``radix_thresholds``); pass 3 reads each tensor once more and writes it into
-every k's output at the same time. At most one chunk (``sftnb.select.CHUNK`` elements) of a tensor pair is in
+(``sftnb.restoration.selection.radix_pass1`` / ``radix_thresholds``); pass 3 reads each tensor once more and writes it into
+every k's output at the same time. At most one chunk (``sftnb.restoration.selection.CHUNK`` elements) of a tensor pair is in
 memory, so a pair larger than RAM works.
 
 Reading: the safetensors header is parsed here and tensors are read with positioned reads (``readinto``) into
@@ -11,7 +11,7 @@ was touched counts in the process's resident set, so a streamed 8 GB pair would 
 Writing: the shard layout (names, dtypes, shapes, offsets) is known before any data is read, so each shard's
 header is written first and tensor bytes are appended as they are produced: no shard is held in memory.
 Everything goes to a hidden temporary folder next to ``--out`` that is renamed into place at the end
-(``sftnb.atomic.atomic_folder``); the input folders are never written to.
+(``sftnb.infra.atomic.atomic_folder``); the input folders are never written to.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from typing import Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_folder, atomic_write_json, atomic_write_text
-from .errors import SftnbError
+from ..infra.atomic import atomic_folder, atomic_write_json, atomic_write_text
+from ..infra.errors import SftnbError
 from .regions import checkpoint_regions, distribution
-from .select import (CHUNK, Selection, TieBreaker, Workspace, chunk_keys, chunks, percent_counts, radix_pass1,
+from .selection import (CHUNK, Selection, TieBreaker, Workspace, chunk_keys, chunks, percent_counts, radix_pass1,
                      radix_thresholds)
 from .strategies import get_strategy
 

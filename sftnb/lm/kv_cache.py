@@ -1,4 +1,4 @@
-"""The KV caches of sftnb's decoder (``sftnb.generation``): a prefill's cache repeated for its samples, either in
+"""The KV caches of sftnb's decoder (``sftnb.lm.generation``): a prefill's cache repeated for its samples, either in
 preallocated layers written in place (no copy of the whole cache per step) or in a transformers ``StaticCache``
 whose decode step can be captured as CUDA graphs."""
 from __future__ import annotations

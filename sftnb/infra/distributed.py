@@ -15,7 +15,7 @@ exported (the README's sbatch script does).
 *Work sharing.* ``compute_all(stages)`` takes the run's units in dependency order, grouped in stages (lists of
 zero-argument callables, each computing or reusing store units). In each stage rank r walks the units in a
 rank-strided order -- its own share r, r+N, r+2N, ... first, then the other ranks' shares, each from its tail --
-and calls them. Claims (``sftnb.claims``) make every unit computed exactly once: a unit another process is
+and calls them. Claims (``sftnb.infra.locks``) make every unit computed exactly once: a unit another process is
 computing is skipped (no-wait mode) and revisited after the others, so a rank that finished its share takes over
 units nobody has started yet instead of waiting behind a busy one. A barrier ends each stage. Nothing here
 schedules or shards by hand: the store's claims balance the load, the launcher starts the processes.
@@ -55,7 +55,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import claims
+from . import locks as claims
 from .errors import SftnbError
 from .launch import device, world
 
