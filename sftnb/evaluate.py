@@ -32,7 +32,7 @@ def inference_copy(model, dtype: torch.dtype | None):
     """The model itself, or a temporary copy in ``dtype`` (bf16 decoding is ~4x faster on a bf16-capable CPU
     while training keeps fp32 weights). The copy is made in ``dtype`` tensor by tensor (``models.copy_model``):
     beside the model, the device holds one copy in ``dtype``, never a second full-precision one. (A caller that
-    needs the model no more casts it in place instead, as ``GridRuns._evaluate_run`` does.)"""
+    needs the model no more casts it in place instead, as ``Grid._evaluate`` does.)"""
     current = next(model.parameters()).dtype
     if dtype is None or dtype == current:
         yield model

@@ -427,7 +427,7 @@ distributed.shutdown()
 
 @pytest.mark.slow                      # two torchrun ranks train a 30M-parameter model with FSDP on the CPU
 def test_plan_within_25_percent_of_each_ranks_measured_rss_under_torchrun(tmp_path):
-    """Issue 23: under ``torchrun --nproc_per_node 2`` (gloo), FSDP SFT as ``GridRuns._compute_fsdp`` runs it (a
+    """Issue 23: under ``torchrun --nproc_per_node 2`` (gloo), FSDP SFT as ``Grid._compute_fsdp`` runs it (a
     pre-trained template on every rank, weights broadcast from rank 0, MixedPrecisionPolicy, the trained weights
     gathered on rank 0): each rank's peak RSS increase against the plan's sft stage plus that rank's host share."""
     from sftnb.lm.memory import fsdp_gather_memory, host_memory

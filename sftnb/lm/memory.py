@@ -29,12 +29,12 @@ FSDP (N ranks): (W + G + O)/N + (root + 2*layer)*b_g + max(root, layer)*b_w + Ac
   the compute dtype b_g, and one unit's unsharded gradients before the reduce-scatter. Mixed precision must come from
   FSDP's MixedPrecisionPolicy, not autocast, whose cache would keep a bf16 copy of every gathered weight (2 B/param,
   unsharded) until the forward ends: C = 0 here.
-LoRA (rank r; one device per run, also with sft.strategy fsdp: GridRuns.run_units): frozen W + C + Act
+LoRA (rank r; one device per run, also with sft.strategy fsdp: Grid.units): frozen W + C + Act
   + T*L*sum_targets(in + r)*a
   (lora_A's dropout output, lora_B's input; measured fp32 +6 %, bf16-mixed -14 %) + 16 B per adapter parameter.
 Probe / eval (generation; each device holds a full replica, also under fsdp): P*b_i + max(phases): the probe's model
   is made in b_i straight from the host template (models.copy_model), the evaluated fine-tuned model is cast in place
-  (GridRuns._evaluate_run). run.batch_tokens auto: the budget that fills USABLE of the device beside the weights
+  (Grid._evaluate). run.batch_tokens auto: the budget that fills USABLE of the device beside the weights
   (batching.resolve_budget; this formula per slot). rows = batch_tokens // (prompt + new) (a full batch); a
   no-grad forward's widest moment is f = (3I + 4H)*b_i per token (MLP activation, up and product beside the
   residual, norm and attention outputs).
@@ -47,7 +47,7 @@ Restore (live, one full fine-tuned model, also under fsdp): P*b_w + undo + regio
   (32 B per element of one piece: Restorer's reused buffers, <= 32 MiB) + eval's inference copy and phases.
   undo = max(k_max % of the region, one layer group)*b_w: with the reference on the host, Restorer cannot swap
   (param_analysis asks swap=False anyway) and keeps the overwritten fine-tuned values on the device until undo.
-Host: the pre-trained template P*b_w (Experiment._template) per process, any strategy (every rank probes and
+Host: the pre-trained template P*b_w (ModelRun.template) per process, any strategy (every rank probes and
   evaluates on its own); under fsdp rank 0 also gathers each trained model (P*b_w) for saving and evaluation.
 Fits: every stage <= USABLE (90 %) of a device (the CUDA context and the allocator's reserve come out of the rest);
   on a CPU the device is the host: largest stage + host copy <= 90 % of RAM (/proc/meminfo MemTotal).
@@ -359,7 +359,7 @@ def _eval_peak(shape: ModelShape, s: PlanSettings, held: int) -> Estimate:
 
 def eval_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
     """Greedy evaluation, and the first-token logits of the token-KL analysis. The fine-tuned model, no longer
-    needed in its training precision, is cast in place (``GridRuns._evaluate_run``; under fsdp it is rebuilt on
+    needed in its training precision, is cast in place (``Grid._evaluate``; under fsdp it is rebuilt on
     rank 0's host and moved once, in the inference dtype): one copy on the device."""
     b = s.infer_bytes
     weights = shape.params * b
@@ -379,7 +379,7 @@ def restore_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
 
 def host_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
     """Host RAM of one node as the code allocates it: every process (rank) keeps the pre-trained model on its host
-    (``Experiment._template``: the source of every copy and the restoration reference); the copies it hands out are
+    (``ModelRun.template``: the source of every copy and the restoration reference); the copies it hands out are
     made on its device (``models.copy_model``), never on the host. Under fsdp the weights reach the other ranks'
     shards from rank 0's template (``fsdp.sharded_from_rank0``) and rank 0 gathers each trained model on its host
     (``fsdp.full_state_dict``) for saving and evaluation: one more copy there."""

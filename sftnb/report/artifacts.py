@@ -128,7 +128,7 @@ class ModelOutput:
 
 class Output:
     """What a notebook hands every section call: the run's figures folder, how to name a model in full
-    (``identity``: model config -> its full description, ``Experiment.identity``) and ``eval.min_category_facts``."""
+    (``identity``: model config -> its full description, ``ModelRun.identity``) and ``eval.min_category_facts``."""
 
     def __init__(self, folder: str | Path, identity: Callable[[Any], str], min_facts: int = 0):
         self.folder, self.identity, self.min_facts = Path(folder), identity, min_facts

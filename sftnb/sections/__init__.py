@@ -3,9 +3,9 @@ results), its display (tables and figures), its artifact declarations (``report.
 read and the file prefix the notebooks save under) and its claims (``report.verdicts.Claim`` with their rules).
 
 Each module offers one function per displayed table or figure, which a notebook calls in one line: it takes the
-results the notebook got from ``Experiment`` / ``param_analysis`` and a ``report.ModelOutput`` (the figures folder
-and the model's identity), builds the rows, saves CSV / markdown / figure under the artifact's name and returns
-what the notebook displays.
+results the notebook got from a ``ModelRun`` (``exp.model(name)``) or ``param_analysis`` and a
+``report.ModelOutput`` (the figures folder and the model's identity), builds the rows, saves CSV / markdown /
+figure under the artifact's name and returns what the notebook displays.
 
 These modules import ``sftnb.report``; nothing in ``sftnb.report`` imports them (the report takes the sections as
 arguments). ``SECTIONS`` lists them in the paper's order; ``CLAIMS`` is every claim in the paper's order, which is

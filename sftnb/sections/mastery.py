@@ -42,7 +42,7 @@ def category_counts(probes: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def testbed_rows(testbed: pd.DataFrame, model: str) -> pd.DataFrame:
-    """The testbed's ground truth (``Experiment.testbed``): per exposure count, the mean R after injection with its
+    """The testbed's ground truth (``ModelRun.testbed``): per exposure count, the mean R after injection with its
     interval over facts, before injection, and the category distribution; Spearman's rho(exposure, R) over the
     injected facts; interference: R after minus R before on facts never shown (exposure 0) and on facts outside
     the plan, paired over the same facts."""
@@ -117,7 +117,7 @@ def fig_testbed_exposure(rows: pd.DataFrame):
 # --------------------------------------------------------------------------------------------- notebook 01
 def counts_table(probes: dict, injected: bool, out: ModelOutput) -> pd.DataFrame:
     """Table 1 (Table 8 for a testbed model): facts per mastery category in each set. ``probes``: {split: probe
-    frame} (``Experiment.probes``)."""
+    frame} (``ModelRun.probes``)."""
     counts = category_counts({f"D_{s}": df for s, df in probes.items()})
     return dataclasses.replace(out, first=not injected).table(
         MASTERY_COUNTS, counts, caption=f"Facts per mastery category. {out.identity}.")
@@ -125,7 +125,7 @@ def counts_table(probes: dict, injected: bool, out: ModelOutput) -> pd.DataFrame
 
 def distribution_figure(probes: list, out: Output):
     """Figure 1: the distribution of R, one panel per set and model. ``probes``: [(model config, {split: probe
-    frame}), ...] (``Experiment.probes`` of each model)."""
+    frame}), ...] (``ModelRun.probes`` of each model)."""
     frame = pd.concat([df.assign(set=f"D_{s}", model=mc.name) for mc, sets in probes for s, df in sets.items()])
     g = sns.displot(frame, x="R", col="set", row="model", bins=20, height=2.4, aspect=1.3,
                     facet_kws={"sharey": False})
@@ -149,7 +149,7 @@ def agreement_tables(agreement: dict | None, method: str, out: ModelOutput) -> t
 
 
 def testbed_tables(testbed: pd.DataFrame, out: ModelOutput) -> pd.DataFrame:
-    """The testbed's exposure -> mastery table and figure (``Experiment.testbed``); returns the table."""
+    """The testbed's exposure -> mastery table and figure (``ModelRun.testbed``); returns the table."""
     rows = testbed_rows(testbed, out.name)
     out.figure(TESTBED_FIGURE, titled(fig_testbed_exposure(rows), out.name, f"{out.identity}."))
     return out.table(TESTBED, testbed_table(rows), data=rows, caption=f"Exposure -> mastery. {out.identity}.",
