@@ -233,9 +233,9 @@ RESTORE_TRAIN = Analysis("restoration on the training set (Table 6)",
                                                        on_train=True))
 LAYERS = Analysis("layer groups restored (Table 11; largest kept scale)", _layer_keys, layer_restore)
 TASKS = Analysis("further tasks (Table 5; the main model)",
-                 lambda run: [(t, seed) for t in run.cfg.tasks for seed in t.seeds]
+                 lambda run: [(t.name, seed) for t in run.cfg.tasks for seed in t.seeds]
                  if run.name == run.cfg.main_model.name else [],
-                 lambda run, ts: task_sweep(run, *ts))
+                 lambda run, key: task_sweep(run, next(t for t in run.cfg.tasks if t.name == key[0]), key[1]))
 
 # what each fine-tuned model of the grid gets, in the order ``sftnb.work`` lists the units
 ANALYSES = (UPDATE_STATISTICS, RESTORE, RESTORE_TRAIN, LAYERS)
@@ -243,7 +243,7 @@ ANALYSES = (UPDATE_STATISTICS, RESTORE, RESTORE_TRAIN, LAYERS)
 
 def task_sweeps(run) -> dict:
     """Table 5: {(task name, seed): ``task_sweep``} for every configured task, on the main model."""
-    return {(t.name, seed): res for (t, seed), res in TASKS.results(run).items()}
+    return TASKS.results(run)
 
 
 __all__ = ["Analysis", "ANALYSES", "UPDATE_STATISTICS", "RESTORE", "RESTORE_TRAIN", "LAYERS", "TASKS",
