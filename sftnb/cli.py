@@ -66,10 +66,10 @@ def _cmd_probe(args) -> int:
     finished chunk. The folder is removed once ``--out`` is written."""
     from pathlib import Path
 
-    from .data.sources import facts_from_spec
     from .data.facts import CATEGORIES
-    from .probe_file import probe_to_jsonl
     from .data.relations import all_relations
+    from .data.sources import facts_from_spec
+    from .probe_file import probe_to_jsonl
 
     for name in ("templates", "samples", "max_new_tokens", "batch_tokens", "chunk_facts"):
         if getattr(args, name) != "auto" and getattr(args, name) < 1:
@@ -151,8 +151,9 @@ def _cmd_restore(args) -> int:
     """The streaming path over checkpoints on disk (``sftnb.restoration.checkpoints``)."""
     import time
 
-    from .restoration.checkpoints import restore_checkpoints
     from .lm.models import EMBEDDED, model_folder
+    from .restoration.checkpoints import restore_checkpoints
+    from .restoration.strategies import STRATEGIES
 
     t0 = time.perf_counter()
     # the embedded default by name: its cached safetensors folder (converted from the GGUF on first use)
@@ -161,7 +162,7 @@ def _cmd_restore(args) -> int:
                                   region=args.region, seed=args.seed, shard_size=args.shard_size,
                                   overwrite=args.overwrite)
     for r in written:
-        cut = "" if args.strategy == "random" else f"; threshold r={r.threshold:.6g}"
+        cut = f"; threshold r={r.threshold:.6g}" if STRATEGIES[args.strategy].ranks_by_change else ""
         print(f"k={r.k_percent:g}%: restored {r.count:,} of {r.total:,} {args.region} parameters "
               f"({args.strategy}{cut}) -> {r.folder}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
