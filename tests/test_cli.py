@@ -169,6 +169,7 @@ def _run(*argv, cwd):
                           env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_python_m_sftnb_in_a_real_process(tmp_path):
     ok = _run("data", "summary", "--source", "builtin", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr

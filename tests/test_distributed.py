@@ -799,6 +799,7 @@ write_report(rank, {"rank": rank, "size": size})
 '''
 
 
+@pytest.mark.slow
 def test_several_ranks_on_one_gpu_coordinate_over_gloo(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert distributed.shares_devices(1) and distributed.shares_devices(2)

@@ -16,6 +16,7 @@ def smollm2():
     return load_model("smollm2-135m", device="cpu", dtype="bfloat16")
 
 
+@pytest.mark.slow
 def test_capitals_known_and_invented_entities_unknown(smollm2):
     model, tok = smollm2
     facts = [Fact("country_capital", c, (a,), "test", "in", f"What is the capital of {c}?")
@@ -28,6 +29,7 @@ def test_capitals_known_and_invented_entities_unknown(smollm2):
         assert df.loc[country, "category"] == 0, df.loc[country].to_dict()
 
 
+@pytest.mark.slow
 def test_greedy_engine_equals_generate_on_smollm2(smollm2):
     import torch
 

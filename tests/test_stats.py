@@ -325,6 +325,7 @@ def coverage():
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["paired", "unpaired", "level", "level_fact_bound", "level_no_seed_noise",
                                   "single_seed", "training_set", "spearman"])
 def test_coverage_of_95_percent_intervals(coverage, kind):
