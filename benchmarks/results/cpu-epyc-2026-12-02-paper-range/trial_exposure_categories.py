@@ -52,7 +52,7 @@ def main():
     print(f"injection: {res['statements']} statements in {t_inject:.0f} s ({res['train']['seconds']:.0f} s training, "
           f"{res['statements'] / res['train']['seconds']:.1f} statements/s)", flush=True)
     t0 = time.perf_counter()
-    for unit in stages[1]:
+    for unit in stages[1].make():          # the probe stage is listed when reached (a Deferred)
         unit()
     probes = run.probes()
     t_probe = time.perf_counter() - t0
