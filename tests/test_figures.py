@@ -111,13 +111,19 @@ def _write(folder, name, rows):
     pd.DataFrame(rows).to_csv(folder / name, index=False)
 
 
-def test_report_verdicts_follow_from_the_csvs_and_change_with_them(tmp_path):
+def spread_rows_and_cells() -> tuple[list[dict], list[dict]]:
+    """Phenomenon 2's inputs for a model M: a spread that grows from 240 to 1,920, and flat accuracy cells."""
     spread = [{"model": "M", "domain": "test", "metric": "Acc", "training": "D_train-2", "versus": "D_train-0",
                "scale": s, "n_seeds": 3, "n_facts": 200, "estimate": e, "low": e - 0.03, "high": e + 0.03}
               for s, e in (("240", 0.03), ("1920", 0.12))]
     cells = [{"model": "M", "kind": "divided", "training": f"D_train-{c}", "scale": s, "domain": "test",
               "metric": "Acc", "n_seeds": 3, "n_facts": 100, "estimate": 0.5, "low": 0.45, "high": 0.55}
              for c in range(5) for s in ("240", "1920")]
+    return spread, cells
+
+
+def test_report_verdicts_follow_from_the_csvs_and_change_with_them(tmp_path):
+    spread, cells = spread_rows_and_cells()
     _write(tmp_path, "fig02_accuracy_vs_scale_M.csv", cells)
     _write(tmp_path, "table02_spread_M.csv", spread)
     conc = [{"model": "M", "training": "D_train-0", "scale": "240", "top_percent": 1, "n_seeds": 3,

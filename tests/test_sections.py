@@ -102,12 +102,9 @@ def test_a_section_call_saves_its_artifact_and_leaves_out_an_empty_panel(tmp_pat
 
 
 def test_findings_give_one_generated_sentence_per_claim_and_model(tmp_path):
-    spread = [{"model": "M", "domain": "test", "metric": "Acc", "training": "D_train-2", "versus": "D_train-0",
-               "scale": s, "n_seeds": 3, "n_facts": 200, "estimate": e, "low": e - 0.03, "high": e + 0.03}
-              for s, e in (("240", 0.03), ("1920", 0.12))]
-    cells = [{"model": "M", "kind": "divided", "training": f"D_train-{c}", "scale": s, "domain": "test",
-              "metric": "Acc", "n_seeds": 3, "n_facts": 100, "estimate": 0.5, "low": 0.45, "high": 0.55}
-             for c in range(5) for s in ("240", "1920")]
+    from test_figures import spread_rows_and_cells
+
+    spread, cells = spread_rows_and_cells()
     pd.DataFrame(cells).to_csv(tmp_path / "fig02_accuracy_vs_scale_M.csv", index=False)
     pd.DataFrame(spread).to_csv(tmp_path / "table02_spread_M.csv", index=False)
     text = report.findings(tmp_path, [sections.sft_grid])
