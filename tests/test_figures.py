@@ -142,7 +142,7 @@ def test_report_verdicts_follow_from_the_csvs_and_change_with_them(tmp_path):
     assert dict(zip(table2["claim"], table2["verdict"]))[p2] == "opposite"
     report.write_report(tmp_path, SECTIONS)
     block = report.readme_block(tmp_path)
-    assert block.startswith(report.README_BEGIN) and f"- {p2}, M: **opposite**: spread at n=1920" in block
+    assert block.startswith(report.readme_markers(tmp_path.name)[0]) and f"- {p2}, M: **opposite**: spread at n=1920" in block
 
 
 def test_report_cli_rewrites_the_report_and_the_readme_section(tmp_path, capsys):
@@ -151,7 +151,8 @@ def test_report_cli_rewrites_the_report_and_the_readme_section(tmp_path, capsys)
                                                       "top_percent": 1, "n_seeds": 3, "estimate": 0.9, "low": 0.85,
                                                       "high": 0.95}])
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.README_BEGIN}\nSTALE-VERDICTS\n{report.README_END}\noutro\n")
+    begin, end = report.readme_markers(tmp_path.name)
+    readme.write_text(f"intro\n{begin}\nSTALE-VERDICTS\n{end}\noutro\n")
     assert main(["report", str(tmp_path), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "STALE-VERDICTS" not in text
@@ -160,13 +161,14 @@ def test_report_cli_rewrites_the_report_and_the_readme_section(tmp_path, capsys)
     assert main(["report", str(tmp_path / "nope")]) == 2
 
 
-def test_the_committed_report_follows_from_the_committed_csvs():
-    """figures/embedded/report.md's verdicts are what its CSVs give, and the README shows exactly those."""
+@pytest.mark.parametrize("run", ["embedded", "testbed-paper-range"])
+def test_the_committed_report_follows_from_the_committed_csvs(run):
+    """A committed run's report.md verdicts are what its CSVs give, and the README shows exactly those."""
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    folder = root / "figures" / "embedded"
+    folder = root / "figures" / run
     if not (folder / "report_verdicts.csv").is_file():
-        pytest.skip("figures/embedded has no report yet (make reproduce writes it)")
+        pytest.skip(f"figures/{run} has no report yet (its make target writes it)")
     _, table = report.report_from_csvs(folder, SECTIONS)
     committed = pd.read_csv(folder / "report_verdicts.csv")
     assert table[["claim", "model", "verdict"]].equals(committed[["claim", "model", "verdict"]])

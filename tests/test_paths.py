@@ -137,13 +137,17 @@ def test_run_writes_the_resolved_params_and_the_report(project, monkeypatch, cap
     assert (figs / "report.md").stat().st_mtime_ns == stamp
 
     # `sftnb report` writes the same file (unchanged: not rewritten) and the README's verdict section
-    from sftnb.report import README_BEGIN, README_END
+    from sftnb.report import readme_markers
+    README_BEGIN, README_END = readme_markers(figs.name)
+    other = "\n".join(readme_markers("another-run"))              # another run's block is left as it is
     readme = project / "README.md"
-    readme.write_text(f"intro\n{README_BEGIN}\nold\n{README_END}\noutro\n")
+    readme.write_text(f"intro\n{README_BEGIN}\nold\n{README_END}\noutro\n{other}\n")
     assert main(["report", str(figs), "--readme", str(readme)]) == 0
     assert (figs / "report.md").stat().st_mtime_ns == stamp and (figs / "report.md").read_text() == report
     text = readme.read_text()
-    assert text.startswith(f"intro\n{README_BEGIN}\n") and text.endswith(f"{README_END}\noutro\n") and "old" not in text
-    readme.write_text("no markers\n")
+    assert text.startswith(f"intro\n{README_BEGIN}\n") and text.endswith(f"{README_END}\noutro\n{other}\n")
+    assert "old" not in text
+    readme.write_text(f"only another run's block\n{other}\n")
     assert main(["report", str(figs), "--readme", str(readme)]) == 2
-    assert "no section between" in capsys.readouterr().err and readme.read_text() == "no markers\n"
+    assert f"needs one section for the run {figs.name!r}" in capsys.readouterr().err
+    assert readme.read_text() == f"only another run's block\n{other}\n"

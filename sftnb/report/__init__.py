@@ -11,11 +11,11 @@ import this package; nothing here imports them: the report takes the sections as
 * ``paper``, ``paper_rows``: the paper's own numbers, as printed and as tidy rows for the rules.
 """
 from .artifacts import Artifact, ModelOutput, Output, save_figure, save_table
-from .writer import (README_BEGIN, README_END, claim_verdicts, claims_of, existing_header, findings, paper_verdicts,
-                     readme_block, refresh_report, report_from_csvs, run_header, summary_markdown,
+from .writer import (claim_verdicts, claims_of, existing_header, findings, paper_verdicts,
+                     readme_block, readme_markers, refresh_report, report_from_csvs, run_header, summary_markdown,
                      tables_from_folder, update_readme, write_report)
 
-__all__ = ["Artifact", "ModelOutput", "Output", "save_figure", "save_table", "README_BEGIN", "README_END",
+__all__ = ["Artifact", "ModelOutput", "Output", "save_figure", "save_table", "readme_markers",
            "claim_verdicts", "claims_of", "existing_header", "findings", "paper_verdicts", "readme_block",
            "refresh_report", "report_from_csvs", "run_header", "summary_markdown", "tables_from_folder",
            "update_readme", "write_report"]
