@@ -70,6 +70,23 @@ def test_category_difference_is_paired_over_facts_and_signed():
     assert len(row) == 1 and row.iloc[0]["low"] > 0                   # D_train-2 better, and significantly
 
 
+def test_category_spread_has_a_row_at_every_scale_both_categories_have():
+    """Phenomenon 2's rows from run keys (int scales, as the grid holds them): one per scale where D_train-0 and
+    D_train-2 both ran. It was empty on every run until 2026-12-06 (str scales compared with int ones)."""
+    rng = np.random.default_rng(2)
+    base = _sets(rng, [0.3] * 5, [40] * 5)
+    results = {}
+    for seed in range(2):
+        worse = {k: [bool(x) and rng.random() < 0.5 for x in v] for k, v in base.items()}
+        for scale in (60, 240):
+            results[RunKey("divided", 0, scale, seed)] = {"per_set": _per_set(worse)}
+            results[RunKey("divided", 2, scale, seed)] = {"per_set": _per_set(base)}
+        results[RunKey("divided", 0, 960, seed)] = {"per_set": _per_set(worse)}       # no D_train-2 at 960
+    spread = sft_grid.category_spread_rows(results, 20, "M", "Acc")
+    assert list(spread["scale"]) == ["60", "240"] and (spread["estimate"] > 0).all()
+    assert set(spread["training"]) == {"D_train-2"} and set(spread["versus"]) == {"D_train-0"}
+
+
 # ---------------------------------------------------------------------------------------------- Table 7
 def _sweep(per_sets_by_k):
     return {"rows": [{"k": k, "per_set": ps} for k, ps in per_sets_by_k.items()]}

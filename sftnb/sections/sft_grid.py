@@ -80,12 +80,12 @@ def category_spread_rows(results: dict, min_facts: int, model: str, metric: str,
     tested."""
     groups = {g: v for g, v in group_runs(results).items() if g[0] == "divided"}
     rows = []
-    for scale in scale_order({str(s) for _, _, s in groups}):
-        a = next((v for (_, c, s), v in groups.items() if c == low and str(s) == scale), None)
-        b = next((v for (_, c, s), v in groups.items() if c == high and str(s) == scale), None)
+    for scale in scale_order({s for _, _, s in groups}):          # ints (and "all"), as the run keys hold them
+        a = groups.get(("divided", low, scale))
+        b = groups.get(("divided", high, scale))
         if a and b:
             rows.append(difference_row([r["per_set"] for _, r in a], [r["per_set"] for _, r in b], "test", metric,
-                                       min_facts, paired_seeds=False, model=model, scale=scale,
+                                       min_facts, paired_seeds=False, model=model, scale=str(scale),
                                        training=f"D_train-{high}", versus=f"D_train-{low}"))
     return pd.DataFrame(rows)
 
