@@ -190,3 +190,20 @@ def test_the_committed_report_follows_from_the_committed_csvs(run):
     committed = pd.read_csv(folder / "report_verdicts.csv")
     assert table[["claim", "model", "verdict"]].equals(committed[["claim", "model", "verdict"]])
     assert report.readme_block(folder) in (root / "README.md").read_text(encoding="utf-8")
+
+
+def test_kl_steps_around_240_from_run_keys():
+    """Finding 1's pre-specified steps from run keys (int scales, as the grid holds them): KL(240) - KL(60) and
+    KL(960) - KL(240) per category with a scale on each side of 240. It was empty on every run until 2026-12-06
+    (the pivot "240" looked up among int scales), so Finding 1 read "out of range" at 60 / 240 / 960."""
+    from sftnb.sections import token_kl
+    results = {}
+    for seed in range(2):
+        for scale, kl in ((60, 0.05), (240, 0.01), (960, 0.08)):
+            results[RunKey("divided", 0, scale, seed)] = {"kl": kl + 0.001 * seed}
+        results[RunKey("divided", 4, 60, seed)] = {"kl": 0.05}             # no scale above 240: no steps
+        results[RunKey("divided", 4, 240, seed)] = {"kl": 0.02}
+    u = token_kl.kl_u_rows(results, "M")
+    assert list(zip(u["training"], u["step"], u["versus"], u["scale"])) == [
+        ("D_train-0", "decrease", "60", "240"), ("D_train-0", "increase", "240", "960")]
+    assert u.iloc[0]["estimate"] < 0 < u.iloc[1]["estimate"]

@@ -134,7 +134,7 @@ def kl_u_rows(results: dict, model: str, pivot: str = "240") -> pd.DataFrame:
     groups = {g: v for g, v in group_runs(results).items() if g[0] == "divided"}
     rows = []
     for cat in sorted({c for _, c, _ in groups}):
-        scales = scale_order(str(s) for _, c, s in groups if c == cat)
+        scales = [str(s) for s in scale_order(s for _, c, s in groups if c == cat)]   # as strings, like pivot
         if pivot not in scales or scales[0] == pivot or scales[-1] == pivot:
             continue
         by = {str(s): np.array([r["kl"] for _, r in v], dtype=float) for (_, c, s), v in groups.items() if c == cat}
