@@ -93,18 +93,18 @@ class Grid:
         g = self.config
         scale = scale_order([s for s in g.keep_checkpoints if s in g.scales] or g.scales)[-1]
         for cat in g.categories:
-            res = self.unit(RunKey("divided", cat, scale, g.seeds[0]))
+            res = self.unit(RunKey("divided", cat, scale, g.seeds_at(scale)[0]))
             if res is not None and res.get("fig3_example"):
                 return pd.DataFrame(res["fig3_example"]), ref["kl_examples"][0]
         return None
 
     def keys(self) -> list[RunKey]:
         g = self.config
-        keys = [RunKey("divided", c, s, seed) for c in g.categories for s in g.scales for seed in g.seeds]
+        keys = [RunKey("divided", c, s, seed) for c in g.categories for s in g.scales for seed in g.seeds_at(s)]
         if g.mixed:
-            keys += [RunKey("mixed", None, s, seed) for s in (g.mixed_scales or g.scales) for seed in g.seeds]
+            keys += [RunKey("mixed", None, s, seed) for s in (g.mixed_scales or g.scales) for seed in g.seeds_at(s)]
         if g.lora:
-            keys += [RunKey("lora", None, s, seed) for s in (g.lora_scales or g.scales) for seed in g.seeds]
+            keys += [RunKey("lora", None, s, seed) for s in (g.lora_scales or g.scales) for seed in g.seeds_at(s)]
         return keys
 
     def training_facts(self, key: RunKey) -> list[Fact] | None:

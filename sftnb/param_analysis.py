@@ -37,7 +37,7 @@ def kept_runs(run, seeds=None, restoring: bool = True) -> list[RunKey]:
     if restoring and seeds is None and r.seeds is not None:
         seeds = [s for s in g.seeds if s in r.seeds]
     keys = [RunKey("divided", c, s, seed) for s in g.keep_checkpoints if s in g.scales for c in g.categories
-            for seed in (seeds or g.seeds)]
+            for seed in (seeds or g.seeds) if seed in g.seeds_at(s)]
     return [k for k in keys if run.grid.training_facts(k) is not None]
 
 

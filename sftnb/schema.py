@@ -186,6 +186,8 @@ class GridConfig(Section):
     categories: list[int] = [0, 1, 2, 3, 4]
     scales: list[Scale] = [60, 120, 240, 480, 960, 1920, "all"]
     seeds: list[int] = [0, 1, 2]
+    # fewer seeds at some scales, e.g. {60: [0]}: each a subset of ``seeds``; a scale not named runs every seed
+    scale_seeds: dict[Scale, list[int]] = {}
     keep_checkpoints: list[Scale] = [240, 1920]   # scales whose fine-tuned weights notebooks 03-06 reuse
     mixed: bool = True                         # SFT (Mixed): D_train regardless of category (Table 7)
     lora: bool = True                          # LoRA on the mixed set (Table 7)
@@ -212,6 +214,21 @@ class GridConfig(Section):
         return v
 
     _seeds = field_validator("seeds")(classmethod(lambda cls, v: check_seeds(v)))
+
+    @model_validator(mode="after")
+    def _scale_seeds(self):
+        for scale, seeds in self.scale_seeds.items():
+            if scale not in self.scales:
+                raise ValueError(f"grid.scale_seeds: {scale!r} is not one of the grid's scales {self.scales}")
+            if not seeds or not set(seeds) <= set(self.seeds):
+                raise ValueError(f"grid.scale_seeds: the seeds at {scale!r} ({seeds}) must be some of grid.seeds "
+                                 f"{self.seeds}")
+            self.scale_seeds[scale] = check_seeds(seeds)
+        return self
+
+    def seeds_at(self, scale: Scale) -> list[int]:
+        """The seeds a scale is fine-tuned with: ``scale_seeds[scale]``, else every seed."""
+        return self.scale_seeds.get(scale, self.seeds)
 
 
 class EvalConfig(Section):

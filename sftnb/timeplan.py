@@ -79,7 +79,7 @@ def estimate(cfg, params: int, gpus: int, layers: int = 32) -> tuple[list[StageT
         cats = len(g.categories) if kind == "divided" else 1
         for s in scales:
             size = (all_per_category if kind == "divided" else n["train"]) if s == "all" else s
-            k = cats * len(g.seeds)
+            k = cats * len(g.seeds_at(s))
             runs += k
             samples += k * size * cfg.sft.epochs
             evalq += k * (test_q + (size if cfg.eval.train_accuracy else 0))
@@ -89,9 +89,9 @@ def estimate(cfg, params: int, gpus: int, layers: int = 32) -> tuple[list[StageT
     eval_s = n_grid * evalq / (eval_rate * gpus)
     # restoration: every kept divided run swept over k (each strategy), on its training set, and layer groups
     kept_scales = [s for s in g.keep_checkpoints if s in g.scales]
-    kept = len(g.categories) * len(g.seeds) * len(kept_scales)
+    kept = len(g.categories) * sum(len(g.seeds_at(s)) for s in kept_scales)
     size_of = lambda s: all_per_category if s == "all" else s   # noqa: E731
-    train_q = sum(size_of(s) for s in kept_scales) * len(g.categories) * len(g.seeds)
+    train_q = sum(size_of(s) * len(g.seeds_at(s)) for s in kept_scales) * len(g.categories)
     layers_q = 0.0
     if kept_scales:                 # Table 11: the largest kept scale's models, one pass per group of layers
         n_layer_models = len(g.categories) * len(r.layer_seeds or g.seeds[:1])

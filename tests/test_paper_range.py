@@ -84,7 +84,11 @@ SIZES = {"run_name", "data.max_train_per_relation", "data.max_test_per_relation"
 
 
 def test_the_dry_profile_is_the_cpu_profile_scaled_down():
-    cpu, dry = _flat(yaml.safe_load(CPU.read_text())), _flat(yaml.safe_load(DRY.read_text()))
+    cpu_raw, dry_raw = yaml.safe_load(CPU.read_text()), yaml.safe_load(DRY.read_text())
+    # fewer seeds at some scales: the same seeds at the same places in the scale lists (the scales are sizes)
+    at = lambda raw: [(raw["grid"]["scales"].index(s), v) for s, v in raw["grid"].pop("scale_seeds", {}).items()]  # noqa: E731
+    assert at(cpu_raw) == at(dry_raw)
+    cpu, dry = _flat(cpu_raw), _flat(dry_raw)
     assert set(cpu) == set(dry)
     differ = {k for k in cpu if cpu[k] != dry[k]}
     assert differ <= SIZES, differ - SIZES
@@ -117,6 +121,47 @@ def test_restoration_covers_the_restored_seeds_and_table6_its_scales():
     assert [(k.scale, k.seed) for k in pa.train_restored(some)] == [(240, 0)]
     assert len(pa.kept_runs(some, restoring=False)) == 4                   # Tables 3, 9, 10: every seed
     assert [k.seed for k in pa.kept_runs(some, seeds=[1])] == [1, 1]        # Table 11's own seeds win
+
+
+def test_fewer_seeds_at_a_scale():
+    """``grid.scale_seeds``: a scale fine-tuned with some of the seeds only; the grid, the restored models and the
+    time plan follow it, and a scale or seed the grid does not have is refused in one line."""
+    from sftnb import param_analysis as pa
+    from sftnb.config import validate
+    from sftnb.infra.errors import SftnbError
+    from sftnb.grid import Grid
+
+    grid = {"categories": [0, 1], "scales": [60, 240, 960], "seeds": [0, 1], "keep_checkpoints": [60, 960],
+            "scale_seeds": {60: [0]}, "mixed": True, "lora": False}
+    cfg = validate({"grid": grid})
+    assert cfg.grid.seeds_at(60) == [0] and cfg.grid.seeds_at(240) == [0, 1]
+    g = Grid.__new__(Grid)
+    g.config = cfg.grid
+    keys = g.keys()
+    assert sorted({(k.kind, k.scale, k.seed) for k in keys if k.scale == 60}) == [("divided", 60, 0), ("mixed", 60, 0)]
+    assert len(keys) == 2 * 1 + 2 * 2 * 2 + 1 + 2 * 2          # divided 60 / 240, 960; mixed 60 / 240, 960
+
+    class Stub:
+        name = "m"
+
+        def __init__(self):
+            self.cfg, self.grid = cfg, g
+    g.training_facts = lambda key: [object()] * key.scale
+    assert {(k.scale, k.seed) for k in pa.kept_runs(Stub())} == {(60, 0), (960, 0), (960, 1)}
+    for bad, what in (({60: [2]}, "must be some of grid.seeds"), ({120: [0]}, "is not one of the grid's scales"),
+                      ({60: []}, "must be some of grid.seeds")):
+        with pytest.raises(SftnbError, match=what):
+            validate({"grid": {**grid, "scale_seeds": bad}})
+
+
+def test_the_time_plan_counts_the_seeds_of_each_scale():
+    from sftnb.config import load_config as load
+    from sftnb.timeplan import estimate
+    fewer = load(CPU)
+    every = fewer.model_copy(update={"grid": fewer.grid.model_copy(update={"scale_seeds": {}})})
+    assert fewer.grid.scale_seeds, "the CPU profile runs fewer seeds at its smallest scale"
+    sft = lambda cfg: {st.stage: st for st in estimate(cfg, 135_000_000, 1, 30)[0]}["sft"]    # noqa: E731
+    assert sft(fewer).work == sft(every).work - 5 * 60 * len(every.grid.seeds[1:])
 
 
 @pytest.mark.slow

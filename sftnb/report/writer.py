@@ -143,7 +143,8 @@ def run_header(exp) -> str:
     lines = [f"Run `{exp.cfg.run_name}`. Models:"] + [f"- {exp.model(mc).identity()}" for mc in exp.cfg.models]
     for mc in exp.cfg.grid_models:
         g = exp.model(mc).grid.config
-        lines.append(f"- grid of {mc.name}: categories {g.categories}, scales {g.scales}, seeds {g.seeds}, "
+        fewer = "".join(f" ({s}: {v})" for s, v in g.scale_seeds.items())
+        lines.append(f"- grid of {mc.name}: categories {g.categories}, scales {g.scales}, seeds {g.seeds}{fewer}, "
                      f"mixed {g.mixed}, LoRA {g.lora_scales or g.scales if g.lora else 'no'}")
     lines += [
         f"\nProbe: {exp.cfg.probe.method}, "
