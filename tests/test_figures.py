@@ -219,6 +219,7 @@ def test_scale_tables_are_generated_from_the_run_csvs(tmp_path):
     block = st.scale_tables_block(tmp_path)
     begin, end = st.scale_tables_markers(tmp_path.name)
     assert block.startswith(begin) and block.endswith(end) and block.count("| D_train-0 ") == 2
+    assert "Facts per mastery category, M" in block and re.search(r"\| total +\| +400 \|", block)
     for name in ("table04_restore_test_M.csv", "table02_spread_M.csv", "table08_mastery_counts_M.csv"):
         (tmp_path / name).unlink()
     block = st.scale_tables_block(tmp_path)

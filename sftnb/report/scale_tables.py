@@ -1,6 +1,7 @@
 """The README's tables of a run across data scales, generated from the CSVs the notebooks wrote, so that no number
-in them is typed by hand: accuracy against scale per training category (the paper's Figure 2), the restoration
-gain against k at each restored scale (Table 4) and the category spread at each scale (Phenomenon 2).
+in them is typed by hand: the facts per category (Table 8), accuracy against scale per training category (the
+paper's Figure 2), the restoration gain against k at each restored scale (Table 4) and the category spread at
+each scale (Phenomenon 2).
 
 ``scale_tables_block(folder)`` is the block ``sftnb report figures/<run> --readme README.md`` writes between a
 run's ``scale_tables_markers`` when the README has them (the verdict block, ``writer.readme_markers``, is written
@@ -127,6 +128,10 @@ def scale_tables_block(folder: str | Path) -> str:
         raise SftnbError(f"{folder}: no fig02_accuracy_vs_scale_*.csv: this run has no SFT grid to tabulate")
     parts = []
     for model in models:
+        counts = _csv(folder, f"table08_mastery_counts_{model}.csv", required=False)
+        if counts is not None:
+            parts += [f"**Facts per mastery category, {model}** (Table 8; `table08_mastery_counts_{model}.csv`): "
+                      f"a category runs at the scales it holds.", "", _markdown(counts), ""]
         parts += [f"**Accuracy against scale, {model}** (the paper's Figure 2): Acc_test (%, the paper's mean over "
                   f"the five test categories), 95 % intervals over the seeds and the test facts "
                   f"(`fig02_accuracy_vs_scale_{model}.csv`; a cell on fewer seeds than the others says so).", "",
