@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="paper vs this run: report.md from a run's CSVs")
     rp.add_argument("run", nargs="?", help="figures/<run> or a run name")
-    rp.add_argument("--readme", help="also rewrite the verdict table between the report markers of this README")
+    rp.add_argument("--readme", help="also rewrite the verdict table between the report markers of this README (and the run's scale tables, where it has their markers)")
     rp.add_argument("--paper", action="store_true",
                     help="apply every rule to the paper's own numbers and print one verdict per claim")
     rp.set_defaults(func=_cmd_report)

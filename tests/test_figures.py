@@ -178,6 +178,81 @@ def test_report_cli_rewrites_the_report_and_the_readme_section(tmp_path, capsys)
     assert main(["report", str(tmp_path / "nope")]) == 2
 
 
+def _scale_csvs(folder):
+    """A run folder's accuracy, restoration and spread CSVs for a model M: D_train-0 at 60 (one seed) and 240 (two),
+    D_train-1 at 60 only (it holds 100 facts)."""
+    def level(training, scale, seeds, e):
+        return {"domain": "test", "metric": "Acc", "model": "M", "kind": "divided", "training": training,
+                "scale": scale, "n_seeds": seeds, "n_facts": 500, "estimate": e, "low": e - 0.05, "high": e + 0.05}
+    _write(folder, "fig02_accuracy_vs_scale_M.csv",
+           [level("D_train-0", 60, 1, 0.5), level("D_train-0", 240, 2, 0.6), level("D_train-1", 60, 1, 0.4),
+            level("D_train-0", 240, 2, 0.6) | {"metric": "Acc (pooled)", "estimate": 0.9}])
+    _write(folder, "table08_mastery_counts_M.csv", [{"category": 0, "D_train": 300, "D_test": 60, "D_testood": 9},
+                                                    {"category": 1, "D_train": 100, "D_test": 60, "D_testood": 9},
+                                                    {"category": "total", "D_train": 400, "D_test": 120,
+                                                     "D_testood": 18}])
+    _write(folder, "table04_restore_test_M.csv",
+           [{"k": k, "domain": "test", "metric": "Acc", "kind": kind, "model": "M", "training": "D_train-0",
+             "scale": 240, "strategy": "top", "n_seeds": 1, "n_facts": 500, "estimate": e, "low": lo, "high": hi}
+            for k, kind, e, lo, hi in ((0.0, "level", 0.6, 0.55, 0.65), (5.0, "gain", -0.03, -0.05, -0.01),
+                                       (20.0, "gain", 0.01, -0.02, 0.04))])
+    _write(folder, "table02_spread_M.csv",
+           [{"domain": "test", "metric": "Acc", "model": "M", "scale": s, "training": "D_train-2",
+             "versus": "D_train-0", "n_seeds": 2, "n_facts": 500, "estimate": e, "low": e - 0.02, "high": e + 0.02}
+            for s, e in ((240, 0.01), (60, -0.01))])
+
+
+def test_scale_tables_are_generated_from_the_run_csvs(tmp_path):
+    """The README's tables across scales come from the CSVs: a cell on fewer seeds says so, a category too small
+    for a scale says how many facts it holds, a gain is starred when its interval excludes 0, the spread follows
+    the scales' order; a run without restoration or spread gets the accuracy table alone."""
+    from sftnb.infra.errors import SftnbError
+    from sftnb.report import scale_tables as st
+    _scale_csvs(tmp_path)
+    acc = st.accuracy_by_scale(tmp_path, "M").set_index("training")
+    assert acc.loc["D_train-0", "n = 60"] == "50.0 ± 5.0 (1 seed)" and acc.loc["D_train-0", "n = 240"] == "60.0 ± 5.0"
+    assert acc.loc["D_train-1", "n = 240"] == "n/a (100 facts)" and acc.loc["D_train-1", "n = 60"].endswith("(1 seed)")
+    gains = st.restoration_gains(tmp_path, "M")
+    assert gains[["k", "D_train-0"]].values.tolist() == [["5%", "-3.0 [-5.0, -1.0]*"], ["20%", "+1.0 [-2.0, +4.0]"]]
+    spread = st.category_spread(tmp_path, "M")
+    assert spread["n"].tolist() == [60, 240] and spread["Acc_test (points)"].tolist() == ["-1.0 [-3.0, +1.0]", "+1.0 [-1.0, +3.0]"]
+    block = st.scale_tables_block(tmp_path)
+    begin, end = st.scale_tables_markers(tmp_path.name)
+    assert block.startswith(begin) and block.endswith(end) and block.count("| D_train-0 ") == 2
+    assert "Facts per mastery category, M" in block and re.search(r"\| total +\| +400 \|", block)
+    for name in ("table04_restore_test_M.csv", "table02_spread_M.csv", "table08_mastery_counts_M.csv"):
+        (tmp_path / name).unlink()
+    block = st.scale_tables_block(tmp_path)
+    assert "Restoration" not in block and "spread" not in block and "| n/a " in block
+    (tmp_path / "fig02_accuracy_vs_scale_M.csv").unlink()
+    with pytest.raises(SftnbError, match="no fig02_accuracy_vs_scale"):
+        st.scale_tables_block(tmp_path)
+
+
+def test_update_readme_rewrites_the_scale_tables_where_the_readme_has_them(tmp_path):
+    from sftnb.infra.errors import SftnbError
+    from sftnb.report.scale_tables import scale_tables_block, scale_tables_markers
+    _scale_csvs(tmp_path)
+    _write(tmp_path, "table03_concentration_M.csv", [{"model": "M", "training": "D_train-0", "scale": "240",
+                                                      "top_percent": 1, "n_seeds": 3, "estimate": 0.9, "low": 0.85,
+                                                      "high": 0.95}])
+    report.write_report(tmp_path, SECTIONS)
+    begin, end = report.readme_markers(tmp_path.name)
+    t_begin, t_end = scale_tables_markers(tmp_path.name)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{begin}\nold\n{end}\nb\n{t_begin}\nSTALE-TABLE\n{t_end}\nc\n")
+    report.update_readme(readme, tmp_path)
+    text = readme.read_text()
+    assert "STALE-TABLE" not in text and scale_tables_block(tmp_path) in text and text.endswith(f"{t_end}\nc\n")
+    readme.write_text(f"{begin}\n{end}\nb\n{t_begin}\nno end\n")             # half a block: refused, unchanged
+    with pytest.raises(SftnbError, match="need one pair of lines"):
+        report.update_readme(readme, tmp_path)
+    assert readme.read_text() == f"{begin}\n{end}\nb\n{t_begin}\nno end\n"
+    readme.write_text(f"{begin}\n{end}\n")                                        # no tables: verdicts only
+    report.update_readme(readme, tmp_path)
+    assert t_begin not in readme.read_text()
+
+
 @pytest.mark.parametrize("run", ["embedded", "testbed-paper-range"])
 def test_the_committed_report_follows_from_the_committed_csvs(run):
     """A committed run's report.md verdicts are what its CSVs give, and the README shows exactly those."""
@@ -189,7 +264,11 @@ def test_the_committed_report_follows_from_the_committed_csvs(run):
     _, table = report.report_from_csvs(folder, SECTIONS)
     committed = pd.read_csv(folder / "report_verdicts.csv")
     assert table[["claim", "model", "verdict"]].equals(committed[["claim", "model", "verdict"]])
-    assert report.readme_block(folder) in (root / "README.md").read_text(encoding="utf-8")
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert report.readme_block(folder) in readme
+    from sftnb.report.scale_tables import scale_tables_block, scale_tables_markers
+    if scale_tables_markers(run)[0] in readme:             # the run's tables across scales, where the README has them
+        assert scale_tables_block(folder) in readme
 
 
 def test_kl_steps_around_240_from_run_keys():

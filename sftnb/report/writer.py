@@ -190,18 +190,35 @@ def refresh_report(folder: str | Path, sections) -> Path | None:
     return folder / "report.md"
 
 
+def _replace_block(text: str, begin: str, end: str, block: str) -> str:
+    head, rest = text.split(begin, 1)
+    return head + block + rest.split(end, 1)[1]
+
+
+def _one_block(text: str, begin: str, end: str) -> bool:
+    return text.count(begin) == 1 and text.count(end) == 1 and text.index(begin) < text.index(end)
+
+
 def update_readme(readme: str | Path, folder: str | Path) -> None:
     """Rewrite the verdict section of ``folder``'s run in ``readme`` (between its ``readme_markers``) from
-    ``folder``'s report (atomically); the other runs' sections are left as they are."""
-    readme = Path(readme)
+    ``folder``'s report and, where the README has them, its scale tables (between its ``scale_tables_markers``)
+    from its CSVs, atomically; the other runs' sections are left as they are."""
+    from .scale_tables import scale_tables_block, scale_tables_markers
+
+    readme, run = Path(readme), Path(folder).name
     text = readme.read_text(encoding="utf-8")
-    begin, end = readme_markers(Path(folder).name)
-    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
-        raise SftnbError(f"{readme}: needs one section for the run {Path(folder).name!r}, between the lines "
+    begin, end = readme_markers(run)
+    if not _one_block(text, begin, end):
+        raise SftnbError(f"{readme}: needs one section for the run {run!r}, between the lines "
                          f"{begin!r} and {end!r}")
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
-    atomic_write_text(readme, head + readme_block(folder) + tail)
+    text = _replace_block(text, begin, end, readme_block(folder))
+    t_begin, t_end = scale_tables_markers(run)
+    if t_begin in text or t_end in text:
+        if not _one_block(text, t_begin, t_end):
+            raise SftnbError(f"{readme}: the scale tables of the run {run!r} need one pair of lines "
+                             f"{t_begin!r} and {t_end!r}")
+        text = _replace_block(text, t_begin, t_end, scale_tables_block(folder))
+    atomic_write_text(readme, text)
 
 
 def readme_block(folder: str | Path) -> str:
