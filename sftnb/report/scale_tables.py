@@ -43,9 +43,14 @@ def _markdown(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False)
 
 
+def mastery_counts(folder: Path, model: str) -> pd.DataFrame | None:
+    """Table 8 of a model (``table08_mastery_counts_<model>.csv``), or None where the run has none."""
+    return _csv(folder, f"table08_mastery_counts_{model}.csv", required=False)
+
+
 def d_train_counts(folder: Path, model: str) -> dict[str, int]:
-    """{"D_train-c": facts} from Table 8 (``table08_mastery_counts_<model>.csv``; {} where the run has none)."""
-    t = _csv(folder, f"table08_mastery_counts_{model}.csv", required=False)
+    """{"D_train-c": facts} from Table 8 ({} where the run has none)."""
+    t = mastery_counts(folder, model)
     if t is None:
         return {}
     t = t[t["category"].astype(str) != "total"]
@@ -57,7 +62,7 @@ def accuracy_by_scale(folder: Path, model: str) -> pd.DataFrame:
     ``n/a (N facts)`` where the category holds fewer than the scale."""
     t = _csv(folder, f"fig02_accuracy_vs_scale_{model}.csv")
     t = t[(t["domain"] == "test") & (t["metric"] == "Acc") & (t["kind"] == "divided")]
-    scales = scale_order({int(s) if str(s).isdigit() else s for s in t["scale"]})
+    scales = scale_order(t["scale"])                      # ints or their strings, as the CSV holds them
     counts = d_train_counts(folder, model)
     most = int(t["n_seeds"].max()) if len(t) else 0       # a cell on fewer seeds says how many
     rows = []
@@ -87,7 +92,7 @@ def restoration_gains(folder: Path, model: str) -> pd.DataFrame:
         return pd.DataFrame()
     trainings = sorted(set(t["training"]))
     rows = []
-    for s in scale_order({int(x) if str(x).isdigit() else x for x in t["scale"]}):
+    for s in scale_order(t["scale"]):
         at = t[t["scale"].astype(str) == str(s)]
         for k in sorted(set(at["k"])):
             row = {"n": s, "k": restored_label(k)}
@@ -107,7 +112,7 @@ def category_spread(folder: Path, model: str) -> pd.DataFrame:
     t = t[(t["domain"] == "test") & (t["metric"] == "Acc")]
     if t.empty:
         return pd.DataFrame()
-    order = {str(s): i for i, s in enumerate(scale_order({int(x) if str(x).isdigit() else x for x in t["scale"]}))}
+    order = {str(s): i for i, s in enumerate(scale_order(t["scale"]))}
     t = t.assign(_o=[order[str(s)] for s in t["scale"]]).sort_values("_o")
     return pd.DataFrame({"n": t["scale"], "difference": [f"{a} - {b}" for a, b in zip(t["training"], t["versus"])],
                          "Acc_test (points)": [fmt_gain(r) for _, r in t.iterrows()],
@@ -128,7 +133,7 @@ def scale_tables_block(folder: str | Path) -> str:
         raise SftnbError(f"{folder}: no fig02_accuracy_vs_scale_*.csv: this run has no SFT grid to tabulate")
     parts = []
     for model in models:
-        counts = _csv(folder, f"table08_mastery_counts_{model}.csv", required=False)
+        counts = mastery_counts(folder, model)
         if counts is not None:
             parts += [f"**Facts per mastery category, {model}** (Table 8; `table08_mastery_counts_{model}.csv`): "
                       f"a category runs at the scales it holds.", "", _markdown(counts), ""]
@@ -151,5 +156,5 @@ def scale_tables_block(folder: str | Path) -> str:
     return begin + "\n" + "\n".join(parts).rstrip() + "\n" + end
 
 
-__all__ = ["scale_tables_markers", "accuracy_by_scale", "restoration_gains", "category_spread", "d_train_counts",
+__all__ = ["scale_tables_markers", "mastery_counts", "accuracy_by_scale", "restoration_gains", "category_spread", "d_train_counts",
            "models_of", "scale_tables_block"]

@@ -23,6 +23,7 @@ import pandas as pd
 from ..infra.atomic import atomic_write_text
 from ..infra.errors import SftnbError
 from . import paper
+from .scale_tables import scale_tables_block, scale_tables_markers
 from .verdicts import DEFINITIONS, NO_DATA, VERDICTS, Claim, Tables, in_paper_order
 
 def readme_markers(run: str) -> tuple[str, str]:
@@ -203,8 +204,6 @@ def update_readme(readme: str | Path, folder: str | Path) -> None:
     """Rewrite the verdict section of ``folder``'s run in ``readme`` (between its ``readme_markers``) from
     ``folder``'s report and, where the README has them, its scale tables (between its ``scale_tables_markers``)
     from its CSVs, atomically; the other runs' sections are left as they are."""
-    from .scale_tables import scale_tables_block, scale_tables_markers
-
     readme, run = Path(readme), Path(folder).name
     text = readme.read_text(encoding="utf-8")
     begin, end = readme_markers(run)
