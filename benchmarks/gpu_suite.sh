@@ -6,9 +6,13 @@
 #      CUDA graphs path (benchmarks/bench_probe.py);
 #   3. greedy evaluation, stop rule on, against batched model.generate: dynamic, then static
 #      (benchmarks/bench_sft_eval.py --skip-sft);
-#   4. with SMOKE=1: the smoke params end to end (6 notebooks); with 2 GPUs or more: 2 torchrun ranks on them;
+#   4. throughput by model size for `sftnb plan`'s time estimate: randomly initialised LLaMA-3-8B, 3.2-3B and
+#      3.2-1B shapes in the probe, evaluation and SFT settings (benchmarks/bench_sizes.py), rows written to
+#      $OUT/throughput_rows.json as each is measured, in the form of sftnb/resources/throughput.json;
+#   5. with SMOKE=1: the smoke params end to end (6 notebooks); with 2 GPUs or more: 2 torchrun ranks on them;
 # and print one table at the end, ratios and throughput rows included. Everything goes under $OUT (default
-# ./gpu-suite), logs included. Each step has its own time limit (LIMIT_* seconds), so one hang cannot eat the call.
+# ./gpu-suite), logs included. Each step has its own time limit (LIMIT_* seconds), so one hang cannot eat the call;
+# step 4 gets what is left of SUITE_S (470 s) after steps 1-3, so the call stays under 8 minutes.
 #
 #   bash benchmarks/gpu_suite.sh                      # from the repository root, the package on PYTHONPATH or installed
 #   OUT=/tmp/suite PY=python3 bash benchmarks/gpu_suite.sh
@@ -43,12 +47,17 @@ run() {
 
 if [ "$DRY" = 1 ]; then                 # tiny sizes on the CPU: checks the suite itself, measures nothing
   MODEL="--model tiny-random --device cpu"; PROMPTS=32; QUESTIONS=64; NAIVE=32; PLAN_PROMPTS=64
+  SIZES="--sizes tiny,tiny-wide --device cpu --prompts 32 --questions 64 --samples 32"
   export MALLOC_MMAP_THRESHOLD_=65536 OMP_NUM_THREADS=1
 else
   MODEL=""; PROMPTS=1024; QUESTIONS=16384; NAIVE=1024; PLAN_PROMPTS=2048
+  SIZES=""                              # bench_sizes.py's defaults: 8B, 3B, 1B shapes
 fi
-# worst case 90 + 2 x 100 + 2 x 75 = 440 s, under the 8 minutes of one call with the model loads around it
+# steps 1-3 at worst 90 + 2 x 100 + 2 x 75 = 440 s; step 4 takes the rest of SUITE_S (at least 30 s), measured
+# from the suite's start, so the call stays under its 8 minutes; the sizes' rows are written as each finishes
 LIMIT_PLAN=${LIMIT_PLAN:-90}; LIMIT_PROBE=${LIMIT_PROBE:-100}; LIMIT_EVAL=${LIMIT_EVAL:-75}; LIMIT_SMOKE=${LIMIT_SMOKE:-150}
+SUITE_S=${SUITE_S:-470}
+START=$(date +%s)
 
 if [ "$GPUS" -ge 1 ] || [ "$DRY" = 1 ]; then
   # 1. the plan against measured peaks
@@ -77,11 +86,18 @@ if [ "$GPUS" -ge 1 ] || [ "$DRY" = 1 ]; then
           "$(last "$log" 'eval naive') / $(last "$log" 'eval sftnb')"
     fi
   done
+  # 4. throughput by model size, in whatever time is left
+  left=$(( SUITE_S - ($(date +%s) - START) )); [ $left -ge 30 ] || left=30
+  run "throughput by model size" "$OUT/sizes.log" "$left" $PY benchmarks/bench_sizes.py $SIZES \
+      --out "$OUT/throughput_rows.json" --log "$OUT/sizes.log"
+  n_rows=$(grep -c '^row: ' "$OUT/sizes.log")
+  [ "$n_rows" -gt 0 ] && row "throughput by model size ($OUT/throughput_rows.json; merge: python benchmarks/bench_sizes.py --merge it)" \
+      "$n_rows row(s) (time limit ${left} s)" "$(grep '^row: ' "$OUT/sizes.log" | sed -E 's/^row: //; s/ +/ /g' | paste -sd ';' -)"
 else
   row "benchmarks" "skipped: no CUDA GPU (DRY=1 runs them tiny on the CPU)" "-"
 fi
 
-# 4. optional: smoke params end to end, and 2 ranks where there are 2 GPUs
+# 5. optional: smoke params end to end, and 2 ranks where there are 2 GPUs
 if [ "$SMOKE" = 1 ]; then
   run "smoke params end to end" "$OUT/smoke.log" "$LIMIT_SMOKE" \
       $PY -m sftnb run params/smoke.yaml --out "$OUT/smoke-run" --force \

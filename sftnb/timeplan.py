@@ -3,11 +3,13 @@
 The work is counted from the params file as ``Experiment.work`` lists it: the facts of D_train / D_test / D_testood
 (read from the data source, with the run's caps), the grid's runs, the evaluations and the restoration sweeps. The
 rates come from ``resources/throughput.json``: per-GPU throughputs measured by ``benchmarks/gpu_suite.sh``, each row
-naming its log (today only the embedded 135M model on one H200). Every step from those rows to this run is an
+naming its log (the embedded 135M model, and randomly initialised LLaMA shapes up to 8B from
+``benchmarks/bench_sizes.py`` once a GPU session has measured them). Every step from those rows to this run is an
 assumption, and ``format_time`` prints each one:
 
-- another model size runs at the same achieved FLOP rate: throughput x (measured params / params). A small model's
-  decode is bound by host work (a step costs about the same whatever the batch), so this reads long for 8B models;
+- each stage's rate comes from its row nearest in size, taken to this model at the same achieved FLOP rate:
+  throughput x (measured params / params). A small model's decode is bound by host work (a step costs about the
+  same whatever the batch), so from the 135M rows this reads long for 8B models;
 - the stop rule is off in the probe row: generations are counted at the measured share of max_new_tokens;
 - work is shared at unit granularity (``sftnb.infra.distributed``), so a stage takes its work / (N x one GPU's rate):
   perfect sharing, and for FSDP runs perfect scaling over the ranks; LoRA runs at the full-SFT sample rate;
@@ -17,6 +19,7 @@ assumption, and ``format_time`` prints each one:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from importlib.resources import files
 
@@ -35,9 +38,29 @@ def throughput_table() -> list[dict]:
     return json.loads(files("sftnb").joinpath("resources/throughput.json").read_text(encoding="utf-8"))["rows"]
 
 
-def _row(stage: str) -> dict:
+def _row(stage: str, params: int) -> dict:
+    """The measured row of ``stage`` nearest in size to a model of ``params`` parameters (on a log scale; the
+    larger of two as near): scaling a rate by FLOPs errs the least from the nearest size."""
     rows = [r for r in throughput_table() if r["stage"] == stage]
-    return max(rows, key=lambda r: r["params"])         # the largest measured model is the nearest to a big one
+    if not rows:
+        from .infra.errors import SftnbError
+        raise SftnbError(f"resources/throughput.json has no measured {stage} row")
+    return min(rows, key=lambda r: (abs(math.log(r["params"] / params)), -r["params"]))
+
+
+def _size(params: int) -> str:
+    return f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.0f}M"
+
+
+def _scaling(stage: str, row: dict, params: int) -> str:
+    """The assumption that takes ``row``'s rate to a model of ``params`` parameters."""
+    ratio = row["params"] / params
+    if 0.9 <= ratio <= 1.1:
+        return f"{stage}: measured at this size ({_size(row['params'])}), used as it is"
+    why = (f"; the {_size(row['params'])} row is bound by host work per step, not by the GPU, so this reads long "
+           f"for a large model" if row["params"] < 1e9 and params > 1e9 else "")
+    return (f"{stage}: scaled from {_size(row['params'])} to {_size(params)} params at the same achieved FLOP "
+            f"rate (x {ratio:.4f}{why})")
 
 
 def _counts(cfg) -> dict[str, int]:
@@ -58,10 +81,11 @@ def estimate(cfg, params: int, gpus: int, layers: int = 32) -> tuple[list[StageT
     and the assumptions."""
     n = _counts(cfg)
     p, g, r = cfg.probe, cfg.grid, cfg.restore
-    per_gpu = lambda stage: _row(stage)["rate"] * _row(stage)["params"] / params     # noqa: E731  same FLOP rate
+    rows = {st: _row(st, params) for st in ("probe", "sft", "eval")}
+    per_gpu = lambda stage: rows[stage]["rate"] * rows[stage]["params"] / params     # noqa: E731  same FLOP rate
     n_models = len(cfg.models)
     # probe: each prompt sampled n_samples times (sampling), or one pass per lead-in depth (likelihood)
-    probe = _row("probe")
+    probe = rows["probe"]
     new_share = probe["tokens_per_item"] / 32                   # the measured row ran max_new_tokens 32
     if p.method == "sampling":
         gens = n["prompts"] * p.n_samples
@@ -103,12 +127,10 @@ def estimate(cfg, params: int, gpus: int, layers: int = 32) -> tuple[list[StageT
               StageTime("sft", n_grid * samples, f"training samples in {runs * n_grid} runs", sft_s),
               StageTime("eval", n_grid * evalq, f"questions in {runs * n_grid} evaluations", eval_s),
               StageTime("restore", n_restore * restq, f"questions in {kept * n_restore} restored models", restore_s)]
-    rows = {st: _row(st) for st in ("probe", "sft", "eval")}
     assumptions = [
         *(f"measured: {st} {row['rate']:,} {row['unit']} on one {row['gpu']}, {row['model']} "
-          f"({row['params'] / 1e6:.0f}M params; {row['setting']}; {row['source']})" for st, row in rows.items()),
-        f"scaled to {params / 1e9:.2f}B params at the same achieved FLOP rate (x {rows['probe']['params'] / params:.4f}):"
-        f" the 135M rows are bound by host work per decode step, so this reads long for a large model",
+          f"({row['params'] / 1e6:,.0f}M params; {row['setting']}; {row['source']})" for st, row in rows.items()),
+        *(_scaling(st, row, params) for st, row in rows.items()),
         f"probe samples run to the measured {new_share:.0%} of max_new_tokens (the stop rule, off in the "
         f"measured row, would end them sooner)",
         f"facts: D_train {n['train']:,}, D_test {n['test']:,}, D_testood {n['testood']:,} ({n['prompts']:,} probe "

@@ -383,7 +383,7 @@ def test_time_plan_counts_the_work_and_prints_its_assumptions(tmp_path, capsys):
     counts = timeplan._counts(cfg)
     assert one[0].work == counts["prompts"] * 10                                    # sampling: N_map x N_sample
     assert one[1].work == 5 * (8 + 16) + (8 + 16) * 2                              # divided, mixed, lora samples
-    row = timeplan._row("probe")
+    row = timeplan._row("probe", 8_030_261_248)
     assert one[0].seconds == pytest.approx(one[0].work / (row["rate"] * row["params"] / 8_030_261_248))
     assert main(["plan", str(params), "--gpus", "8", "--gpu-memory", "80"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -391,6 +391,41 @@ def test_time_plan_counts_the_work_and_prints_its_assumptions(tmp_path, capsys):
     assert any(line.startswith("time on 8 GPU(s)") for line in out)
     assert sum(line.startswith("  assumption: ") for line in out) == len(assumptions) >= 5
     assert any("call2_probe_2097152.log" in line for line in out)
+
+
+def test_time_plan_takes_each_stage_from_its_nearest_measured_size(tmp_path, monkeypatch):
+    """With rows measured at several sizes (benchmarks/bench_sizes.py), each stage's rate comes from its row
+    nearest in size on a log scale, scaled by FLOPs from there; a row of the planned size is used as it is, and
+    the assumptions say which row and which scaling each stage took."""
+    from sftnb import timeplan
+
+    def row(stage, params, rate):
+        return {"gpu": "G", "model": f"m{params}", "params": params, "stage": stage, "rate": rate, "unit": "u/s",
+                "tokens_per_item": 32, "setting": "s", "source": "log"}
+    rows = [row("probe", 135_000_000, 3000.0), row("probe", 8_000_000_000, 900.0),
+            row("eval", 135_000_000, 3000.0), row("eval", 1_200_000_000, 2000.0),
+            row("sft", 3_200_000_000, 40.0), row("sft", 1_200_000_000, 90.0)]
+    monkeypatch.setattr(timeplan, "throughput_table", lambda: rows)
+    assert timeplan._row("probe", 8_030_261_248)["params"] == 8_000_000_000
+    assert timeplan._row("probe", 1_000_000_000)["params"] == 135_000_000        # ln 7.4 < ln 8
+    assert timeplan._row("sft", 8_030_261_248)["params"] == 3_200_000_000
+    assert timeplan._row("eval", 3_000_000_000)["params"] == 1_200_000_000
+    params = _params(tmp_path, "tiny-random", data={"source": "builtin", "max_train_per_relation": 20,
+                                                   "max_test_per_relation": 10, "max_testood_per_relation": 10},
+                     probe={"method": "sampling", "n_templates": 2, "n_samples": 10},
+                     grid={"scales": [8], "seeds": [0]})
+    cfg = load_config(params)
+    stages, assumptions = timeplan.estimate(cfg, 8_000_000_000, 1)
+    probe, sft = stages[0], stages[1]
+    assert probe.seconds == pytest.approx(probe.work * (cfg.probe.max_new_tokens / 32) / 900.0)
+    assert sft.seconds == pytest.approx(sft.work / (40.0 * 3.2 / 8.0))
+    assert "probe: measured at this size (8.00B), used as it is" in assumptions
+    assert any(a.startswith("sft: scaled from 3.20B to 8.00B params") for a in assumptions)
+    assert any(a.startswith("eval: scaled from 1.20B") and "host work" not in a for a in assumptions)
+    assert timeplan._scaling("eval", rows[2], 8_000_000_000).startswith("eval: scaled from 135M to 8.00B")
+    monkeypatch.setattr(timeplan, "throughput_table", lambda: [r for r in rows if r["stage"] != "sft"])
+    with pytest.raises(SftnbError, match="no measured sft row"):
+        timeplan.estimate(cfg, 8_000_000_000, 1)
 
 
 # ------------------------------------------------------------------------------------------ 2 ranks, measured
