@@ -45,7 +45,7 @@ def inference_copy(model, dtype: torch.dtype | None):
 
 
 def _greedy_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_tokens: int,
-                  progress: bool, desc: str, stop: StopRule | None = None, static: bool = False) -> list[str]:
+                  progress: bool, desc: str, stop: StopRule | None = None, static: bool | str = "auto") -> list[str]:
     outs = generate(model, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
                     eos_token_ids=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
                     batch_tokens=batch_tokens, progress=progress, desc=desc, stop=stop, static=static)
@@ -54,7 +54,7 @@ def _greedy_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
 
 def answer_questions(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 16,
                      batch_tokens: int = 16384, progress: bool = True, desc: str = "eval",
-                     answers: Sequence[Sequence[str]] | None = None, static: bool = False) -> list[str]:
+                     answers: Sequence[Sequence[str]] | None = None, static: bool | str = "auto") -> list[str]:
     """Greedy answers to questions in the SFT format (``<|question|> ... <|answer|>``). With ``answers`` a
     completion stops once it contains its answer (the criterion cannot change after that: its output is then cut
     there, its correctness is the same)."""

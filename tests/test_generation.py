@@ -352,3 +352,69 @@ def test_static_cache_path_gives_the_dynamic_paths_tokens(tiny, prompts, tempera
     for extra in ({"eos_token_ids": eos}, {"stop": rule}):
         dyn = generate(model, prompts, **kw, **extra)
         assert dyn != base and generate(model, prompts, static=True, **kw, **extra) == dyn
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_a_static_call_decodes_every_batch_in_one_shape_with_the_dynamic_tokens(tiny, prompts, temperature,
+                                                                                   monkeypatch):
+    """Issue 23: torch.compile (dynamic=False) and CUDA graphs capture one graph per decode shape, so a static call
+    over many batches pads every prompt to the call's width (rounded up to 8) and every batch to the call's batch
+    size (a smaller last one to a power of two): at most two shapes, where the dynamic path has one per batch. The
+    tokens stay the dynamic path's, for every prompt, across several batches."""
+    model, tok = tiny
+    many = [p for _ in range(4) for p in prompts]                          # 4 x 7 prompts, lengths 1-9
+    n = 3 if temperature else 1
+    kw = dict(n=n, temperature=temperature, max_new_tokens=6, seed=2, progress=False, batch_tokens=n * 17 * 5)
+    shapes = []
+    real = G.static_cache
+
+    def recording(model_, cache, n_, capacity):
+        cache_, step = real(model_, cache, n_, capacity)
+        def step_fn(**inputs):
+            shapes.append((tuple(inputs["input_ids"].shape), tuple(inputs["attention_mask"].shape)))
+            return step(**inputs)
+        return cache_, step_fn
+    monkeypatch.setattr(G, "static_cache", recording)
+    dynamic = generate(model, many, static=False, **kw)
+    static = generate(model, many, static=True, **kw)
+    assert static == dynamic
+    width = G._bucket(max(map(len, many))) + kw["max_new_tokens"]
+    assert {m for _, m in shapes} == {(s[0], width) for s, _ in shapes}      # every mask as wide as the call's
+    assert len({s for s, _ in shapes}) <= 2
+    assert len(shapes) >= 3 * (kw["max_new_tokens"] - 1)                     # several batches were decoded
+
+
+def test_static_plan_pads_batches_to_one_size():
+    assert G._bucket(1) == 8 and G._bucket(8) == 8 and G._bucket(9) == 16
+    plan = G._static_batches([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]])
+    assert [rows for _, rows in plan] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]       # 2 is a power of 2
+    plan = G._static_batches([[0, 1, 2, 3, 4, 5], [6, 7, 8]])
+    assert plan[1] == ([6, 7, 8], [6, 7, 8, 8]) and G._static_batches([]) == []
+    plan = G._static_batches([[0, 1, 2, 3, 4], [5, 6, 7, 8]])              # even split: the tail to full size
+    assert plan[1] == ([5, 6, 7, 8], [5, 6, 7, 8])
+
+
+def test_auto_decodes_dynamically_on_a_cpu_and_a_failed_static_decode_falls_back(tiny, prompts, monkeypatch):
+    """``static="auto"`` (the default of generate and of the evaluation) is static on CUDA only: on a CPU nothing
+    changes. Where the static path fails (a compile or capture error on a GPU), the call warns once and decodes
+    dynamically, with the same tokens, and "auto" then stays dynamic for that model."""
+    import weakref
+    model, _ = tiny
+    monkeypatch.setattr(G, "_STATIC_FAILED", weakref.WeakSet())
+    kw = dict(n=2, temperature=0.7, max_new_tokens=5, seed=1, progress=False, batch_tokens=1 << 20)
+    calls = []
+    real = G._generate_batch
+    monkeypatch.setattr(G, "_generate_batch", lambda *a, **k: calls.append(k.get("static", False)) or real(*a, **k))
+    base = generate(model, prompts, **kw)
+    assert calls == [False]
+
+    def broken(*a, **k):
+        raise RuntimeError("graph capture failed\nmore")
+    monkeypatch.setattr(G, "static_cache", broken)
+    monkeypatch.setattr(G, "_on_cuda", lambda m: True)                    # "auto" as on a GPU
+    calls.clear()
+    with pytest.warns(UserWarning, match="static KV cache decode failed .RuntimeError: graph capture failed.; "):
+        assert generate(model, prompts, **kw) == base
+    assert calls == [True, False] and model in G._STATIC_FAILED
+    calls.clear()
+    assert generate(model, prompts, **kw) == base and calls == [False]

@@ -69,10 +69,12 @@ def check_prompts(prompts) -> None:
             raise ValueError(f"prompt {i} is empty (the engine needs at least one token, e.g. BOS)")
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_pad(seqs: Sequence[Sequence[int]], pad: int, device="cpu",
+             width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask and position_ids (0 at the first real token) of a left-padded batch: every
-    row's last token sits in the last column (what generation and the answer-only SFT loss both rely on)."""
-    width = max(len(s) for s in seqs)
+    row's last token sits in the last column (what generation and the answer-only SFT loss both rely on).
+    ``width``: at least this many columns (default: the longest sequence's)."""
+    width = max(max(len(s) for s in seqs), width or 0)
     ids = np.full((len(seqs), width), pad, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for i, s in enumerate(seqs):

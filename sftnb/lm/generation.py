@@ -26,7 +26,13 @@ What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_
 - **finished rows leave the batch**: every ``CHECK_EVERY`` steps on a GPU (every step on a CPU, where the check
   costs no synchronisation) rows that emitted an EOS are dropped from the
   inputs and the cache (the only host synchronisation of the decode loop, so GPUs are not stalled per token);
-- prompts are **sorted by length** (little padding), results are returned in the caller's order.
+- prompts are **sorted by length** (little padding), results are returned in the caller's order;
+- **on CUDA, a static KV cache and CUDA graphs** (``static="auto"``, the default; ``kv_cache.static_cache``): each
+  decode step is one graph replay instead of an eager forward's kernel launches. Graphs (and torch.compile with
+  ``dynamic=False``) are made once per shape, so a static call pads every prompt to its width (rounded up to 8)
+  and every batch to one size (``_static_batches``): one or two shapes a call, not one a batch. Rows stay in a
+  static batch (finished ones are masked, not dropped). Where compiling or capturing fails, the call warns and
+  decodes dynamically.
 
 Batching: a batch of B prompts of longest length L costs ``B * n * (L + max_new_tokens)`` token slots (its KV cache
 at the end of decoding); batches are filled, in length order, up to ``batch_tokens`` (a single prompt always
@@ -46,6 +52,8 @@ position ids; nothing model-specific is touched.
 from __future__ import annotations
 
 import hashlib
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -164,7 +172,8 @@ def _stop_check(stop: StopRule, candidates: torch.Tensor, alive: torch.Tensor, t
 
 @torch.inference_mode()
 def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, uniforms, stop=None, owners=None,
-                    static=False):
+                    static=False, width=None):
+    """One batch. ``width``: left-pad every prompt to this many columns (the static path's one shape per call)."""
     from transformers import DynamicCache
 
     dev = device_of(model)
@@ -179,11 +188,11 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
               logits_to_keep=1, **{ckw: cache})
         for layer in cache.layers:
             layer.batch_repeat_interleave(len(prompts))
-        ids, smask, spos = left_pad([p[share:] for p in prompts], pad, dev)
+        ids, smask, spos = left_pad([p[share:] for p in prompts], pad, dev, None if width is None else width - share)
         mask = torch.cat([smask.new_ones((len(prompts), share)), smask], dim=1)
         pos = spos + share
     else:
-        ids, mask, pos = left_pad(prompts, pad, dev)
+        ids, mask, pos = left_pad(prompts, pad, dev, width)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                 **{ckw: cache})
     logits = out.logits[:, -1]
@@ -244,13 +253,17 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
              max_new_tokens: int = 32, eos_token_ids: Sequence[int] | int | None = (),
              pad_token_id: int | None = None, seed: int = 0, batch_tokens: int | str | None = "auto",
              progress: bool = True,
-             desc: str = "generate", stop: StopRule | None = None, static: bool = False) -> list[list[list[int]]]:
+             desc: str = "generate", stop: StopRule | None = None,
+             static: bool | str = "auto") -> list[list[list[int]]]:
     """For each prompt (token ids), ``n`` completions as token-id lists, cut before the first EOS (the EOS itself
     is dropped). ``temperature`` 0 is greedy decoding (then the ``n`` completions are identical; use n=1).
     Batches hold about ``batch_tokens`` token slots (rows x (longest prompt + max_new_tokens)); ``"auto"``: as many
     as the free device memory holds (``batching.resolve_budget``; ``CPU_BATCH_TOKENS`` on a CPU). See the module
     docstring for batching and determinism. ``static``: decode with a static KV cache, and on CUDA through CUDA
-    graphs (``kv_cache.static_cache``); the same tokens as the dynamic path (tested on the CPU)."""
+    graphs (``kv_cache.static_cache``); the same tokens as the dynamic path (tested on the CPU). ``"auto"`` (the
+    default): static on CUDA, dynamic elsewhere (on a CPU the static path only adds padding). A static call gives
+    every batch one shape (see ``_static_batches``), and falls back to the dynamic path, with one warning, where
+    compiling or capturing fails."""
     if n < 1 or max_new_tokens < 1:
         raise ValueError("n and max_new_tokens must be at least 1")
     prompts = [list(map(int, p)) for p in prompts]
@@ -261,21 +274,68 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     pad = pad_id(model, pad_token_id)
     lengths = [len(p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
-    batch_tokens = resolve_budget(batch_tokens, model, lambda: slot_bytes(model, max(lengths), max_new_tokens, n,
-                                                                          temperature > 0))
+    if static == "auto":
+        static = _on_cuda(model) and model not in _STATIC_FAILED
+    width = _bucket(max(lengths)) if static else None
+    batch_tokens = resolve_budget(batch_tokens, model, lambda: slot_bytes(model, width or max(lengths),
+                                                                          max_new_tokens, n, temperature > 0))
     keys = _prompt_keys(prompts, seed) if temperature > 0 else None
     results: list[list[list[int]]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
-    cost = lambda rows, i: rows * n * (lengths[i] + max_new_tokens)   # noqa: E731
-    for batch in batches(order, cost, batch_tokens):
-        uniforms = _uniforms(keys[batch], n, max_new_tokens) if keys is not None else None
-        outs = _generate_batch(model, [prompts[i] for i in batch], n, temperature, max_new_tokens, eos, pad,
-                               uniforms, stop, batch, static)
+    if static:          # every row costs the call's padded width: batches of one size (the last one padded)
+        plan = _static_batches(batches(order, lambda rows, i: rows * n * (width + max_new_tokens), batch_tokens))
+    else:
+        plan = [(b, b) for b in batches(order, lambda rows, i: rows * n * (lengths[i] + max_new_tokens), batch_tokens)]
+    for batch, rows in plan:
+        uniforms = _uniforms(keys[rows], n, max_new_tokens) if keys is not None else None
+        args = ([prompts[i] for i in rows], n, temperature, max_new_tokens, eos, pad, uniforms, stop, rows)
+        if static:
+            try:
+                outs = _generate_batch(model, *args, static=True, width=width)
+            except Exception as e:     # noqa: BLE001  compile / capture / graph memory: the dynamic path is exact too
+                _STATIC_FAILED.add(model)
+                warnings.warn(f"sftnb: static KV cache decode failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); decoding dynamically from here")
+                static, width = False, None
+                outs = _generate_batch(model, *args)
+        else:
+            outs = _generate_batch(model, *args)
         for j, i in enumerate(batch):
             results[i] = outs[j * n:(j + 1) * n]
         bar.update(len(batch))
     bar.close()
     return results
+
+
+# models whose static decode failed once: "auto" decodes them dynamically from then on
+_STATIC_FAILED: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+
+
+def _on_cuda(model) -> bool:
+    """Where ``static="auto"`` decodes with the static cache: CUDA, where the graphs it allows pay."""
+    return device_of(model).type == "cuda"
+
+
+def _bucket(length: int, step: int = 8) -> int:
+    """A static call's padded prompt width: the longest prompt rounded up to ``step`` (fewer distinct shapes across
+    calls, each of which torch.compile and CUDA graphs handle once)."""
+    return -(-length // step) * step
+
+
+def _static_batches(groups: list[list[int]]) -> list[tuple[list[int], list[int]]]:
+    """(batch, rows) per batch of a static call: ``rows`` is the batch padded with copies of its last prompt to the
+    call's largest batch size, or for a smaller last batch to the next power of two below that. So a call decodes
+    in one shape, or two: torch.compile (``dynamic=False``) and CUDA graphs capture each shape once, where a shape
+    per batch would recompile past dynamo's limit. The copies' outputs are dropped (their samples are those of the
+    prompt they copy: the same keys)."""
+    if not groups:
+        return []
+    full = max(len(b) for b in groups)
+    out = []
+    for b in groups:
+        size = full if len(b) == full else min(full, 1 << (len(b) - 1).bit_length())
+        out.append((b, b + [b[-1]] * (size - len(b))))
+    return out
 
 
 def slot_bytes(model, prompt: int, new: int, n: int, sampling: bool) -> float:
