@@ -117,8 +117,8 @@ def main():
                 eval_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
                                     pad_token_id=tok.pad_token_id, eos_token_id=eos)
 
-    def engine(questions):
-        answer_questions(eval_model, tok, questions, max_new_tokens=16, batch_tokens=a.batch_tokens,
+    def engine(questions, model=None):
+        answer_questions(model or eval_model, tok, questions, max_new_tokens=16, batch_tokens=a.batch_tokens,
                          progress=False, answers=answers[:len(questions)] if answers else None, static=a.static)
 
     paths = {"naive generate, batched": batched_generate, "sftnb engine": engine}
@@ -134,6 +134,15 @@ def main():
         fn(qs)
         sync(); rates[name] = len(qs) / (time.perf_counter() - t)
         print(f"  eval {name:<28} {rates[name]:9.1f} questions/s")
+    # the grid evaluates one new model after another: what does the next model's first call cost (with the
+    # static path, whether its compile and graphs are reused or made again)?
+    from sftnb.lm.models import copy_model
+    other = copy_model(eval_model, dev)
+    sync(); t = time.perf_counter()
+    engine(qs, other)
+    sync(); print(f"  eval sftnb engine, another model's first call {time.perf_counter() - t:6.2f} s "
+                  f"(the timed workload: {len(qs) / rates['sftnb engine']:.2f} s)")
+    del other
     print(f"  eval ratio vs batched generate: {rates['sftnb engine'] / rates['naive generate, batched']:.2f}x"
           + (f"; vs 1 at a time: {rates['sftnb engine'] / rates['naive generate, 1 at a time']:.2f}x"
              if "naive generate, 1 at a time" in rates else "") + f"   ({str(eval_dtype).removeprefix('torch.')} weights"

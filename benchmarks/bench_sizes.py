@@ -85,8 +85,10 @@ def time_generation(model, prompts, n: int, temperature: float, new: int, static
     kw = dict(n=n, temperature=temperature, max_new_tokens=new, eos_token_ids=(), batch_tokens="auto",
               progress=False, static=static)
     dev = next(model.parameters()).device
+    t = time.perf_counter()
     generate(model, prompts, **kw)          # the same call untimed first: kernels, allocator, compile + graphs
     _sync(dev)
+    print(f"  first call (untimed): {time.perf_counter() - t:.1f} s", flush=True)
     t = time.perf_counter()
     out = generate(model, prompts, **kw)
     _sync(dev)

@@ -73,7 +73,7 @@ if [ "$GPUS" -ge 1 ] || [ "$DRY" = 1 ]; then
     if run "probe sampling ($mode)" "$log" "$LIMIT_PROBE" $PY benchmarks/bench_probe.py $MODEL --prompts $PROMPTS \
         --samples 10 --naive-batch $NAIVE --stop-rule $extra; then
       row "probe sampling, $PROMPTS prompts x 10, <= 32 tokens, stop rule on, $mode, budget auto" \
-          "$(last "$log" 'speed-up')" "$(last "$log" 'naive model.generate') / $(last "$log" 'sftnb generate')"
+          "$(last "$log" 'speed-up')" "$(last "$log" 'naive model.generate') / $(last "$log" 'sftnb generate') / $(last "$log" 'sftnb first call')"
     fi
   done
   # 3. greedy evaluation with the stop rule on, dynamic then static + CUDA graphs
@@ -83,7 +83,7 @@ if [ "$GPUS" -ge 1 ] || [ "$DRY" = 1 ]; then
     if run "greedy evaluation ($mode)" "$log" "$LIMIT_EVAL" $PY benchmarks/bench_sft_eval.py $MODEL --skip-sft \
         --questions $QUESTIONS --naive-batch $(( NAIVE * 4 )) --skip-one-by-one --stop-rule $extra; then
       row "greedy evaluation, $QUESTIONS questions, <= 16 tokens, stop rule on, $mode" "$(last "$log" 'eval ratio')" \
-          "$(last "$log" 'eval naive') / $(last "$log" 'eval sftnb')"
+          "$(last "$log" 'eval naive generate, batched +[0-9]') / $(last "$log" 'eval sftnb engine +[0-9]') / $(last "$log" "another model's first call")"
     fi
   done
   # 4. throughput by model size, in whatever time is left
