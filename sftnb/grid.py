@@ -202,7 +202,7 @@ class Grid:
         run = self.run
         # no copy of the model on any rank: built empty and sharded over the run's group (distributed.group_mesh;
         # all ranks when None), each rank taking its shards from the pre-trained template -- rank 0's, broadcast,
-        # when the run spans every rank; each rank's own (every rank keeps one) in a group of some of them
+        # when the run spans every rank; each rank's own (every rank maps one) in a group of some of them
         template, mesh = run.template, distributed.group_mesh()
         state = template.state_dict() if tmp is not None or mesh is not None else None
         model = sharded_from_rank0(template.config, state, mesh=mesh, broadcast=mesh is None,

@@ -193,6 +193,7 @@ def plan_from_config(cfg, gpus: int | None = None, gpu_memory_gb: float | None =
     plan's memory to its RAM (MemTotal)."""
     import torch
 
+    from .lm import TINY
     from .lm.models import cpu_has_native_bf16
 
     if gpus is not None and gpus < 1:
@@ -230,5 +231,6 @@ def plan_from_config(cfg, gpus: int | None = None, gpu_memory_gb: float | None =
         probe_samples=cfg.probe.n_samples, probe_new_tokens=cfg.probe.max_new_tokens,
         probe_method=cfg.probe.method, eval_new_tokens=cfg.eval.max_new_tokens,
         restore_k=max([*r.k_percents, *r.train_k_percents, r.redundant_k_percent]),
-        restore_region=r.region, layer_group_size=r.layer_group_size)
+        restore_region=r.region, layer_group_size=r.layer_group_size,
+        template_shared=cfg.main_model.path != TINY and not cfg.main_model.quantization)
     return plan(shape, s)

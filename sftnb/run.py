@@ -23,7 +23,7 @@ from .config import ModelConfig
 from .evaluate import evaluate_sets, inference_copy, paper_accuracy, pooled_accuracy, stored
 from .data.facts import CATEGORIES, Fact
 from .grid import Grid
-from .lm.models import copy_model, load_model, load_tokenizer, model_fingerprint
+from .lm.models import copy_model, load_model, load_tokenizer, maps_itself, model_fingerprint, model_folder
 
 SETS = ("train", "test", "testood")
 TEST_SETS = tuple(f"test-{c}" for c in CATEGORIES)
@@ -73,12 +73,33 @@ class ModelRun:
 
     @cached_property
     def template(self) -> torch.nn.Module:
-        """The pre-trained model on the CPU, frozen: read (copied, its state taken), never handed out."""
-        model, _ = load_model(self.model_path, device="cpu", dtype=self.exp.train_dtype,
+        """The pre-trained model on the CPU, frozen: read (copied, its state taken), never handed out. Loaded from
+        safetensors in the training dtype its parameters are memory-mapped from the files, so every process of a
+        node shares one copy (the page cache) instead of holding its own: a folder in another dtype (LLaMA-3-8B's
+        bf16 under fp32 training) is written once in that dtype as a store unit (``template_folder``) first."""
+        model, _ = load_model(self.template_folder(), device="cpu", dtype=self.exp.train_dtype,
                               prompt_start=self.mc.prompt_start)
         for p in model.parameters():
             p.requires_grad_(False)
         return model.eval()
+
+    def template_folder(self) -> str:
+        """Where the template is loaded from: the model's own folder when its safetensors are in the training
+        dtype, else a store unit holding the weights converted to it (computed by one process, read by all).
+        tiny-random and quantized models have no files to share and load as before."""
+        dtype = self.exp.train_dtype
+        if self.mc.quantization or model_folder(self.model_path) is None or maps_itself(self.model_path, dtype):
+            return self.model_path
+
+        def convert(tmp):
+            model, tok = load_model(self.model_path, device="cpu", dtype=dtype, prompt_start=self.mc.prompt_start)
+            model.save_pretrained(tmp / "model")          # safetensors, in shards for a large model
+            tok.save_pretrained(tmp / "model")
+            return {"dtype": str(dtype), "params": sum(p.numel() for p in model.parameters())}
+
+        unit = self.store.unit("template", {"model": self.model_id, "dtype": str(dtype)}, label=self.name)
+        unit.compute(convert)
+        return str(unit.file("model"))
 
     def identity(self) -> str:
         """The model named exactly, for captions: its variant, where its weights came from, its prompt start and

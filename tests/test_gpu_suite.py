@@ -65,7 +65,8 @@ def test_bench_sizes_rows_feed_the_time_plan(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(timeplan, "throughput_table", lambda: merged)
     assert timeplan._row("probe", rows[0]["params"]) == rows[0]
     capsys.readouterr()
-    for argv in (["--sizes", "llama-70b", "--out", str(out)], ["--stages", "train", "--out", str(out)], ["--sizes", "tiny"]):
+    for argv in (["--sizes", "llama-70b", "--out", str(out)], ["--stages", "train", "--out", str(out)],
+                 ["--sizes", "tiny"]):
         assert bench.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("bench_sizes: ") and len(err.strip().splitlines()) == 1

@@ -124,3 +124,112 @@ def test_probe_agreement_compares_the_estimator_with_sampling(tmp_path):
     probes = exp.main.probes()
     assert set(probes["train"]["category"]) <= {0, 1, 2, 3, 4} and probes["train"]["R"].between(0, 1).all()
     assert Experiment(smoke_config(tmp_path)).main.probe_agreement() is None       # sampling: nothing to compare
+
+
+def _mapped_bytes(model, path_part: str) -> tuple[int, int]:
+    """(bytes of ``model``'s parameters that lie in a file mapping whose path contains ``path_part``, all bytes)."""
+    ranges = []
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        if len(fields) >= 6 and path_part in fields[5]:
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((lo, hi))
+    inside = total = 0
+    for p in model.parameters():
+        n = p.numel() * p.element_size()
+        total += n
+        inside += n if any(lo <= p.data_ptr() and p.data_ptr() + n <= hi for lo, hi in ranges) else 0
+    return inside, total
+
+
+def test_the_template_is_memory_mapped_and_a_folder_in_another_dtype_is_converted_once(tmp_path):
+    """Issue 23 (weights once per node): the pre-trained template every process keeps is memory-mapped from
+    safetensors in the training dtype, so the processes of a node share one copy in the page cache. A folder in
+    another dtype (bf16, as LLaMA-3-8B ships) is written once in fp32 as a ``template`` store unit, which every
+    later process maps; a folder already in fp32 is mapped as it is, with no unit."""
+    from sftnb.lm.models import load_model, save_tiny_model
+    fp32 = save_tiny_model(tmp_path / "fp32", seed=3)
+    model, tok = load_model(str(fp32), device="cpu", dtype="float32")
+    bf16 = tmp_path / "bf16"
+    model.to(torch.bfloat16).save_pretrained(bf16)
+    tok.save_pretrained(bf16)
+
+    def experiment(folder, tag):
+        cfg = smoke_config(tmp_path / tag)
+        cfg.models[0].path = str(folder)
+        return Experiment(cfg)
+
+    exp = experiment(fp32, "a")
+    assert exp.main.template_folder() == str(fp32)
+    inside, total = _mapped_bytes(exp.main.template, str(fp32))
+    assert inside == total > 0 and not [u for u in exp.store.computed if u.kind == "template"]
+
+    exp = experiment(bf16, "b")
+    folder = exp.main.template_folder()
+    assert [u.kind for u in exp.store.computed] == ["template"] and folder.startswith(str(tmp_path / "b"))
+    template = exp.main.template
+    inside, total = _mapped_bytes(template, folder)
+    assert inside == total > 0 and {p.dtype for p in template.parameters()} == {torch.float32}
+    expect = dict(model.named_parameters())                                   # the bf16 weights, exactly
+    assert all(torch.equal(p, expect[n].float()) for n, p in template.named_parameters())
+    again = experiment(bf16, "b")                                              # another process: the same unit
+    assert again.main.template_folder() == folder and [u.kind for u in again.store.reused] == ["template"]
+    assert not again.store.computed
+
+
+_SHARE = r"""
+import json, sys, time
+from pathlib import Path
+from sftnb.lm.models import load_model
+folder, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+model, _ = load_model(str(folder), device="cpu", dtype="float32")      # as ModelRun.template loads it
+total = sum(float(p.sum()) for p in model.parameters())                  # every page of every weight touched
+def wait(name):
+    for _ in range(600):
+        if (folder.parent / name).exists():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{name} never came")
+(folder.parent / f"{me}.loaded").touch()
+wait(f"{other}.loaded")                    # both processes map the file now: read how its pages are shared
+rss = pss = 0
+block = None
+for line in open("/proc/self/smaps"):
+    head = line.split()
+    if len(head) >= 6 and "-" in head[0] and ":" not in head[0]:
+        block = head[5] if head[5].endswith(".safetensors") and str(folder) in head[5] else None
+    elif block and head[0] in ("Rss:", "Pss:"):
+        rss, pss = (rss + int(head[1]), pss) if head[0] == "Rss:" else (rss, pss + int(head[1]))
+print(json.dumps({"rss_kb": rss, "pss_kb": pss}))
+(folder.parent / f"{me}.measured").touch()
+wait(f"{other}.measured")
+"""
+
+
+def test_two_processes_share_one_copy_of_the_template(tmp_path):
+    """Issue 23: two processes (two ranks of a node) that load the same fp32 folder as ``ModelRun.template`` does
+    and read every weight each have the whole file resident (Rss), but the node holds it once: their Pss (each
+    shared page counted 1/2 in each) add up to about one file, not two."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sftnb.lm.models import save_tiny_model
+    folder = save_tiny_model(tmp_path / "model", seed=1, hidden=512)
+    size_kb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1024
+    script = tmp_path / "share.py"
+    script.write_text(_SHARE)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script), str(folder), a, b], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for a, b in (("p0", "p1"), ("p1", "p0"))]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    m = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert size_kb > 30_000                                                  # ~10M fp32 weights
+    for one in m:
+        assert one["rss_kb"] >= 0.9 * size_kb                                # each process sees all of it
+    # the node holds it once, not twice: their Pss add up to one file, within 25 % (pages of the mapping that
+    # loading wrote to are private to each process: ~9 % here)
+    assert 0.9 * size_kb <= sum(one["pss_kb"] for one in m) <= 1.25 * size_kb

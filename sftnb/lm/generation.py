@@ -324,10 +324,10 @@ def _bucket(length: int, step: int = 8) -> int:
 
 def _static_batches(groups: list[list[int]]) -> list[tuple[list[int], list[int]]]:
     """(batch, rows) per batch of a static call: ``rows`` is the batch padded with copies of its last prompt to the
-    call's largest batch size, or for a smaller last batch to the next power of two below that. So a call decodes
-    in one shape, or two: torch.compile (``dynamic=False``) and CUDA graphs capture each shape once, where a shape
-    per batch would recompile past dynamo's limit. The copies' outputs are dropped (their samples are those of the
-    prompt they copy: the same keys)."""
+    call's largest batch size, or for a smaller last batch to the next power of two (at most that size). So a
+    call decodes in one shape, or two: torch.compile (``dynamic=False``) and CUDA graphs capture each shape once,
+    where a shape per batch would recompile past dynamo's limit. The copies' outputs are dropped (their samples
+    are those of the prompt they copy: the same keys)."""
     if not groups:
         return []
     full = max(len(b) for b in groups)

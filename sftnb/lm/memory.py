@@ -179,6 +179,8 @@ class PlanSettings:
     restore_k: float = 60.0                   # largest k % restored at once
     restore_region: str = "transformer"
     layer_group_size: int = 4
+    template_shared: bool = True              # the pre-trained template is memory-mapped from safetensors (a model
+                                              # folder): one copy per node in the page cache, not one per rank
 
     @property
     def weight_bytes(self) -> int:
@@ -378,12 +380,17 @@ def restore_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
 
 
 def host_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
-    """Host RAM of one node as the code allocates it: every process (rank) keeps the pre-trained model on its host
+    """Host RAM of one node as the code allocates it. Every process (rank) keeps the pre-trained model on its host
     (``ModelRun.template``: the source of every copy and the restoration reference); the copies it hands out are
-    made on its device (``models.copy_model``), never on the host. Under fsdp the weights reach the other ranks'
-    shards from rank 0's template (``fsdp.sharded_from_rank0``) and rank 0 gathers each trained model on its host
+    made on its device (``models.copy_model``), never on the host. A template loaded from safetensors in the
+    training dtype is memory-mapped (``ModelRun.template_folder``; a folder in another dtype is converted once into
+    the store), so the node's ranks share one copy in the page cache (``template_shared``); a model without
+    files (tiny-random, quantized) is one copy per rank. Under fsdp the weights reach the other ranks' shards from
+    rank 0's template (``fsdp.sharded_from_rank0``) and rank 0 gathers each trained model on its host
     (``fsdp.full_state_dict``) for saving and evaluation: one more copy there."""
-    copies = {f"pre-trained template x{s.gpus} ranks": s.gpus * shape.params * s.train_bytes}
+    one = shape.params * s.train_bytes
+    copies = ({"pre-trained template, memory-mapped: one per node": one} if s.template_shared else
+              {f"pre-trained template x{s.gpus} ranks": s.gpus * one})
     if s.strategy == "fsdp":
         copies["rank 0: gathered fine-tuned state"] = shape.params * s.weight_bytes
     return Estimate(copies)

@@ -321,6 +321,34 @@ def copy_model(model, device: torch.device | str, dtype: torch.dtype | None = No
     return twin.train(model.training)
 
 
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+def weights_dtypes(path: str) -> set | None:
+    """The dtypes of a model folder's floating-point weights, read from its safetensors headers (no tensor is
+    read); None when it has no safetensors files (a ``.bin`` checkpoint) or is no folder (tiny-random)."""
+    import json
+    import struct
+
+    folder = model_folder(path)
+    files = sorted(folder.glob("*.safetensors")) if folder is not None else []
+    if not files:
+        return None
+    found = set()
+    for f in files:
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        found |= {_SAFETENSORS_DTYPES[v["dtype"]] for k, v in header.items()
+                  if k != "__metadata__" and v["dtype"] in _SAFETENSORS_DTYPES}
+    return found
+
+
+def maps_itself(path: str, dtype: torch.dtype) -> bool:
+    """Whether ``load_model(path, "cpu", dtype)`` gives parameters memory-mapped from the folder's files (its
+    safetensors hold every weight in ``dtype``): then the processes of a node share one copy in the page cache."""
+    return weights_dtypes(path) == {dtype}
+
+
 def describe(path: str) -> str:
     """What a model is and where its weights came from, for table captions and figure titles."""
     if path == EMBEDDED:
