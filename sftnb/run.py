@@ -76,7 +76,7 @@ class ModelRun:
         """The pre-trained model on the CPU, frozen: read (copied, its state taken), never handed out. Loaded from
         safetensors in the training dtype its parameters are memory-mapped from the files, so every process of a
         node shares one copy (the page cache) instead of holding its own: a folder in another dtype (LLaMA-3-8B's
-        bf16 under fp32 training) is written once in that dtype as a store unit (``template_folder``) first."""
+        bf16 under fp32 training) is first written once in the training dtype as a store unit (``template_folder``)."""
         model, _ = load_model(self.template_folder(), device="cpu", dtype=self.exp.train_dtype,
                               prompt_start=self.mc.prompt_start)
         for p in model.parameters():

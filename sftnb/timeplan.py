@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass
 from importlib.resources import files
 
+from .infra.errors import SftnbError
+
 H = 3600.0
 
 
@@ -43,7 +45,6 @@ def _row(stage: str, params: int) -> dict:
     larger of two as near): scaling a rate by FLOPs errs the least from the nearest size."""
     rows = [r for r in throughput_table() if r["stage"] == stage]
     if not rows:
-        from .infra.errors import SftnbError
         raise SftnbError(f"resources/throughput.json has no measured {stage} row")
     return min(rows, key=lambda r: (abs(math.log(r["params"] / params)), -r["params"]))
 
@@ -154,7 +155,6 @@ def plan_text(cfg, gpus: int | None = None, gpu_memory: float | None = None,
               host_memory: float | None = None) -> tuple[str, bool]:
     """``sftnb plan``: (the memory plan of ``sftnb.plan`` with, on GPUs, the time estimate before its last line
     (fits / does not fit), whether the run fits)."""
-    from .infra.errors import SftnbError
     from .plan import format_plan, plan_from_config
 
     p = plan_from_config(cfg, gpus, gpu_memory, host_memory)
