@@ -6,13 +6,15 @@
 #      CUDA graphs path (benchmarks/bench_probe.py);
 #   3. greedy evaluation, stop rule on, against batched model.generate: dynamic, then static
 #      (benchmarks/bench_sft_eval.py --skip-sft);
-#   4. throughput by model size for `sftnb plan`'s time estimate: randomly initialised LLaMA-3-8B, 3.2-3B and
+#   4. restoration as a GPU run does it (the fine-tuned model on the GPU, the pre-trained weights on the host)
+#      against the CPU path, bit for bit (benchmarks/restore_check.py);
+#   5. throughput by model size for `sftnb plan`'s time estimate: randomly initialised LLaMA-3-8B, 3.2-3B and
 #      3.2-1B shapes in the probe, evaluation and SFT settings (benchmarks/bench_sizes.py), rows written to
 #      $OUT/throughput_rows.json as each is measured, in the form of sftnb/resources/throughput.json;
-#   5. with SMOKE=1: the smoke params end to end (6 notebooks); with 2 GPUs or more: 2 torchrun ranks on them;
+#   6. with SMOKE=1: the smoke params end to end (6 notebooks); with 2 GPUs or more: 2 torchrun ranks on them;
 # and print one table at the end, ratios and throughput rows included. Everything goes under $OUT (default
 # ./gpu-suite), logs included. Each step has its own time limit (LIMIT_* seconds), so one hang cannot eat the call;
-# step 4 gets what is left of SUITE_S (470 s) after steps 1-3, so the call stays under 8 minutes.
+# step 5 gets what is left of SUITE_S (470 s) after steps 1-4, so the call stays under 8 minutes.
 #
 #   bash benchmarks/gpu_suite.sh                      # from the repository root, the package on PYTHONPATH or installed
 #   OUT=/tmp/suite PY=python3 bash benchmarks/gpu_suite.sh
@@ -53,9 +55,10 @@ else
   MODEL=""; PROMPTS=1024; QUESTIONS=16384; NAIVE=1024; PLAN_PROMPTS=2048
   SIZES=""                              # bench_sizes.py's defaults: 8B, 3B, 1B shapes
 fi
-# steps 1-3 at worst 90 + 2 x 100 + 2 x 75 = 440 s; step 4 takes the rest of SUITE_S (at least 30 s), measured
+# steps 1-4 at worst 75 + 2 x 90 + 2 x 65 + 60 = 445 s; step 5 takes the rest of SUITE_S (at least 30 s), measured
 # from the suite's start, so the call stays under its 8 minutes; the sizes' rows are written as each finishes
-LIMIT_PLAN=${LIMIT_PLAN:-90}; LIMIT_PROBE=${LIMIT_PROBE:-100}; LIMIT_EVAL=${LIMIT_EVAL:-75}; LIMIT_SMOKE=${LIMIT_SMOKE:-150}
+LIMIT_PLAN=${LIMIT_PLAN:-75}; LIMIT_PROBE=${LIMIT_PROBE:-90}; LIMIT_EVAL=${LIMIT_EVAL:-65}; LIMIT_RESTORE=${LIMIT_RESTORE:-60}
+LIMIT_SMOKE=${LIMIT_SMOKE:-150}
 SUITE_S=${SUITE_S:-470}
 START=$(date +%s)
 
@@ -86,7 +89,13 @@ if [ "$GPUS" -ge 1 ] || [ "$DRY" = 1 ]; then
           "$(last "$log" 'eval naive generate, batched +[0-9]') / $(last "$log" 'eval sftnb engine +[0-9]') / $(last "$log" "another model's first call")"
     fi
   done
-  # 4. throughput by model size, in whatever time is left
+  # 4. restoration on the device against the CPU path
+  if run "restoration on the device vs the CPU" "$OUT/restore_check.log" "$LIMIT_RESTORE" \
+      $PY benchmarks/restore_check.py $MODEL; then
+    row "restoration, fine-tuned model on the device, pre-trained on the host (copy mode) vs the CPU (swap mode)" \
+        "$(last "$OUT/restore_check.log" '^restore check')" "$(grep -E '^k = ' "$OUT/restore_check.log" | paste -sd ';' -)"
+  fi
+  # 5. throughput by model size, in whatever time is left
   left=$(( SUITE_S - ($(date +%s) - START) )); [ $left -ge 30 ] || left=30
   run "throughput by model size" "$OUT/sizes.log" "$left" $PY benchmarks/bench_sizes.py $SIZES \
       --out "$OUT/throughput_rows.json" --log "$OUT/sizes.log"
@@ -97,7 +106,7 @@ else
   row "benchmarks" "skipped: no CUDA GPU (DRY=1 runs them tiny on the CPU)" "-"
 fi
 
-# 5. optional: smoke params end to end, and 2 ranks where there are 2 GPUs
+# 6. optional: smoke params end to end, and 2 ranks where there are 2 GPUs
 if [ "$SMOKE" = 1 ]; then
   run "smoke params end to end" "$OUT/smoke.log" "$LIMIT_SMOKE" \
       $PY -m sftnb run params/smoke.yaml --out "$OUT/smoke-run" --force \

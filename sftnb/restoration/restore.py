@@ -142,12 +142,13 @@ class Restorer:
 
     # ------------------------------------------------------------------------- streaming over the region
     def _pieces(self) -> Iterator[tuple[str, int, int, torch.Tensor, torch.Tensor]]:
-        """(name, start, stop, tuned flat piece, base flat piece) in canonical order."""
+        """(name, start, stop, tuned flat piece, base flat piece) in canonical order, the base piece on the
+        model's device (a GPU run keeps the pre-trained weights on the host: each piece travels when needed)."""
         for name in self.names:
             t = self.params[name].detach().reshape(-1)
             b = self._base(name).reshape(-1)
             for start, stop in pieces(t.numel()):
-                yield name, start, stop, t[start:stop], b[start:stop]
+                yield name, start, stop, t[start:stop], b[start:stop].to(t.device)
 
     def _keys(self, strategy, seed, name, start, t, b, exclude_zero_base=False):
         return chunk_keys(strategy, seed, name, start, t, b, self._ws, exclude_zero_base,
