@@ -12,7 +12,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow                      # ~1 minute: seven benchmark processes on tiny models
+@pytest.mark.slow                      # ~100 s: eight benchmark processes on tiny models
 def test_gpu_suite_dry_run_on_the_cpu(tmp_path):
     env = dict(os.environ, DRY="1", OUT=str(tmp_path / "suite"), PY=sys.executable, PYTHONPATH=str(ROOT),
                CUDA_VISIBLE_DEVICES="")
@@ -20,12 +20,13 @@ def test_gpu_suite_dry_run_on_the_cpu(tmp_path):
                           text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert len(rows) == 7 and not any("FAILED" in r for r in rows), proc.stdout
+    assert len(rows) == 8 and not any("FAILED" in r or "SKIPPED" in r for r in rows), proc.stdout
     assert "plan check: ok" in rows[0]
     assert [("stop rule on" in r, "static" in r) for r in rows[1:5]] == [(True, False), (True, True)] * 2
     assert all("x" in r.split("|")[2] for r in rows[1:5])                     # every comparison printed its ratio
     assert "restoration" in rows[5] and "restore check: ok" in rows[5]       # copy mode = swap mode, bit for bit
-    assert "throughput by model size" in rows[6] and "| 6 row(s)" in rows[6]  # 2 tiny shapes x 3 stages
+    assert "params/smoke.yaml on cpu" in rows[6] and "units check: ok" in rows[6]   # the pipeline's units
+    assert "throughput by model size" in rows[7] and "| 6 row(s)" in rows[7]  # 2 tiny shapes x 3 stages
     sizes = json.loads((tmp_path / "suite" / "throughput_rows.json").read_text())["rows"]
     assert [(r["model"].split()[0], r["stage"]) for r in sizes] == [
         (m, st) for m in ("tiny", "tiny-wide") for st in ("probe", "eval", "sft")]
