@@ -55,24 +55,43 @@ def largest_scale(keys: list[RunKey]) -> list[RunKey]:
     return [k for k in keys if k.scale == top]
 
 
-def restorer_on(run, model, what: str = "model") -> Restorer:
-    """A Restorer on a fine-tuned ``model`` against the pre-trained weights. Where the model lives with them (a CPU
-    run), it gets a private copy of the pre-trained region to swap with (fast, cost independent of k); on a GPU
-    the pre-trained weights stay on the host and restoring copies from them."""
+def restorer_on(run, model, what: str = "model", tuned: dict | None = None) -> Restorer:
+    """A Restorer on a fine-tuned ``model`` against the pre-trained weights (``tuned``: the fine-tuned values,
+    when ``model`` is only the target, see ``_restorer``). Where the model lives with them (a CPU run), it gets a
+    private copy of the pre-trained region to swap with (fast, cost independent of k); on a GPU the pre-trained
+    weights stay on the host and restoring copies from them."""
     base, region = run.pretrained_state(), run.cfg.restore.region
-    if all(torch.equal(p, base[n].to(p.device)) for n, p in model.named_parameters() if n in base):
+    source = tuned if tuned is not None else {n: p.detach() for n, p in model.named_parameters()}
+    if all(torch.equal(source[n], base[n].to(source[n].device)) for n in base if n in source):
         raise SftnbError(f"{what}: the fine-tuned weights equal the pre-trained ones (checkpoint not loaded?)")
     names = model_regions(model).names(base, region)
-    if run.exp.device.type == base[names[0]].device.type:
+    if tuned is None and run.exp.device.type == base[names[0]].device.type:
         base = {n: base[n].clone() for n in names}              # private: swap mode may write into it
-    return Restorer(model, base, region=region)
+    return Restorer(model, base, region=region, tuned=tuned)
 
 
 def _restorer(run, key: RunKey):
-    """A Restorer on a fresh fine-tuned model of this grid key (``restorer_on``), with the model and tokenizer."""
+    """(Restorer, the model to evaluate, tokenizer) for a fresh fine-tuned model of this grid key. Where the run
+    evaluates in the training dtype (a CPU run), the Restorer works on the fine-tuned model itself. Where it
+    evaluates in another (a GPU run: bf16 beside fp32 weights), the device holds one model only, the evaluation
+    copy in the inference dtype, made from the kept checkpoint; the Restorer selects from the checkpoint's fp32
+    values on the host (memory-mapped) and writes the cast pre-trained values into that copy: the same model,
+    bit for bit, as restoring the fp32 model and casting it, without the fp32 model on the device beside it."""
     run.grid.unit(key)                          # makes sure the grid unit (and its checkpoint) exists
-    model, tok, _ = run.grid.finetune(key)
-    return restorer_on(run, model, key.label), model, tok
+    ckpt = run.grid.checkpoint_dir(key)
+    if run.exp.infer_dtype == run.exp.train_dtype or ckpt is None:
+        model, tok, _ = run.grid.finetune(key)
+        return restorer_on(run, model, key.label), model, tok
+    from safetensors import safe_open
+
+    from .lm.models import copy_model
+    tuned = {}
+    for f in sorted(ckpt.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:           # memory-mapped: nothing is read until used
+            tuned |= {n: fh.get_tensor(n) for n in fh.keys()}
+    target = copy_model(run.template, run.exp.device, run.exp.infer_dtype, state=tuned).eval()
+    tuned = {n: tuned[n] for n, _ in target.named_parameters() if n in tuned}   # a tied head is saved once
+    return restorer_on(run, target, key.label, tuned=tuned), target, run.tokenizer
 
 
 def _sweep_spec(run, key: RunKey, what: dict) -> dict:

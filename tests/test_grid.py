@@ -233,3 +233,33 @@ def test_two_processes_share_one_copy_of_the_template(tmp_path):
     # the node holds it once, not twice: their Pss add up to one file, within 25 % (pages of the mapping that
     # loading wrote to are private to each process: ~9 % here)
     assert 0.9 * size_kb <= sum(one["pss_kb"] for one in m) <= 1.25 * size_kb
+
+
+def test_a_run_evaluating_in_another_dtype_restores_its_evaluation_copy_only(tmp_path, monkeypatch):
+    """Issue 23 (never a full fp32 model plus a second copy on one device): where a run evaluates in another
+    dtype than it trains in (a GPU run: bf16 beside fp32; here run.inference_dtype bfloat16 on the CPU), the
+    restoration sweeps hold one model, the evaluation copy, made from the kept checkpoint, and select from the
+    checkpoint's fp32 values: the restored copy is the cast of the restored fp32 model, bit for bit, it is
+    evaluated as it is (no further copy), and its answers are those of the old way."""
+    import sftnb.evaluate as ev
+    from sftnb.param_analysis import _restorer, kept_runs, restorer_on
+    cfg = smoke_config(tmp_path)
+    cfg.run.inference_dtype = "bfloat16"
+    exp = Experiment(cfg)
+    run = exp.main
+    key = kept_runs(run)[0]
+    restorer, target, tok = _restorer(run, key)
+    assert {p.dtype for p in target.parameters()} == {torch.bfloat16} and not restorer.swap
+    model, _, _ = run.grid.finetune(key)                                 # the old way: the fp32 model itself
+    old = restorer_on(run, model, key.label)
+    sets = {n: f for n, f in run.eval_sets().items() if n.startswith("test-")}
+    with old.restored(20):
+        before = ev.copy_model
+        expect = run.evaluate(model, tok, sets)                          # a bf16 copy of the restored fp32 model
+        with restorer.restored(20):
+            ref = dict(model.named_parameters())
+            assert all(torch.equal(p.detach(), ref[n].detach().bfloat16()) for n, p in target.named_parameters())
+            monkeypatch.setattr(ev, "copy_model", lambda *a, **k: pytest.fail("the target was copied"))
+            got = run.evaluate(target, tok, sets)
+            monkeypatch.setattr(ev, "copy_model", before)
+    assert got == expect

@@ -311,3 +311,33 @@ def test_pack_mask_is_lsb_first_and_round_trips(n):
     padded = torch.nn.functional.pad(mask.to(torch.int64), (0, (-n) % 8)).view(-1, 8)
     assert torch.equal(packed.long(), (padded << torch.arange(8)).sum(1))      # bit i of byte j = element 8j + i
     assert torch.equal(rmod.unpack_mask(packed, n), mask)
+
+
+@pytest.mark.parametrize("target_dtype", [torch.bfloat16, torch.float32])
+def test_restoring_a_cast_target_from_separate_fine_tuned_values_is_the_cast_of_restoring(target_dtype):
+    """Issue 23 (no fp32 copy beside the evaluation copy on a GPU): a Restorer whose target is an evaluation copy
+    (bf16) and whose fine-tuned values come from elsewhere (``tuned=``, the fp32 checkpoint on the host) selects
+    exactly what restoring the fp32 model selects, and leaves the target equal, bit for bit, to the cast of the
+    restored fp32 model: for top / bottom / random k, for layer groups, and after undo."""
+    from sftnb.lm.models import copy_model, tiny_model
+    model, _ = tiny_model(seed=0)
+    base = snapshot(tiny_model(seed=1)[0])
+    tuned = snapshot(model)
+    fp32 = Restorer(model, {n: b.clone() for n, b in base.items()})
+    target = copy_model(model, "cpu", target_dtype)
+    cast = Restorer(target, base, tuned=tuned)
+    assert fp32.swap and not cast.swap
+
+    def same():
+        ref = dict(model.named_parameters())
+        return all(torch.equal(p.detach(), ref[n].detach().to(target_dtype)) for n, p in target.named_parameters())
+    for k, strategy in ((1, "top"), (5, "top"), (20, "bottom"), (60, "top"), (5, "random")):
+        a, b = fp32.restore(k, strategy, seed=3), cast.restore(k, strategy, seed=3)
+        assert a.to_dict() == b.to_dict() and same(), (k, strategy)
+        fp32.undo(), cast.undo()
+        assert same()
+    with fp32.layers_restored([1, 2]), cast.layers_restored([1, 2]):
+        assert same()
+    assert same() and all(torch.equal(p.detach(), tuned[n].to(target_dtype)) for n, p in target.named_parameters())
+    with pytest.raises(rmod.SftnbError, match="differs from the fine-tuned"):
+        Restorer(target, base, tuned={**tuned, "model.layers.0.mlp.up_proj.weight": torch.zeros(3)})

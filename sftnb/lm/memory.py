@@ -369,13 +369,21 @@ def eval_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
 
 
 def restore_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
-    """Live restoration of one full fine-tuned model (also under fsdp), then its evaluation (module docstring)."""
+    """Live restoration of one full fine-tuned model (also under fsdp), then its evaluation (module docstring).
+    Where the run evaluates in its training dtype (a CPU run) the restorer works on the fine-tuned model itself.
+    Otherwise (a GPU run, bf16 beside fp32) the device holds one model, the evaluation copy, restored in place
+    from the fp32 fine-tuned and pre-trained values on the host, one piece of each on the device at a time
+    (``param_analysis._restorer``): undo values in the inference dtype, no fp32 model."""
     region = shape.region_params(s.restore_region)
     group = min(s.layer_group_size, shape.layers) / shape.layers * shape.region_params("transformer")
-    copy = {} if s.infer_bytes == s.weight_bytes else {"inference copy": shape.params * s.infer_bytes}
-    parts = {"fine-tuned model": shape.params * s.weight_bytes,
-             "undo values": int(max(s.restore_k / 100 * region, group)) * s.weight_bytes,
-             "mask+workspace": region // 8 + WORKSPACE_PER_ELEMENT * min(PIECE, shape.largest_tensor()), **copy}
+    piece = min(PIECE, shape.largest_tensor())
+    undo = int(max(s.restore_k / 100 * region, group))
+    if s.infer_bytes == s.weight_bytes:
+        parts = {"fine-tuned model": shape.params * s.weight_bytes, "undo values": undo * s.weight_bytes,
+                 "mask+workspace": region // 8 + WORKSPACE_PER_ELEMENT * piece}
+    else:
+        parts = {"restored evaluation copy": shape.params * s.infer_bytes, "undo values": undo * s.infer_bytes,
+                 "mask+workspace": region // 8 + (WORKSPACE_PER_ELEMENT + 2 * s.train_bytes) * piece}
     return Estimate({**parts, **_eval_peak(shape, s, sum(parts.values())).parts})
 
 

@@ -73,19 +73,19 @@ def _xor_swap(t: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, ws: "
 
 
 # ============================================================================================= live model
-def _base_getter(base) -> Callable[[str], torch.Tensor]:
+def _base_getter(base, what: str = "pre-trained") -> Callable[[str], torch.Tensor]:
     if isinstance(base, dict):
         def get(n):
             if n not in base:
-                raise SftnbError(f"{n}: missing from the pre-trained state")
+                raise SftnbError(f"{n}: missing from the {what} state")
             return base[n]
         return get
     if isinstance(base, torch.nn.Module):
         params = dict(base.named_parameters(remove_duplicate=False))
-        return lambda n: _get_param(params, n, "the pre-trained model")
+        return lambda n: _get_param(params, n, f"the {what} model")
     from .checkpoints import Checkpoint                # a folder: tensors read on demand (memory-bounded)
     ckpt = Checkpoint(base)
-    return lambda n: ckpt.read(n) if n in ckpt.meta else _missing(n)
+    return lambda n: ckpt.read(n) if n in ckpt.meta else _missing(n, what)
 
 
 def _get_param(params, n, what):
@@ -94,8 +94,8 @@ def _get_param(params, n, what):
     return params[n].detach()
 
 
-def _missing(n):
-    raise SftnbError(f"{n}: missing from the pre-trained checkpoint")
+def _missing(n, what="pre-trained"):
+    raise SftnbError(f"{n}: missing from the {what} checkpoint")
 
 
 class Restorer:
@@ -105,22 +105,32 @@ class Restorer:
     ``swap``: None = automatic: swap mode when the base tensors are in memory with the model's dtype and device
     and not shared (the base tensors then hold the fine-tuned values of the restored elements until ``undo``:
     pass a base nobody else reads meanwhile); copy mode otherwise. Either way undo is bit-exact.
+    ``tuned``: where the fine-tuned values are read from (a model, a state dict or a folder; default: ``model``
+    itself). With it, ``model`` is only the target, and may be in another dtype: a GPU run restores its bf16
+    evaluation copy directly, selecting from the fp32 fine-tuned and pre-trained weights on the host, so the
+    device never holds the fp32 model beside it. Casting is elementwise, so the target ends up exactly the cast
+    of what restoring the fp32 model would give.
     Statistics (thresholds, histograms) are cached: call ``refresh()`` after changing the weights yourself.
     """
 
-    def __init__(self, model: torch.nn.Module, base, region: str = "transformer", swap: bool | None = None):
+    def __init__(self, model: torch.nn.Module, base, region: str = "transformer", swap: bool | None = None,
+                 tuned=None):
         self.model, self.region = model, region
         params = dict(model.named_parameters())
         self.regions = model_regions(model)             # from the model's module tree: any architecture
         self.names = self.regions.require(params, region, "this model")
         self.params = {n: params[n] for n in self.names}
         self._base = _base_getter(base)
-        can_swap = not isinstance(base, (str, bytes)) and not hasattr(base, "__fspath__")
+        self._tuned = (lambda n: self.params[n].detach()) if tuned is None else _base_getter(tuned, "fine-tuned")
+        can_swap = tuned is None and not isinstance(base, (str, bytes)) and not hasattr(base, "__fspath__")
         seen = set()
         for n in self.names:
             p, b = self.params[n], self._base(n)
             if tuple(b.shape) != tuple(p.shape):
                 raise SftnbError(f"{n}: shape {tuple(p.shape)} differs from the pre-trained {tuple(b.shape)}")
+            if tuned is not None and tuple(self._tuned(n).shape) != tuple(p.shape):
+                raise SftnbError(f"{n}: shape {tuple(p.shape)} differs from the fine-tuned "
+                                 f"{tuple(self._tuned(n).shape)}")
             if b.dtype != p.dtype or b.device != p.device or not b.is_contiguous() or b.data_ptr() in seen:
                 can_swap = False
             seen.add(b.data_ptr())
@@ -142,13 +152,15 @@ class Restorer:
 
     # ------------------------------------------------------------------------- streaming over the region
     def _pieces(self) -> Iterator[tuple[str, int, int, torch.Tensor, torch.Tensor]]:
-        """(name, start, stop, tuned flat piece, base flat piece) in canonical order, the base piece on the
-        model's device (a GPU run keeps the pre-trained weights on the host: each piece travels when needed)."""
+        """(name, start, stop, tuned flat piece, base flat piece) in canonical order, both on the model's device
+        (a GPU run keeps the pre-trained weights, and with ``tuned`` the fine-tuned ones, on the host: each piece
+        travels when needed)."""
         for name in self.names:
-            t = self.params[name].detach().reshape(-1)
+            dev = self.params[name].device
+            t = self._tuned(name).reshape(-1)
             b = self._base(name).reshape(-1)
             for start, stop in pieces(t.numel()):
-                yield name, start, stop, t[start:stop], b[start:stop].to(t.device)
+                yield name, start, stop, t[start:stop].to(dev), b[start:stop].to(dev)
 
     def _keys(self, strategy, seed, name, start, t, b, exclude_zero_base=False):
         return chunk_keys(strategy, seed, name, start, t, b, self._ws, exclude_zero_base,
