@@ -33,6 +33,8 @@ class RestoreConfig(_Section):
     k_percents: list[float] = [1, 3, 5, 10, 20, 40, 60]   # restore the top-k% most changed (Table 4)
     train_k_percents: list[float] = [5, 20]              # Table 6 (training set)
     train_scales: Optional[list[Scale]] = None           # Table 6's kept scales (None: every kept scale)
+    train_sample: Optional[int] = Field(None, ge=1)      # Table 6 on a seeded sample of this many of each model's
+                                                        # training facts where it has more (None: all of them)
     region: Literal["transformer", "mlp", "attention", "embedding", "all"] = "transformer"
     strategies: list[StrategyName] = ["top"]             # names of sftnb.restoration.strategies.STRATEGIES
     redundant_k_percent: float = Field(20, gt=0, le=100)  # Tables 9-10: where the restored updates sit

@@ -12,6 +12,7 @@ read them through the same declarations (``Analysis.results``): a new analysis i
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -126,25 +127,34 @@ def restore_sweep(run, key: RunKey, ks, strategy: str = "top", on_train: bool = 
     training set (Table 6): ``{"rows": [{"k", "per_set"}]}`` with per-fact correctness (``sweep_frame`` gives the
     accuracies). k = 0 is the fine-tuned model itself: the grid unit's own evaluation of the same sets, not a
     second one. The model is restored and undone in place."""
+    facts = run.grid.training_facts(key) if on_train else None
+    sample = run.cfg.restore.train_sample
+    sampled = on_train and sample is not None and len(facts) > sample
+    if sampled:                     # Table 6 on a seeded sample of the training set, in the set's own order
+        keep = sorted(random.Random(f"train-sample-{key.label}").sample(range(len(facts)), sample))
+        facts = [facts[i] for i in keep]
+
     def compute(tmp):
         unrestored = run.grid.unit(key)["per_set"]
         restorer, model, tok = _restorer(run, key)
-        sets = {"train": run.grid.training_facts(key)} if on_train else run.eval_sets()
+        sets = {"train": facts} if on_train else run.eval_sets()
         restorer.prepare(ks, strategy, seed=key.seed)      # every k's threshold from one set of passes
         rows = []
         for k in [0, *ks]:
-            if k == 0 and all(n in unrestored for n in sets):
+            if k == 0 and not sampled and all(n in unrestored for n in sets):
                 per_set = {n: unrestored[n] for n in sets}
-            elif k == 0:                                   # eval.train_accuracy off: the grid has no train score
+            elif k == 0:                 # eval.train_accuracy off (the grid has no train score), or a sample
                 per_set = stored(run.evaluate(model, tok, sets))
             else:
                 with restorer.restored(k, strategy, seed=key.seed):
                     per_set = stored(run.evaluate(model, tok, sets))
             rows.append({"k": k, "per_set": per_set})
-        return {"rows": rows}
+        return {"rows": rows, **({"train_sample": [len(facts), len(run.grid.training_facts(key))]} if sampled
+                                 else {})}
 
+    # a sample is part of the key only where it leaves facts out: unsampled sweeps keep their stored units
     spec = _sweep_spec(run, key, {"what": "restore", "ks": list(ks), "strategy": strategy, "on_train": on_train,
-                                  "v": 3})
+                                  "v": 3, **({"train_sample": sample} if sampled else {})})
     return run.store.compute("restore", spec, compute, f"{key.label}-{strategy}{'-train' if on_train else ''}")
 
 

@@ -263,3 +263,34 @@ def test_a_run_evaluating_in_another_dtype_restores_its_evaluation_copy_only(tmp
             got = run.evaluate(target, tok, sets)
             monkeypatch.setattr(ev, "copy_model", before)
     assert got == expect
+
+
+def test_table6_on_a_seeded_sample_of_the_training_set(tmp_path):
+    """restore.train_sample: Table 6 scores each restored model on a seeded sample of its training facts where
+    it has more (the paper-range profile at n = 960). The sample is fixed by the run (the same facts every
+    time, in the set's order), part of the unit's key only where it leaves facts out (a sweep it does not
+    shorten keeps its stored unit), and the table's caption says so."""
+    from sftnb.param_analysis import kept_runs, restore_sweep
+    exp = Experiment(smoke_config(tmp_path))
+    run = exp.main
+    key = kept_runs(run)[0]
+    n = len(run.grid.training_facts(key))
+    full = restore_sweep(run, key, [20], on_train=True)
+    assert "train_sample" not in full and full["rows"][0]["per_set"]["train"]["n"] == n
+    run.cfg.restore.train_sample = n                              # takes every fact: the same unit, reused
+    before = len(exp.store.computed)
+    assert restore_sweep(run, key, [20], on_train=True) == full and len(exp.store.computed) == before
+    run.cfg.restore.train_sample = n - 3
+    part = restore_sweep(run, key, [20], on_train=True)
+    assert part["train_sample"] == [n - 3, n] and len(exp.store.computed) == before + 1
+    assert all(r["per_set"]["train"]["n"] == n - 3 for r in part["rows"])
+    again = Experiment(smoke_config(tmp_path))                    # another process: the same facts, the stored unit
+    again.main.cfg.restore.train_sample = n - 3
+    assert restore_sweep(again.main, key, [20], on_train=True) == part and not again.store.computed
+    from sftnb import sections
+    from sftnb.report.artifacts import ModelOutput
+    out = ModelOutput(tmp_path / "fig6", "M", "M: tiny", first=False)
+    (tmp_path / "fig6").mkdir()
+    sections.restoration.train_table({(key, "top"): part}, out)
+    md = next((tmp_path / "fig6").glob("table06_*.md")).read_text()
+    assert f"At n = {key.scale}: a seeded sample of {n - 3} of each model's {n} training facts" in md

@@ -80,7 +80,7 @@ SIZES = {"run_name", "data.max_train_per_relation", "data.max_test_per_relation"
          "models[0].calibration_facts", "models[0].inject.train_facts_per_exposure",
          "models[0].inject.test_facts_per_exposure", "models[0].inject.before_facts", "probe.calibration_facts",
          "grid.scales", "grid.seeds", "grid.keep_checkpoints", "token_kl.max_examples", "eval.min_category_facts",
-         "restore.k_percents", "restore.train_scales"}
+         "restore.k_percents", "restore.train_scales", "restore.train_sample"}
 
 
 def test_the_dry_profile_is_the_cpu_profile_scaled_down():

@@ -137,8 +137,12 @@ def restore_tables(sweeps: dict, out: ModelOutput) -> tuple[pd.DataFrame, list[p
 def train_table(sweeps: dict, out: ModelOutput) -> pd.DataFrame:
     """Table 6: accuracy on each model's own training set after restoring k % (sweeps with ``on_train=True``)."""
     rows = restore_rows(sweeps, 0, out.name, on_train=True)
+    samples = sorted({(key.scale, *res["train_sample"]) for (key, _), res in sweeps.items() if "train_sample" in res},
+                     key=lambda x: str(x[0]))
+    note = "".join(f" At n = {scale}: a seeded sample of {n} of each model's {of} training facts (restore."
+                   f"train_sample)." for scale, n, of in samples)
     return out.table(RESTORE_TRAIN, restore_table(rows, "train", "Acc"), data=rows,
-                     caption=f"Training-set accuracy (%) after restoring k %. {out.identity}.")
+                     caption=f"Training-set accuracy (%) after restoring k %.{note} {out.identity}.")
 
 
 # --------------------------------------------------------------------------------------------- the claims
