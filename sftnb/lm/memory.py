@@ -179,8 +179,7 @@ class PlanSettings:
     restore_k: float = 60.0                   # largest k % restored at once
     restore_region: str = "transformer"
     layer_group_size: int = 4
-    template_shared: bool = True              # the pre-trained template is memory-mapped from safetensors (a model
-                                              # folder): one copy per node in the page cache, not one per rank
+    template_shared: bool = True              # the template is memory-mapped (a model folder): one copy per node
 
     @property
     def weight_bytes(self) -> int:
@@ -369,11 +368,9 @@ def eval_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
 
 
 def restore_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
-    """Live restoration of one full fine-tuned model (also under fsdp), then its evaluation (module docstring).
-    Where the run evaluates in its training dtype (a CPU run) the restorer works on the fine-tuned model itself.
-    Otherwise (a GPU run, bf16 beside fp32) the device holds one model, the evaluation copy, restored in place
-    from the fp32 fine-tuned and pre-trained values on the host, one piece of each on the device at a time
-    (``param_analysis._restorer``): undo values in the inference dtype, no fp32 model."""
+    """Live restoration of one full fine-tuned model, then its evaluation (module docstring): on the fine-tuned
+    model itself where the run evaluates in its training dtype (CPU); else (GPU: bf16 beside fp32) on the
+    evaluation copy alone, from fp32 values on the host, a piece at a time (``param_analysis._restorer``)."""
     region = shape.region_params(s.restore_region)
     group = min(s.layer_group_size, shape.layers) / shape.layers * shape.region_params("transformer")
     piece = min(PIECE, shape.largest_tensor())
@@ -388,14 +385,12 @@ def restore_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
 
 
 def host_memory(shape: ModelShape, s: PlanSettings) -> Estimate:
-    """Host RAM of one node as the code allocates it. Every process (rank) keeps the pre-trained model on its host
-    (``ModelRun.template``: the source of every copy and the restoration reference); the copies it hands out are
-    made on its device (``models.copy_model``), never on the host. A template loaded from safetensors in the
-    training dtype is memory-mapped (``ModelRun.template_folder``; a folder in another dtype is converted once into
-    the store), so the node's ranks share one copy in the page cache (``template_shared``); a model without
-    files (tiny-random, quantized) is one copy per rank. Under fsdp the weights reach the other ranks' shards from
-    rank 0's template (``fsdp.sharded_from_rank0``) and rank 0 gathers each trained model on its host
-    (``fsdp.full_state_dict``) for saving and evaluation: one more copy there."""
+    """Host RAM of one node as the code allocates it. Every rank keeps the pre-trained model on its host
+    (``ModelRun.template``, the source of every copy, made on the device by ``models.copy_model``): memory-mapped
+    from safetensors in the training dtype (``ModelRun.template_folder``), the node's ranks share one copy in the
+    page cache (``template_shared``); tiny-random and quantized models have one per rank. Under fsdp rank 0's
+    template feeds the shards (``fsdp.sharded_from_rank0``) and rank 0 gathers each trained model on its host
+    (``fsdp.full_state_dict``): one more copy there."""
     one = shape.params * s.train_bytes
     copies = ({"pre-trained template, memory-mapped: one per node": one} if s.template_shared else
               {f"pre-trained template x{s.gpus} ranks": s.gpus * one})
