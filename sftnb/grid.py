@@ -193,8 +193,6 @@ class Grid:
         return unit.compute(lambda tmp: self._evaluate(tmp, key, ref, *self.finetune(key)))
 
     def _compute_fsdp(self, tmp, key: RunKey, ref: dict) -> dict:
-        from transformers import AutoModelForCausalLM
-
         from .infra import distributed
         from .fsdp import mixed_precision, sharded_from_rank0, train_fsdp
         from .infra.launch import device
@@ -214,9 +212,11 @@ class Grid:
         if tmp is None:                     # ranks > 0: their part was the training
             return {}
         # the gathered weights (on rank 0's host) become the model as they are (assign: no copy); _evaluate
-        # moves it to the device in the inference dtype
+        # moves it to the device in the inference dtype. Built on the template's own config object, as
+        # models.copy_model builds every other model: on CUDA the compiled decode step is traced once for all
+        # of them (from_config would deep-copy the config, and each model would be traced again)
         with torch.device("meta"):
-            tuned = AutoModelForCausalLM.from_config(template.config)
+            tuned = type(template)(template.config)
         tuned.load_state_dict(state, assign=True, strict=False)
         tuned.tie_weights()
         for name, buf in template.named_buffers():          # the rotary frequencies: in no state dict

@@ -418,3 +418,30 @@ def test_auto_decodes_dynamically_on_a_cpu_and_a_failed_static_decode_falls_back
     assert calls == [True, False] and model in G._STATIC_FAILED
     calls.clear()
     assert generate(model, prompts, **kw) == base and calls == [False]
+
+
+def test_the_compiled_decode_step_is_traced_once_for_every_model_of_a_class():
+    """The static path compiles ``model.forward`` per model (``kv_cache.static_cache``, dynamic=False). The grid
+    evaluates one new model after another, so a trace per model would put a compile (minutes at 8B) before each
+    evaluation and run past dynamo's recompile limit. Dynamo inlines nn.Modules (their parameters are inputs):
+    models of one class made from one template (one config object) share one trace per shape. This checks that
+    torch still does (the eager backend: the tracing without a compiler; on CUDA, graphs are then re-recorded
+    per model, which the GPU suite times as another model's first call)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from sftnb.lm.models import copy_model, tiny_model
+    torch._dynamo.reset()
+    counters.clear()
+    first = tiny_model(seed=0)[0].eval()
+    ids = torch.randint(3, 300, (4, 6))
+    other = tiny_model(seed=1)[0].state_dict()
+    # as the pipeline makes its models: copies of the run's template (models.copy_model), its config shared
+    models = (first, copy_model(first, "cpu").eval(), copy_model(first, "cpu", state=other).eval())
+    with torch.inference_mode():
+        outs = [torch.compile(m.forward, backend="eager", dynamic=False)(input_ids=ids).logits for m in models]
+        assert counters["stats"]["unique_graphs"] == 1
+        assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])   # each with its own weights
+        torch.compile(tiny_model(seed=1)[0].eval().forward, backend="eager", dynamic=False)(input_ids=ids)
+    assert counters["stats"]["unique_graphs"] == 2          # a model with a config of its own is traced again
+    torch._dynamo.reset()
