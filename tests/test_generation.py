@@ -397,10 +397,9 @@ def test_static_plan_pads_batches_to_one_size():
 def test_auto_decodes_dynamically_on_a_cpu_and_a_failed_static_decode_falls_back(tiny, prompts, monkeypatch):
     """``static="auto"`` (the default of generate and of the evaluation) is static on CUDA only: on a CPU nothing
     changes. Where the static path fails (a compile or capture error on a GPU), the call warns once and decodes
-    dynamically, with the same tokens, and "auto" then stays dynamic for that model."""
-    import weakref
+    dynamically, with the same tokens, and "auto" then stays dynamic in the process, for every model."""
     model, _ = tiny
-    monkeypatch.setattr(G, "_STATIC_FAILED", weakref.WeakSet())
+    monkeypatch.setattr(G, "_STATIC", {"failed": False})
     kw = dict(n=2, temperature=0.7, max_new_tokens=5, seed=1, progress=False, batch_tokens=1 << 20)
     calls = []
     real = G._generate_batch
@@ -415,9 +414,13 @@ def test_auto_decodes_dynamically_on_a_cpu_and_a_failed_static_decode_falls_back
     calls.clear()
     with pytest.warns(UserWarning, match="static KV cache decode failed .RuntimeError: graph capture failed.; "):
         assert generate(model, prompts, **kw) == base
-    assert calls == [True, False] and model in G._STATIC_FAILED
+    assert calls == [True, False] and G._STATIC["failed"]
     calls.clear()
     assert generate(model, prompts, **kw) == base and calls == [False]
+    other = tiny_model(seed=4)[0].eval()                                   # another model: no second attempt
+    calls.clear()
+    generate(other, prompts, **kw)
+    assert calls == [False]
 
 
 def test_the_compiled_decode_step_is_traced_once_for_every_model_of_a_class():

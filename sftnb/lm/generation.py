@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -263,7 +262,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     graphs (``kv_cache.static_cache``); the same tokens as the dynamic path (tested on the CPU). ``"auto"`` (the
     default): static on CUDA, dynamic elsewhere (on a CPU the static path only adds padding). A static call gives
     every batch one shape (see ``_static_batches``), and falls back to the dynamic path, with one warning, where
-    compiling or capturing fails."""
+    compiling or capturing fails; "auto" then stays dynamic in this process."""
     if n < 1 or max_new_tokens < 1:
         raise ValueError("n and max_new_tokens must be at least 1")
     prompts = [list(map(int, p)) for p in prompts]
@@ -275,7 +274,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     lengths = [len(p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
     if static == "auto":
-        static = _on_cuda(model) and model not in _STATIC_FAILED
+        static = _on_cuda(model) and not _STATIC["failed"]
     width = _bucket(max(lengths)) if static else None
     batch_tokens = resolve_budget(batch_tokens, model, lambda: slot_bytes(model, width or max(lengths),
                                                                           max_new_tokens, n, temperature > 0))
@@ -293,9 +292,10 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
             try:
                 outs = _generate_batch(model, *args, static=True, width=width)
             except Exception as e:     # noqa: BLE001  compile / capture / graph memory: the dynamic path is exact too
-                _STATIC_FAILED.add(model)
+                _STATIC["failed"] = True
                 warnings.warn(f"sftnb: static KV cache decode failed ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); decoding dynamically from here")
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); this process decodes "
+                              f"dynamically from here")
                 static, width = False, None
                 outs = _generate_batch(model, *args)
         else:
@@ -307,8 +307,9 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     return results
 
 
-# models whose static decode failed once: "auto" decodes them dynamically from then on
-_STATIC_FAILED: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+# once a static decode has failed (most likely the environment: no working compiler for the GPU), "auto"
+# decodes dynamically for the rest of the process, so that no later model pays a failing compile again
+_STATIC = {"failed": False}
 
 
 def _on_cuda(model) -> bool:
