@@ -25,7 +25,12 @@ def main(argv=None) -> int:
     ap.add_argument("params", type=Path)
     ap.add_argument("--device", default="cuda", help="run.device for the check (default cuda)")
     ap.add_argument("--out", type=Path, required=True, help="the store (a fresh folder computes every unit)")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="decode on the dynamic KV cache (SFTNB_STATIC_DECODE=0): no compiles, for a quick check")
     a = ap.parse_args(argv)
+    if a.dynamic:
+        import os
+        os.environ["SFTNB_STATIC_DECODE"] = "0"
     from sftnb import work
     from sftnb.config import load_config
     from sftnb.experiment import Experiment

@@ -421,6 +421,11 @@ def test_auto_decodes_dynamically_on_a_cpu_and_a_failed_static_decode_falls_back
     calls.clear()
     generate(other, prompts, **kw)
     assert calls == [False]
+    monkeypatch.setattr(G, "_STATIC", {"failed": False})                  # and SFTNB_STATIC_DECODE=0 opts out
+    monkeypatch.setattr(G, "static_cache", lambda *a, **k: pytest.fail("static path taken"))
+    monkeypatch.setenv("SFTNB_STATIC_DECODE", "0")
+    calls.clear()
+    assert generate(model, prompts, **kw) == base and calls == [False]
 
 
 def test_the_compiled_decode_step_is_traced_once_for_every_model_of_a_class():

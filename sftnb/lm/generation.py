@@ -52,6 +52,7 @@ position ids; nothing model-specific is touched.
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -262,7 +263,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     graphs (``kv_cache.static_cache``); the same tokens as the dynamic path (tested on the CPU). ``"auto"`` (the
     default): static on CUDA, dynamic elsewhere (on a CPU the static path only adds padding). A static call gives
     every batch one shape (see ``_static_batches``), and falls back to the dynamic path, with one warning, where
-    compiling or capturing fails; "auto" then stays dynamic in this process."""
+    compiling or capturing fails; "auto" then stays dynamic in this process. ``SFTNB_STATIC_DECODE=0`` in the
+    environment makes "auto" dynamic everywhere (where compiling is slow or broken)."""
     if n < 1 or max_new_tokens < 1:
         raise ValueError("n and max_new_tokens must be at least 1")
     prompts = [list(map(int, p)) for p in prompts]
@@ -274,7 +276,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     lengths = [len(p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
     if static == "auto":
-        static = _on_cuda(model) and not _STATIC["failed"]
+        static = _on_cuda(model) and not _STATIC["failed"] and os.environ.get("SFTNB_STATIC_DECODE", "1") != "0"
     width = _bucket(max(lengths)) if static else None
     batch_tokens = resolve_budget(batch_tokens, model, lambda: slot_bytes(model, width or max(lengths),
                                                                           max_new_tokens, n, temperature > 0))
