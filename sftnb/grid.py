@@ -120,6 +120,18 @@ class Grid:
         folder = self.run.store.unit("sft", spec, key.label).file("checkpoint")
         return folder if (folder / "config.json").is_file() else None
 
+    def checkpoint_state(self, key: RunKey, device) -> dict[str, torch.Tensor] | None:
+        """The kept checkpoint's tensors on ``device`` (on the CPU memory-mapped: read as they are used), or None
+        if it was not kept."""
+        ckpt = self.checkpoint_dir(key)
+        if ckpt is None:
+            return None
+        from safetensors.torch import load_file
+        state = {}
+        for f in sorted(ckpt.glob("*.safetensors")):
+            state |= load_file(str(f), device=str(device))
+        return state
+
     def finetune(self, key: RunKey):
         """(fine-tuned model, tokenizer, train report): a fresh model of the caller's own, from the kept checkpoint
         if there is one, else re-trained from its seed (deterministic) starting from the pre-trained weights."""
@@ -127,12 +139,8 @@ class Grid:
         facts = self.training_facts(key)
         if facts is None:
             raise SftnbError(f"{key.label}: D_train-{key.category} has too few facts for scale {key.scale}")
-        ckpt = self.checkpoint_dir(key)
-        if ckpt is not None:
-            from safetensors.torch import load_file
-            state = {}
-            for f in sorted(ckpt.glob("*.safetensors")):
-                state |= load_file(str(f), device=str(run.exp.device))
+        state = self.checkpoint_state(key, run.exp.device)
+        if state is not None:
             # made straight from the checkpoint (a tied output head is saved once, under the embedding's name)
             model = copy_model(run.template, run.exp.device, state=state).requires_grad_(True).eval()
             return model, run.tokenizer, None

@@ -79,17 +79,11 @@ def _restorer(run, key: RunKey):
     values on the host (memory-mapped) and writes the cast pre-trained values into that copy: the same model,
     bit for bit, as restoring the fp32 model and casting it, without the fp32 model on the device beside it."""
     run.grid.unit(key)                          # makes sure the grid unit (and its checkpoint) exists
-    ckpt = run.grid.checkpoint_dir(key)
-    if run.exp.infer_dtype == run.exp.train_dtype or ckpt is None:
+    tuned = None if run.exp.infer_dtype == run.exp.train_dtype else run.grid.checkpoint_state(key, "cpu")
+    if tuned is None:
         model, tok, _ = run.grid.finetune(key)
         return restorer_on(run, model, key.label), model, tok
-    from safetensors import safe_open
-
     from .lm.models import copy_model
-    tuned = {}
-    for f in sorted(ckpt.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as fh:           # memory-mapped: nothing is read until used
-            tuned |= {n: fh.get_tensor(n) for n in fh.keys()}
     target = copy_model(run.template, run.exp.device, run.exp.infer_dtype, state=tuned).eval()
     tuned = {n: tuned[n] for n, _ in target.named_parameters() if n in tuned}   # a tied head is saved once
     return restorer_on(run, target, key.label, tuned=tuned), target, run.tokenizer
@@ -128,8 +122,8 @@ def restore_sweep(run, key: RunKey, ks, strategy: str = "top", on_train: bool = 
     accuracies). k = 0 is the fine-tuned model itself: the grid unit's own evaluation of the same sets, not a
     second one. The model is restored and undone in place."""
     facts = run.grid.training_facts(key) if on_train else None
-    sample = run.cfg.restore.train_sample
-    sampled = on_train and sample is not None and len(facts) > sample
+    sample, total = run.cfg.restore.train_sample, len(facts or [])
+    sampled = on_train and sample is not None and total > sample
     if sampled:                     # Table 6 on a seeded sample of the training set, in the set's own order
         keep = sorted(random.Random(f"train-sample-{key.label}").sample(range(len(facts)), sample))
         facts = [facts[i] for i in keep]
@@ -149,8 +143,7 @@ def restore_sweep(run, key: RunKey, ks, strategy: str = "top", on_train: bool = 
                 with restorer.restored(k, strategy, seed=key.seed):
                     per_set = stored(run.evaluate(model, tok, sets))
             rows.append({"k": k, "per_set": per_set})
-        return {"rows": rows, **({"train_sample": [len(facts), len(run.grid.training_facts(key))]} if sampled
-                                 else {})}
+        return {"rows": rows, **({"train_sample": [len(facts), total]} if sampled else {})}
 
     # a sample is part of the key only where it leaves facts out: unsampled sweeps keep their stored units
     spec = _sweep_spec(run, key, {"what": "restore", "ks": list(ks), "strategy": strategy, "on_train": on_train,

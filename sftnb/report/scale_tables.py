@@ -156,5 +156,5 @@ def scale_tables_block(folder: str | Path) -> str:
     return begin + "\n" + "\n".join(parts).rstrip() + "\n" + end
 
 
-__all__ = ["scale_tables_markers", "mastery_counts", "accuracy_by_scale", "restoration_gains", "category_spread", "d_train_counts",
-           "models_of", "scale_tables_block"]
+__all__ = ["scale_tables_markers", "mastery_counts", "accuracy_by_scale", "restoration_gains", "category_spread",
+           "d_train_counts", "models_of", "scale_tables_block"]
