@@ -15,6 +15,10 @@ assumption, and ``format_time`` prints each one:
   perfect sharing, and for FSDP runs perfect scaling over the ranks; LoRA runs at the full-SFT sample rate;
 - a grid scale ``all`` trains on a fifth of D_train per category (all of it for mixed / LoRA runs): the category
   sizes are known only after the probe.
+
+Scaled from a small model, that estimate is an upper bound. ``floor`` gives the other side: the same tokens' matmul
+FLOPs at the card's datasheet peak (``resources/gpu_peaks.json``), which no run can beat. A measured row of the
+planned size (``bench_sizes.py`` on a GPU) is what narrows the two.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ class StageTime:
     work: float           # items (generations, samples, questions)
     what: str             # what the items are
     seconds: float
+    flops_per_weight: float = 0.0   # the stage's matmul FLOPs per matmul weight: 2 a token forward, 6 trained
 
 
 def throughput_table() -> list[dict]:
@@ -77,9 +82,9 @@ def _counts(cfg) -> dict[str, int]:
     return {**{k: len(v) for k, v in sets.items()}, "prompts": prompts}
 
 
-def estimate(cfg, params: int, gpus: int, layers: int = 32) -> tuple[list[StageTime], list[str]]:
-    """Each stage's wall time on ``gpus`` GPUs for a model of ``params`` parameters and ``layers`` decoder layers;
-    and the assumptions."""
+def estimate(cfg, params: int, gpus: int, layers: int = 32, seq_len: int = 32) -> tuple[list[StageTime], list[str]]:
+    """Each stage's wall time on ``gpus`` GPUs for a model of ``params`` parameters and ``layers`` decoder layers
+    (``seq_len`` tokens a training sample, for the floor); and the assumptions."""
     n = _counts(cfg)
     p, g, r = cfg.probe, cfg.grid, cfg.restore
     rows = {st: _row(st, params) for st in ("probe", "sft", "eval")}
@@ -95,9 +100,10 @@ def estimate(cfg, params: int, gpus: int, layers: int = 32) -> tuple[list[StageT
         if p.method == "calibrated":
             gens += 2 * min(p.calibration_facts, n["train"] + n["test"] + n["testood"]) * p.n_templates * p.n_samples
     probe_s = gens * n_models * (p.max_new_tokens / 32) / (per_gpu("probe") * gpus)
+    probe_f = 2 * gens * n_models * p.max_new_tokens * new_share
     # the grid: samples trained, questions answered per run
     all_per_category = n["train"] / 5
-    samples, runs, evalq = 0.0, 0, 0.0
+    samples, runs, evalq, sft_f = 0.0, 0, 0.0, 0.0
     test_q = n["test"] + n["testood"]
     for kind, scales in (("divided", g.scales), ("mixed", (g.mixed_scales or g.scales) if g.mixed else []),
                          ("lora", (g.lora_scales or g.scales) if g.lora else [])):
@@ -107,6 +113,7 @@ def estimate(cfg, params: int, gpus: int, layers: int = 32) -> tuple[list[StageT
             k = cats * len(g.seeds_at(s))
             runs += k
             samples += k * size * cfg.sft.epochs
+            sft_f += (4 if kind == "lora" else 6) * k * size * cfg.sft.epochs * seq_len    # LoRA: no weight grads
             evalq += k * (test_q + (size if cfg.eval.train_accuracy else 0))
     n_grid = len(cfg.grid_models)
     eval_rate = per_gpu("eval") * 16 / cfg.eval.max_new_tokens   # measured at <= 16 new tokens
@@ -124,10 +131,13 @@ def estimate(cfg, params: int, gpus: int, layers: int = 32) -> tuple[list[StageT
     restq = kept * len(r.strategies) * len(r.k_percents) * test_q + train_q * len(r.train_k_percents) + layers_q
     n_restore = len(cfg.restore_models)
     restore_s = n_restore * restq / (eval_rate * gpus)
-    stages = [StageTime("probe", gens * n_models, f"generations of <= {p.max_new_tokens} tokens", probe_s),
-              StageTime("sft", n_grid * samples, f"training samples in {runs * n_grid} runs", sft_s),
-              StageTime("eval", n_grid * evalq, f"questions in {runs * n_grid} evaluations", eval_s),
-              StageTime("restore", n_restore * restq, f"questions in {kept * n_restore} restored models", restore_s)]
+    answer = 2 * cfg.eval.max_new_tokens                        # forward FLOPs per weight for one question
+    stages = [StageTime("probe", gens * n_models, f"generations of <= {p.max_new_tokens} tokens", probe_s, probe_f),
+              StageTime("sft", n_grid * samples, f"training samples in {runs * n_grid} runs", sft_s, n_grid * sft_f),
+              StageTime("eval", n_grid * evalq, f"questions in {runs * n_grid} evaluations", eval_s,
+                        n_grid * evalq * answer),
+              StageTime("restore", n_restore * restq, f"questions in {kept * n_restore} restored models", restore_s,
+                        n_restore * restq * answer)]
     assumptions = [
         *(f"measured: {st} {row['rate']:,} {row['unit']} on one {row['gpu']}, {row['model']} "
           f"({row['params'] / 1e6:,.0f}M params; {row['setting']}; {row['source']})" for st, row in rows.items()),
@@ -142,12 +152,46 @@ def estimate(cfg, params: int, gpus: int, layers: int = 32) -> tuple[list[StageT
     return stages, assumptions
 
 
-def format_time(stages: list[StageTime], assumptions: list[str], gpus: int) -> str:
+def gpu_peaks() -> list[dict]:
+    return json.loads(files("sftnb").joinpath("resources/gpu_peaks.json").read_text(encoding="utf-8"))["cards"]
+
+
+def peak_card(gpu_memory_gb: float) -> dict | None:
+    """The fastest listed card whose memory is within 10 % of ``gpu_memory_gb`` (none: None). Of the cards that
+    memory could be, the fastest gives the lowest floor, so the floor holds whichever it is."""
+    cards = [c for c in gpu_peaks() if abs(c["memory_gb"] - gpu_memory_gb) <= 0.1 * c["memory_gb"]]
+    return max(cards, key=lambda c: c["bf16_tflops"], default=None)
+
+
+def floor(stages: list[StageTime], matmul_params: int, gpus: int, card: dict) -> list[float]:
+    """Each stage's compute floor in seconds: its matmul FLOPs (``flops_per_weight`` x the ``matmul_params``
+    weights a token multiplies) at ``gpus`` x ``card``'s datasheet peak. Attention scores, prompts, padding and
+    every non-matmul kernel are left out, and no GPU runs at its peak: a run takes longer."""
+    return [st.flops_per_weight * matmul_params / (gpus * card["bf16_tflops"] * 1e12) for st in stages]
+
+
+def _dur(seconds: float) -> str:
+    """Hours to 2 decimals; seconds where that would print 0.00 h (a small run's floor)."""
+    return f"{seconds / H:.2f} h" if seconds >= 36 else f"{seconds:.1f} s"
+
+
+def format_time(stages: list[StageTime], assumptions: list[str], gpus: int,
+                floors: tuple[dict, list[float]] | None = None) -> str:
     lines = [f"time on {gpus} GPU(s), estimated from measured throughputs (assumptions below):"]
     for st in stages:
         lines.append(f"  {st.stage:<8} {st.seconds / H:8.1f} h   {st.work:,.0f} {st.what}")
     lines.append(f"  {'total':<8} {sum(s.seconds for s in stages) / H:8.1f} h")
+    if floors is not None:
+        card, secs = floors
+        each = ", ".join(f"{st.stage} {_dur(f)}" for st, f in zip(stages, secs))
+        lines.append(f"  {'floor':<8} {_dur(sum(secs)):>10}   the same tokens' matmul FLOPs at {gpus} x {card['gpu']}'s "
+                     f"datasheet peak, {card['bf16_tflops']:,} TFLOP/s dense bf16 ({each})")
     lines += [f"  assumption: {a}" for a in assumptions]
+    if floors is not None:
+        lines.append(f"  assumption: floor: 2 FLOPs per matmul weight per token forward (probe: the generated "
+                     f"tokens above; eval, restore: every question decodes eval.max_new_tokens), 6 per trained "
+                     f"token (4 for LoRA); attention, prompts, padding and non-matmul kernels left out; no GPU runs "
+                     f"at its peak, so the run takes longer than this ({card['source']})")
     return "\n".join(lines)
 
 
@@ -160,10 +204,19 @@ def plan_text(cfg, gpus: int | None = None, gpu_memory: float | None = None,
     p = plan_from_config(cfg, gpus, gpu_memory, host_memory)
     lines = format_plan(p).splitlines()
     if not p.settings.on_cpu:
+        sh, s = p.shape, p.settings
         try:
-            lines[-1:-1] = format_time(*estimate(cfg, p.shape.params, p.settings.gpus, p.shape.layers),
-                                       p.settings.gpus).splitlines()
+            stages, assumptions = estimate(cfg, sh.params, s.gpus, sh.layers, s.seq_len)
         except SftnbError as e:
             lines.insert(-1, f"time: not estimated ({e})")
+        else:
+            # the weights a token multiplies: all but the input embedding (a lookup) and the norms
+            matmul = sh.params - (0 if sh.tied else sh.vocab * sh.hidden) - (2 * sh.layers + 1) * sh.hidden
+            card = peak_card(s.gpu_memory_gb)
+            floors = (card, floor(stages, matmul, s.gpus, card)) if card else None
+            lines[-1:-1] = format_time(stages, assumptions, s.gpus, floors).splitlines()
+            if card is None:
+                lines.insert(-1, f"  floor: not computed (no card of about {s.gpu_memory_gb:g} GB in "
+                                 f"sftnb/resources/gpu_peaks.json)")
     return "\n".join(lines), p.fits
 

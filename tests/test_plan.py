@@ -389,8 +389,50 @@ def test_time_plan_counts_the_work_and_prints_its_assumptions(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "fits"
     assert any(line.startswith("time on 8 GPU(s)") for line in out)
-    assert sum(line.startswith("  assumption: ") for line in out) == len(assumptions) >= 5
+    assert sum(line.startswith("  assumption: ") for line in out) == len(assumptions) + 1 >= 6   # + the floor's
     assert any("call2_probe_2097152.log" in line for line in out)
+
+
+def test_time_plan_prints_a_compute_floor_beside_its_estimate(tmp_path, capsys):
+    """Scaled from the 135M rows the estimate reads long; ``sftnb plan`` also prints the floor on the other side:
+    the same tokens' matmul FLOPs (2 a weight per token forward, 6 trained, 4 under LoRA) at the datasheet peak of
+    the fastest listed card of that memory (resources/gpu_peaks.json, each card naming its datasheet). The floor
+    is below the estimate; a memory no listed card has gets a line saying so, and the plan still fits."""
+    from sftnb import timeplan
+
+    cards = timeplan.gpu_peaks()
+    assert all(c["source"].startswith("NVIDIA") and c["bf16_tflops"] > 0 for c in cards)
+    assert timeplan.peak_card(80)["gpu"] == "NVIDIA H100 SXM"            # faster than the A100 80GB
+    assert timeplan.peak_card(141)["gpu"] == "NVIDIA H200 SXM"
+    assert timeplan.peak_card(48) is None
+    params = _params(tmp_path, str(_llama3_folder(tmp_path)), run={"device": "cuda"},
+                     data={"source": "builtin", "max_train_per_relation": 20, "max_test_per_relation": 10,
+                           "max_testood_per_relation": 10},
+                     probe={"n_templates": 2, "n_samples": 10}, sft={"strategy": "fsdp"},
+                     grid={"scales": [8, 16], "seeds": [0]})
+    cfg = load_config(params)
+    stages, _ = timeplan.estimate(cfg, 8_030_261_248, 8, seq_len=32)
+    share = timeplan._row("probe", 8_030_261_248)["tokens_per_item"] / 32
+    probe, sft, ev, rest = stages
+    assert probe.flops_per_weight == pytest.approx(2 * probe.work * cfg.probe.max_new_tokens * share)
+    assert sft.flops_per_weight == 6 * (5 * (8 + 16) + (8 + 16)) * 32 + 4 * (8 + 16) * 32     # divided, mixed; lora
+    assert ev.flops_per_weight == 2 * ev.work * cfg.eval.max_new_tokens
+    assert rest.flops_per_weight == 2 * rest.work * cfg.eval.max_new_tokens
+    h100 = timeplan.peak_card(80)
+    floors = timeplan.floor(stages, 7_500_000_000, 8, h100)
+    assert floors[0] == pytest.approx(probe.flops_per_weight * 7.5e9 / (8 * 989.4e12))
+    assert all(f < st.seconds or f == st.seconds == 0 for f, st in zip(floors, stages))   # no kept scale: 0
+    assert main(["plan", str(params), "--gpus", "8", "--gpu-memory", "80"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    line = next(line for line in out if line.startswith("  floor "))
+    value, unit = line.split()[1:3]
+    assert "8 x NVIDIA H100 SXM's datasheet peak" in line and 0 < float(value) * (3600 if unit == "h" else 1) < sum(st.seconds for st in stages)
+    assert any(a.startswith("  assumption: floor: ") and "H100 datasheet" in a for a in out)
+    assert out[-1] == "fits"
+    assert main(["plan", str(params), "--gpus", "8", "--gpu-memory", "48"]) in (0, 1)
+    out = capsys.readouterr().out.splitlines()
+    assert "  floor: not computed (no card of about 48 GB in sftnb/resources/gpu_peaks.json)" in out
+    assert out[-1] in ("fits", "does not fit")
 
 
 def test_time_plan_takes_each_stage_from_its_nearest_measured_size(tmp_path, monkeypatch):
