@@ -409,6 +409,46 @@ def test_world_from_torchrun_accelerate_or_srun(monkeypatch):
     assert distributed.world() == (9, 16, 1) and not distributed.is_main()
 
 
+def test_ranks_per_host_under_torchrun_or_srun_alone(monkeypatch):
+    """Several ranks on one GPU must coordinate over gloo (NCCL refuses them). torchrun says how many ranks a host
+    has (LOCAL_WORLD_SIZE); ``srun`` alone does not, so SLURM's tasks per node count: without them, 8 srun tasks on
+    a 4-GPU node would start NCCL and fail at the first FSDP collective."""
+    for var in distributed.LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.local_world_size() == 1 and not distributed.shares_devices(4)
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "8")
+    assert distributed.local_world_size() == 8 and distributed.shares_devices(4)
+    monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", "4(x2),3")             # the step's own layout wins
+    assert distributed.local_world_size() == 4 and not distributed.shares_devices(4)
+    monkeypatch.setenv("SLURM_NODEID", "2")
+    assert distributed.local_world_size() == 3 and distributed.shares_devices(2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")                            # torchrun (also under srun) wins
+    assert distributed.local_world_size() == 2 and not distributed.shares_devices(2)
+
+
+def test_a_quantized_model_loads_on_the_gpu_of_its_rank(tiny_model_dir, monkeypatch):
+    """``run.device: cuda`` has no index; each rank has been given its GPU (``torch.cuda.set_device`` in
+    ``distributed.init``). A 4/8-bit model is placed by bitsandbytes' ``device_map``, which took ``index or 0``:
+    every rank's model on GPU 0. Checked by reading the arguments the loader gets (no GPU here)."""
+    import torch
+    import transformers
+
+    from sftnb.infra.errors import SftnbError
+    from sftnb.lm import models
+    seen = {}
+
+    def capture(folder, **kw):
+        seen.update(kw)
+        raise OSError("stop before loading")
+    monkeypatch.setattr(models, "resolve_device", lambda d: torch.device(d))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)                # this rank's GPU
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", capture)
+    for device, gpu in (("cuda", 3), ("cuda:1", 1)):
+        with pytest.raises(SftnbError, match="could not load"):
+            models.load_model(str(tiny_model_dir), device=device, dtype="bfloat16", quantization="8bit")
+        assert seen["device_map"] == {"": gpu}
+
+
 @pytest.mark.slow
 def test_srun_style_processes_share_units(tmp_path):
     """``srun python -m sftnb ...`` without torchrun: ranks from SLURM_*, rendezvous at MASTER_ADDR:MASTER_PORT."""

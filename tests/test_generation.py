@@ -316,7 +316,8 @@ class _OnDevice(torch.Tensor):
 
 def test_stop_rule_check_is_one_transfer_and_asks_what_a_row_by_row_check_asks():
     """Issue 23: StopRule's check copies the candidates, rows and tokens to the host in ONE transfer (it copied
-    each candidate row by row); it asks ``done`` exactly the questions the row-by-row check asked."""
+    each candidate row by row); it asks ``done`` exactly the questions the row-by-row check asked. Over a window of
+    steps (a GPU checks every few), each row is asked at its boundaries, earliest first, until one ends it."""
     torch.manual_seed(0)
     tokens, alive = torch.randint(0, 50, (6, 10)), torch.tensor([0, 2, 3, 5, 6, 7])
     full_tokens = torch.zeros((8, 10), dtype=torch.long)
@@ -325,16 +326,41 @@ def test_stop_rule_check_is_one_transfer_and_asks_what_a_row_by_row_check_asks()
     owners, asked = [10, 11, 12, 13], []
     rule = G.StopRule(torch.zeros(50, dtype=torch.bool), lambda p, toks: asked.append((p, toks)) or p % 2 == 0)
     _OnDevice.syncs = []
-    hits = G._stop_check(rule, cand.as_subclass(_OnDevice), alive.as_subclass(_OnDevice),
+    hits = G._stop_check(rule, cand[:, None].as_subclass(_OnDevice), alive.as_subclass(_OnDevice),
                          full_tokens.as_subclass(_OnDevice), 5, 2, owners)
     assert _OnDevice.syncs == ["cpu"]
     expect = [(owners[int(alive[r]) // 2], full_tokens[alive[r], :5].tolist()) for r in (0, 2, 3, 5)]
     assert asked == expect
     ended = [r for r in (0, 2, 3, 5) if owners[int(alive[r]) // 2] % 2 == 0]
     assert hits[0].tolist() == ended and hits[1].tolist() == [int(alive[r]) for r in ended]
+    assert hits[2].tolist() == [5] * len(ended)
     asked.clear()
-    assert G._stop_check(rule, torch.zeros(6, dtype=torch.bool), alive, full_tokens, 5, 2, owners) is None
+    assert G._stop_check(rule, torch.zeros((6, 1), dtype=torch.bool), alive, full_tokens, 5, 2, owners) is None
     assert asked == []
+    # a window of steps 4-7: row 0 has boundaries at 5 and 7 and is done from 7 tokens on; row 1 at 4, never done
+    window = torch.zeros((6, 4), dtype=torch.bool)
+    window[0, [1, 3]] = window[1, 0] = True
+    rule = G.StopRule(torch.zeros(50, dtype=torch.bool),
+                      lambda p, toks: asked.append((p, len(toks))) or (p == owners[0] and len(toks) >= 7))
+    hits = G._stop_check(rule, window, alive, full_tokens, 4, 2, owners)
+    assert asked == [(owners[0], 5), (owners[0], 7), (owners[1], 4)]
+    assert [t.tolist() for t in hits] == [[0], [0], [7]]
+
+
+def test_a_stop_rule_checked_every_few_steps_cuts_where_a_check_every_step_cuts(tiny, prompts, monkeypatch):
+    """On a GPU finished rows are looked for every CHECK_EVERY steps (each look is a host sync). The stop rule then
+    looks at every step since the last check, so every sample ends at the token where a check at every step (the
+    CPU) ends it, on the dynamic and on the static path; before, only each fourth step's boundary was seen."""
+    model, _ = tiny
+    kw = dict(n=3, temperature=0.9, max_new_tokens=11, seed=7, progress=False, batch_tokens=1 << 20)
+    boundary = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    boundary[::3] = True                                        # a third of the tokens begin a word
+    rule = G.StopRule(boundary, lambda p, toks: len(toks) >= 2 + p % 3)
+    every_step = generate(model, prompts, stop=rule, **kw)
+    assert {len(c) for cs in every_step for c in cs} - {kw["max_new_tokens"]}     # the rule did end samples
+    monkeypatch.setattr(G, "_check_every", lambda dev: 4)
+    for static in (False, True):
+        assert generate(model, prompts, stop=rule, static=static, **kw) == every_step
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
@@ -394,6 +420,40 @@ def test_static_plan_pads_batches_to_one_size():
     assert plan[1] == ([5, 6, 7, 8], [5, 6, 7, 8])
 
 
+def test_static_batches_are_a_power_of_two_of_rows():
+    """The budget follows the free memory, which moves between calls: batches of the largest power of two that
+    fits keep a run's calls to a few decode shapes (each one a compile), at no less than half the rows."""
+    assert G._static_groups(list(range(7)), 3) == [[0, 1], [2, 3], [4, 5], [6]]
+    assert G._static_groups(list(range(5)), 8) == [[0, 1, 2, 3, 4]]
+    assert G._static_groups([0, 1], 0) == [[0], [1]]
+    assert {len(b) for b in G._static_groups(list(range(100)), 1000)} == {100}
+
+
+def test_past_the_recompile_limit_a_static_decode_falls_back_with_the_same_tokens(tiny, prompts, monkeypatch):
+    """Past ``kv_cache.RECOMPILE_LIMIT`` decode shapes dynamo would run the step uncompiled, silently: the static
+    cache's costs without its graphs. The step raises instead, and generate warns once and decodes dynamically,
+    with the same tokens. The CUDA branch runs here with the device check patched and the eager backend."""
+    import torch._dynamo
+
+    from sftnb.lm import kv_cache
+    model, _ = tiny
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="eager", dynamic=False))
+    monkeypatch.setattr(kv_cache, "device_of", lambda m: torch.device("cuda"))
+    monkeypatch.setattr(kv_cache, "_COMPILED", {})
+    monkeypatch.setattr(kv_cache, "RECOMPILE_LIMIT", 2)
+    monkeypatch.setattr(G, "_STATIC", {"failed": False})
+    torch._dynamo.reset()
+    kw = dict(n=1, temperature=0.0, max_new_tokens=4, progress=False, batch_tokens=1 << 20)
+    for k in (1, 2):                                            # two shapes: inside the limit, no warning
+        assert generate(model, prompts[:k], static=True, **kw) == generate(model, prompts[:k], static=False, **kw)
+    assert not G._STATIC["failed"]
+    with pytest.warns(UserWarning, match="static KV cache decode failed"):
+        assert generate(model, prompts, static=True, **kw) == generate(model, prompts, static=False, **kw)
+    assert G._STATIC["failed"]
+    torch._dynamo.reset()
+
+
 def test_auto_decodes_dynamically_on_a_cpu_and_a_failed_static_decode_falls_back(tiny, prompts, monkeypatch):
     """``static="auto"`` (the default of generate and of the evaluation) is static on CUDA only: on a CPU nothing
     changes. Where the static path fails (a compile or capture error on a GPU), the call warns once and decodes
@@ -428,28 +488,41 @@ def test_auto_decodes_dynamically_on_a_cpu_and_a_failed_static_decode_falls_back
     assert generate(model, prompts, **kw) == base and calls == [False]
 
 
-def test_the_compiled_decode_step_is_traced_once_for_every_model_of_a_class():
-    """The static path compiles ``model.forward`` per model (``kv_cache.static_cache``, dynamic=False). The grid
-    evaluates one new model after another, so a trace per model would put a compile (minutes at 8B) before each
-    evaluation and run past dynamo's recompile limit. Dynamo inlines nn.Modules (their parameters are inputs):
-    models of one class made from one template (one config object) share one trace per shape. This checks that
-    torch still does (the eager backend: the tracing without a compiler; on CUDA, graphs are then re-recorded
-    per model, which the GPU suite times as another model's first call)."""
+def test_the_compiled_decode_step_is_traced_once_for_every_model_of_a_class_and_holds_no_model(monkeypatch):
+    """The static path compiles the model class's forward once (``kv_cache.compiled_step``, dynamic=False) and
+    calls it with each model. The grid evaluates one new model after another, so a trace per model would put a
+    compile (minutes at 8B) before each evaluation and run past dynamo's recompile limit. Dynamo inlines
+    nn.Modules (their parameters are inputs): models of one class made from one template (one config object) share
+    one trace per shape; on CUDA, graphs are then re-recorded per model, which the GPU suite times as another
+    model's first call. And the compiled step holds no model: a per-model cache of ``model.forward`` kept every
+    fine-tuned model alive (on a GPU, in its memory) for the rest of the process. Checked here with the eager
+    backend: dynamo's tracing and guards without a compiler."""
+    import gc
+    import weakref
+
     import torch._dynamo
     from torch._dynamo.utils import counters
 
+    from sftnb.lm import kv_cache
     from sftnb.lm.models import copy_model, tiny_model
+    monkeypatch.setattr(kv_cache, "_COMPILED", {})
     torch._dynamo.reset()
     counters.clear()
     first = tiny_model(seed=0)[0].eval()
     ids = torch.randint(3, 300, (4, 6))
     other = tiny_model(seed=1)[0].state_dict()
     # as the pipeline makes its models: copies of the run's template (models.copy_model), its config shared
-    models = (first, copy_model(first, "cpu").eval(), copy_model(first, "cpu", state=other).eval())
+    models = [first, copy_model(first, "cpu").eval(), copy_model(first, "cpu", state=other).eval()]
     with torch.inference_mode():
-        outs = [torch.compile(m.forward, backend="eager", dynamic=False)(input_ids=ids).logits for m in models]
-        assert counters["stats"]["unique_graphs"] == 1
+        outs = [kv_cache.compiled_step(m, backend="eager")(input_ids=ids).logits for m in models]
+        assert counters["stats"]["unique_graphs"] == 1 and len(kv_cache._COMPILED) == 1
+        assert torch.equal(outs[0], first(input_ids=ids).logits)
         assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])   # each with its own weights
-        torch.compile(tiny_model(seed=1)[0].eval().forward, backend="eager", dynamic=False)(input_ids=ids)
+        alone = tiny_model(seed=1)[0].eval()
+        kv_cache.compiled_step(alone, backend="eager")(input_ids=ids)
     assert counters["stats"]["unique_graphs"] == 2          # a model with a config of its own is traced again
+    refs = [weakref.ref(m) for m in (*models[1:], alone)]
+    del models, alone, outs
+    gc.collect()
+    assert [r() for r in refs] == [None] * 3               # the compiled step kept none of them
     torch._dynamo.reset()

@@ -57,14 +57,15 @@ from typing import Callable, Sequence
 
 from . import locks as claims
 from .errors import SftnbError
-from .launch import device, world
+from .launch import device, local_world_size, world
 
 TIMEOUT_S = float(os.environ.get("SFTNB_DIST_TIMEOUT_S", 48 * 3600))
 # what makes a process one rank of several: stripped from the environment of rank 0's notebook kernels
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
                "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_ERROR_FILE",
-               "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID")
+               "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "SLURM_STEP_TASKS_PER_NODE",
+               "SLURM_NODEID", "SLURM_NTASKS_PER_NODE")
 
 _cpu_group = None
 
@@ -133,7 +134,8 @@ def shares_devices(device_count: int) -> bool:
     runs on GPU r mod count)? A small model leaves a large GPU mostly idle, so K independent SFT runs on one
     device go faster than one. NCCL refuses two ranks on one device, so such a run coordinates over gloo only
     (the ranks share the store's units, no tensor crosses between them); ``sft.strategy: fsdp`` is refused."""
-    return device_count > 0 and int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > device_count
+    return device_count > 0 and local_world_size() > device_count
+
 
 
 def barrier() -> None:

@@ -18,6 +18,22 @@ def world() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def local_world_size() -> int:
+    """Ranks on this host: torchrun's ``LOCAL_WORLD_SIZE``; under ``srun`` alone (which does not set it) this
+    node's entry of ``SLURM_STEP_TASKS_PER_NODE`` (``"4(x2),3"``: 4 on nodes 0-1, 3 on node 2; ``SLURM_NODEID``
+    picks), else ``SLURM_NTASKS_PER_NODE``; 1 when none is set."""
+    env = os.environ
+    if env.get("LOCAL_WORLD_SIZE"):
+        return int(env["LOCAL_WORLD_SIZE"])
+    if env.get("SLURM_STEP_TASKS_PER_NODE"):
+        counts = []
+        for part in env["SLURM_STEP_TASKS_PER_NODE"].split(","):
+            n, _, times = part.partition("(x")
+            counts += [int(n)] * int(times.rstrip(")") or 1)
+        return counts[min(int(env.get("SLURM_NODEID", 0)), len(counts) - 1)]
+    return int(env.get("SLURM_NTASKS_PER_NODE", 1))
+
+
 def device():
     """This process's device: its current CUDA device (one GPU per process, as the launcher set it), else the CPU."""
     import torch

@@ -30,9 +30,12 @@ What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_
 - **on CUDA, a static KV cache and CUDA graphs** (``static="auto"``, the default; ``kv_cache.static_cache``): each
   decode step is one graph replay instead of an eager forward's kernel launches. Graphs (and torch.compile with
   ``dynamic=False``) are made once per shape, so a static call pads every prompt to its width (rounded up to 8)
-  and every batch to one size (``_static_batches``): one or two shapes a call, not one a batch. Rows stay in a
-  static batch (finished ones are masked, not dropped). Where compiling or capturing fails, the call warns and
-  decodes dynamically.
+  and every batch to a power of two of rows (``_static_groups``, ``_static_batches``): one or two shapes a call,
+  not one a batch, and few across a run's calls. Rows stay in a static batch (finished ones are masked, not
+  dropped). Where compiling or capturing fails, or a run's shapes pass ``kv_cache.RECOMPILE_LIMIT``, the call
+  warns and decodes dynamically.
+- **the stop rule sees every step**: checked every ``CHECK_EVERY`` steps on a GPU, it looks at each step since the
+  last check, so a sample ends where a check at every step ends it.
 
 Batching: a batch of B prompts of longest length L costs ``B * n * (L + max_new_tokens)`` token slots (its KV cache
 at the end of decoding); batches are filled, in length order, up to ``batch_tokens`` (a single prompt always
@@ -153,21 +156,29 @@ class StopRule:
     done: Callable[[int, list[int]], bool]
 
 
-def _stop_check(stop: StopRule, candidates: torch.Tensor, alive: torch.Tensor, tokens: torch.Tensor, step: int,
-                n: int, owners) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The live rows the stop rule ends at ``step``: (their live indices, their original rows), or None. ONE
+def _stop_check(stop: StopRule, candidates: torch.Tensor, alive: torch.Tensor, tokens: torch.Tensor, first: int,
+                n: int, owners) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The live rows the stop rule ends among the steps ``first``, ``first + 1``, ... since the last check
+    (``candidates`` [live rows, steps]: a word boundary there, before the row's EOS): (their live indices, their
+    original rows, the step each is cut at: its earliest boundary where ``done`` holds), or None. ONE
     device-to-host transfer per check: the candidate flags, each live row's original index and its tokens so far
     travel as one int32 block (a row-by-row ``.tolist()`` is one synchronisation per candidate)."""
-    block = torch.cat([candidates[:, None].int(), alive[:, None].int(), tokens[alive, :step].int()], 1).cpu()
-    live, rows = [], []
-    for r in block[:, 0].nonzero().squeeze(-1).tolist():              # host memory from here on
-        row = int(block[r, 1])
-        if stop.done(owners[row // n], block[r, 2:].tolist()):
-            live.append(r)
-            rows.append(row)
+    w = candidates.shape[1]
+    upto = first + w - 1                                 # the last step asked: its tokens before it travel
+    block = torch.cat([candidates.int(), alive[:, None].int(), tokens[alive, :upto].int()], 1).cpu()
+    live, rows, cuts = [], [], []
+    for r in block[:, :w].any(1).nonzero().squeeze(-1).tolist():      # host memory from here on
+        row = int(block[r, w])
+        text = block[r, w + 1:].tolist()
+        for j in block[r, :w].nonzero().squeeze(-1).tolist():         # the row's boundaries, earliest first
+            if stop.done(owners[row // n], text[:first + j]):
+                live.append(r)
+                rows.append(row)
+                cuts.append(first + j)
+                break
     if not live:
         return None
-    return torch.tensor(live, dtype=torch.long), torch.tensor(rows, dtype=torch.long)
+    return torch.tensor(live, dtype=torch.long), torch.tensor(rows, dtype=torch.long), torch.tensor(cuts)
 
 
 @torch.inference_mode()
@@ -216,7 +227,7 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
     lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=dev)   # index of the first EOS
     eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
     done = torch.zeros(rows, dtype=torch.bool, device=dev)
-    check_every = _check_every(dev)
+    check_every, checked = _check_every(dev), 0              # checked: the stop rule has seen the steps before it
     u_all = uniforms.to(dev) if uniforms is not None else None
     boundary = stop.boundary.to(dev) if stop is not None else None
     for step in range(max_new_tokens):
@@ -226,13 +237,22 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
             hit = torch.isin(nxt, eos_t) & ~done
             lengths[alive] = torch.where(hit, step, lengths[alive])
             done = done | hit
-        if step == max_new_tokens - 1:
+        last = step == max_new_tokens - 1
+        if stop is not None and (last or step % check_every == check_every - 1):
+            # every step since the last check: a GPU checks every few steps (each check is a host sync), and a
+            # boundary at any of them ends the row there, as a check at every step would (the last token is
+            # never a cut: the sample ends anyway)
+            first, upto = max(1, checked), step - last
+            checked = step + 1
+            if first <= upto:
+                at = tokens[alive, first:upto + 1]
+                cand = boundary[at] & (torch.arange(first, upto + 1, device=dev) < lengths[alive][:, None])
+                hits = _stop_check(stop, cand, alive, tokens, first, n, owners)
+                if hits is not None:
+                    done[hits[0].to(dev)] = True
+                    lengths[hits[1].to(dev)] = hits[2].to(dev)
+        if last:
             break
-        if stop is not None and step and step % check_every == check_every - 1:
-            hits = _stop_check(stop, boundary[nxt] & ~done, alive, tokens, step, n, owners)
-            if hits is not None:
-                done[hits[0].to(dev)] = True
-                lengths[hits[1].to(dev)] = step
         if (eos_t is not None or stop is not None) and step % check_every == check_every - 1:
             keep = (~done).nonzero().squeeze(-1)               # host sync, once every check_every steps
             if keep.numel() == 0:
@@ -284,7 +304,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
     results: list[list[list[int]]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     if static:          # every row costs the call's padded width: batches of one size (the last one padded)
-        plan = _static_batches(batches(order, lambda rows, i: rows * n * (width + max_new_tokens), batch_tokens))
+        plan = _static_batches(_static_groups(order, batch_tokens // (n * (width + max_new_tokens))))
     else:
         plan = [(b, b) for b in batches(order, lambda rows, i: rows * n * (lengths[i] + max_new_tokens), batch_tokens)]
     for batch, rows in plan:
@@ -323,6 +343,14 @@ def _bucket(length: int, step: int = 8) -> int:
     """A static call's padded prompt width: the longest prompt rounded up to ``step`` (fewer distinct shapes across
     calls, each of which torch.compile and CUDA graphs handle once)."""
     return -(-length // step) * step
+
+
+def _static_groups(order: list[int], fits: int) -> list[list[int]]:
+    """A static call's batches: ``order`` in groups of the largest power of two of rows within ``fits`` (at least
+    one). The budget follows the free memory, which moves between calls (each call's graphs take some); a power of
+    two keeps the calls of a run to a few decode shapes, at no less than half the rows that fit."""
+    size = 1 << (max(1, fits).bit_length() - 1)
+    return [order[i:i + size] for i in range(0, len(order), size)]
 
 
 def _static_batches(groups: list[list[int]]) -> list[tuple[list[int], list[int]]]:

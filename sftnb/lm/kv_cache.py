@@ -3,14 +3,18 @@ preallocated layers written in place (no copy of the whole cache per step) or in
 whose decode step can be captured as CUDA graphs."""
 from __future__ import annotations
 
-import weakref
-
 import torch
+from torch._dynamo import config as dynamo_config     # recompile_limit: no public form yet
 
 from .batching import device_of
 
-# each model's compiled decode step (static KV cache path), kept for as long as the model lives
-_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
+# the compiled decode step (static KV cache path), one per model class: compiled from the class's forward, with
+# the model as its first argument, so this cache holds no model. A per-model entry built from ``model.forward``
+# (a bound method) held its model, and every fine-tuned model stayed on the GPU for the rest of the process.
+_COMPILED: dict[type, object] = {}
+# decode shapes a process may compile: a static call has one or two (batch rows a power of two, the prompt width
+# rounded up to 8), so a run's calls stay well inside this; dynamo's default (8) is about one model's probe
+RECOMPILE_LIMIT = 32
 
 
 def plain_layers(cache) -> bool:
@@ -112,10 +116,29 @@ def static_cache(model, cache, n: int, capacity: int):
         layer.update(keys, values)
     step = model
     if device_of(model).type == "cuda":
-        step = _COMPILED.get(model)
-        if step is None:                # compiled once per model: CUDA graphs are captured per shape, then replayed
-            step = _COMPILED[model] = torch.compile(model.forward, mode="reduce-overhead", dynamic=False)
+        step = compiled_step(model, mode="reduce-overhead")
     return static, step
+
+
+def compiled_step(model, **compile_kwargs):
+    """``model``'s forward through the class's compiled forward (one ``torch.compile`` per class, shapes fixed):
+    dynamo traces once per shape for every model of the class that shares its config (the grid's models are
+    copies of one template), and CUDA graphs are captured per model and shape, then replayed.
+
+    Past ``RECOMPILE_LIMIT`` shapes the step raises instead of what dynamo does by default: run the forward
+    uncompiled, silently, with the static cache's costs and without its graphs. The caller (``generate``) then
+    warns once and decodes dynamically."""
+    cls = type(model)
+    fn = _COMPILED.get(cls)
+    if fn is None:
+        fn = _COMPILED[cls] = torch.compile(cls.forward, dynamic=False, **compile_kwargs)
+    limits = {k: v for k, v in (("recompile_limit", RECOMPILE_LIMIT), ("fail_on_recompile_limit_hit", True))
+              if hasattr(dynamo_config, k)}
+
+    def step(**inputs):
+        with dynamo_config.patch(**limits):
+            return fn(model, **inputs)
+    return step
 
 
 def select_cache(cache, keep: torch.Tensor) -> None:

@@ -288,7 +288,8 @@ def load_model(path: str, device: str = "auto", dtype: str | torch.dtype = "auto
         from transformers import BitsAndBytesConfig
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=quantization == "4bit",
                                                            load_in_8bit=quantization == "8bit")
-        kwargs["device_map"] = {"": dev.index or 0}
+        # "cuda" has no index: the GPU this rank was given (distributed.init's set_device), not always GPU 0
+        kwargs["device_map"] = {"": dev.index if dev.index is not None else torch.cuda.current_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
