@@ -391,11 +391,12 @@ def test_a_static_call_decodes_every_batch_in_one_shape_with_the_dynamic_tokens(
     many = [p for _ in range(4) for p in prompts]                          # 4 x 7 prompts, lengths 1-9
     n = 3 if temperature else 1
     kw = dict(n=n, temperature=temperature, max_new_tokens=6, seed=2, progress=False, batch_tokens=n * 17 * 5)
-    shapes = []
+    shapes, caches = [], []
     real = G.static_cache
 
-    def recording(model_, cache, n_, capacity):
-        cache_, step = real(model_, cache, n_, capacity)
+    def recording(model_, cache, n_, capacity, held):
+        cache_, step = real(model_, cache, n_, capacity, held)
+        caches.append(cache_)                                              # kept: ids stay unique
         def step_fn(**inputs):
             shapes.append((tuple(inputs["input_ids"].shape), tuple(inputs["attention_mask"].shape)))
             return step(**inputs)
@@ -407,6 +408,7 @@ def test_a_static_call_decodes_every_batch_in_one_shape_with_the_dynamic_tokens(
     width = G._bucket(max(map(len, many))) + kw["max_new_tokens"]
     assert {m for _, m in shapes} == {(s[0], width) for s, _ in shapes}      # every mask as wide as the call's
     assert len({s for s, _ in shapes}) <= 2
+    assert len({id(c) for c in caches}) <= 2 < len(caches)     # one cache a shape, reset for each batch: the graph is replayed
     assert len(shapes) >= 3 * (kw["max_new_tokens"] - 1)                     # several batches were decoded
 
 

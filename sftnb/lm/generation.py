@@ -183,8 +183,9 @@ def _stop_check(stop: StopRule, candidates: torch.Tensor, alive: torch.Tensor, t
 
 @torch.inference_mode()
 def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, uniforms, stop=None, owners=None,
-                    static=False, width=None):
-    """One batch. ``width``: left-pad every prompt to this many columns (the static path's one shape per call)."""
+                    static=False, width=None, held=None):
+    """One batch. ``width``: left-pad every prompt to this many columns (the static path's one shape per call);
+    ``held``: the call's static cache, reused by its batches of one shape (``kv_cache.static_cache``)."""
     from transformers import DynamicCache
 
     dev = device_of(model)
@@ -211,7 +212,7 @@ def _generate_batch(model, prompts, n, temperature, max_new_tokens, eos, pad, un
     step_fn = model
     static = static and plain_layers(cache)          # sliding-window layers keep the dynamic path
     if static:
-        cache, step_fn = static_cache(model, cache, n, width + max_new_tokens)
+        cache, step_fn = static_cache(model, cache, n, width + max_new_tokens, held)
     else:
         expand_cache(cache, n, width + max_new_tokens)
     if n > 1:
@@ -307,12 +308,13 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
         plan = _static_batches(_static_groups(order, batch_tokens // (n * (width + max_new_tokens))))
     else:
         plan = [(b, b) for b in batches(order, lambda rows, i: rows * n * (lengths[i] + max_new_tokens), batch_tokens)]
+    held: dict = {}                                  # the static path's cache, kept across a call's batches
     for batch, rows in plan:
         uniforms = _uniforms(keys[rows], n, max_new_tokens) if keys is not None else None
         args = ([prompts[i] for i in rows], n, temperature, max_new_tokens, eos, pad, uniforms, stop, rows)
         if static:
             try:
-                outs = _generate_batch(model, *args, static=True, width=width)
+                outs = _generate_batch(model, *args, static=True, width=width, held=held)
             except Exception as e:     # noqa: BLE001  compile / capture / graph memory: the dynamic path is exact too
                 _STATIC["failed"] = True
                 warnings.warn(f"sftnb: static KV cache decode failed ({type(e).__name__}: "

@@ -101,18 +101,31 @@ def expand_cache(cache, n: int, capacity: int) -> None:
             layer.batch_repeat_interleave(n)
 
 
-def static_cache(model, cache, n: int, capacity: int):
+def static_cache(model, cache, n: int, capacity: int, held: dict | None = None):
     """After prefill: a transformers ``StaticCache`` of ``capacity`` positions holding the prefill's keys/values
     repeated n times (prompt -> its samples), and the decode-step function: on CUDA the model's forward through
     ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: one replay per step instead of an eager forward's many
     kernel launches; every step has the same shapes), elsewhere the plain forward. Rows never leave a static batch:
-    finished ones are masked by their recorded length, and the batch ends when all are done."""
+    finished ones are masked by their recorded length, and the batch ends when all are done.
+
+    ``held`` (one dict per ``generate`` call) keeps the cache for the call's next batch of the same shape: reset and
+    refilled in place, its tensors keep their addresses, so the step's CUDA graph is replayed, where a new cache
+    per batch would make torch record the graph again for every batch."""
     from transformers import StaticCache
 
-    static = StaticCache(config=model.config, max_cache_len=capacity)
+    held = {} if held is None else held
+    rows = cache.layers[0].keys.shape[0] * n
+    static = held.get("cache") if held.get("shape") == (rows, capacity) else None
+    if static is None:
+        held.clear()                                  # the old shape's cache goes before the new one is allocated
+        static = StaticCache(config=model.config, max_cache_len=capacity)
+        held.update(shape=(rows, capacity), cache=static)
+    else:
+        static.reset()
     for dyn, layer in zip(cache.layers, static.layers):
         keys, values = dyn.keys.repeat_interleave(n, 0), dyn.values.repeat_interleave(n, 0)
-        layer.lazy_initialization(keys, values)
+        if not layer.is_initialized:
+            layer.lazy_initialization(keys, values)
         layer.update(keys, values)
     step = model
     if device_of(model).type == "cuda":
