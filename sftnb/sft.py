@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .config import LoraConfig, SFTConfig
 from .infra.errors import SftnbError
 from .lm.batching import left_pad
-from .lm.models import encode_prompt
+from .lm.models import cast_parameters, encode_prompt
 
 IGNORE = -100
 
@@ -148,7 +148,7 @@ def train_encoded(model, tokenizer, encoded: list[tuple[list[int], list[int]]], 
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
 
     if cfg.precision == "bf16":                       # pure bf16: weights, gradients and optimizer states
-        model.to(torch.bfloat16)
+        cast_parameters(model, torch.bfloat16)        # (the rotary frequencies stay float32, as in a bf16 load)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(cfg.optimizer, params, learning_rate or cfg.learning_rate, cfg.weight_decay)
     sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * len(batches)),

@@ -294,3 +294,28 @@ def test_table6_on_a_seeded_sample_of_the_training_set(tmp_path):
     sections.restoration.train_table({(key, "top"): part}, out)
     md = next((tmp_path / "fig6").glob("table06_*.md")).read_text()
     assert f"At n = {key.scale}: a seeded sample of {n - 3} of each model's {n} training facts" in md
+
+
+def test_a_bf16_copy_is_the_model_a_bf16_load_gives(tmp_path):
+    """Evaluation copies (``models.copy_model``), a tiny model loaded in bf16 and pure-bf16 SFT cast the
+    parameters only: the rotary frequencies stay float32, as ``from_pretrained(dtype=bfloat16)`` leaves them.
+    ``model.to(bfloat16)`` rounded them too, which moves every position, so the copy answered as a different model
+    than a bf16 load of the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    from sftnb.lm.models import cast_parameters, copy_model, load_model, save_tiny_model
+    folder = save_tiny_model(tmp_path / "tiny", seed=2)
+    fp32 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    copy = copy_model(fp32, "cpu", torch.bfloat16).eval()
+    assert {n: b.dtype for n, b in copy.named_buffers()} == {n: b.dtype for n, b in loaded.named_buffers()}
+    assert all(b.dtype == torch.float32 for _, b in copy.named_buffers())
+    assert all(p.dtype == torch.bfloat16 for p in copy.parameters())
+    ids = torch.randint(3, 300, (2, 40))
+    with torch.inference_mode():
+        assert torch.equal(copy(input_ids=ids).logits, loaded(input_ids=ids).logits)
+        rounded = copy_model(fp32, "cpu").to(torch.bfloat16)              # the old way: frequencies rounded
+        assert not torch.equal(rounded(input_ids=ids).logits, loaded(input_ids=ids).logits)
+    tiny, _ = load_model("tiny-random", device="cpu", dtype="bfloat16")
+    assert {b.dtype for _, b in tiny.named_buffers()} == {torch.float32}
+    assert cast_parameters(fp32, torch.bfloat16) is fp32 and next(fp32.parameters()).dtype == torch.bfloat16
