@@ -50,6 +50,12 @@ def probe_prompts(tokenizer, count: int, with_answers: bool = False):
     return (out, answers) if with_answers else out
 
 
+def static_failed(asked: bool) -> str:
+    """What a result line adds when the static path was asked for but fell back to the dynamic one."""
+    from sftnb.lm.generation import static_fell_back
+    return "   STATIC PATH FAILED: decoded dynamically (see the warning above)" if asked and static_fell_back() else ""
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -172,7 +178,7 @@ def main(argv=None):
     print(f"sftnb generate       : {dt:8.2f} s  {rates['ours']:10.1f} generations/s  "
           f"(~{mean_len:.1f} new tokens/generation)")
     if "naive" in rates:
-        print(f"speed-up             : {rates['ours'] / rates['naive']:.2f}x")
+        print(f"speed-up             : {rates['ours'] / rates['naive']:.2f}x{static_failed(args.static)}")
     print("example:", repr(tok.decode(prompts[0])), "->", repr(tok.decode(ours[0][0])))
     return rates
 

@@ -24,8 +24,10 @@ import torch
 from sftnb.config import SFTConfig
 from sftnb.data.sources import load_source
 from sftnb.evaluate import answer_questions
-from sftnb.lm.models import load_model, resolve_dtype
+from sftnb.lm.models import cast_parameters, load_model, resolve_dtype, stop_token_ids
 from sftnb.sft import example_ids, prompt_ids, resolve_precision, train
+
+from bench_probe import static_failed     # benchmarks/ is on sys.path when a script there runs
 
 
 def naive_trainer(model, tok, pairs, bs, precision):
@@ -97,8 +99,8 @@ def main():
     qs = [facts_q[i % len(facts_q)].question for i in range(a.questions)]
     answers = [facts_q[i % len(facts_q)].answers for i in range(a.questions)] if a.stop_rule else None
     eval_dtype = resolve_dtype(a.eval_dtype, dev)
-    eval_model = model.to(eval_dtype)                  # the same inference weights for every path
-    eos = tok.eos_token_id
+    eval_model = cast_parameters(model, eval_dtype)    # the same inference weights for every path, the rotary
+    eos = list(stop_token_ids(tok))                    # frequencies float32 as in the pipeline; the engine's stops
 
     def batched_generate(questions):
         for s in range(0, len(questions), a.naive_batch or len(questions)):
@@ -146,7 +148,8 @@ def main():
     print(f"  eval ratio vs batched generate: {rates['sftnb engine'] / rates['naive generate, batched']:.2f}x"
           + (f"; vs 1 at a time: {rates['sftnb engine'] / rates['naive generate, 1 at a time']:.2f}x"
              if "naive generate, 1 at a time" in rates else "") + f"   ({str(eval_dtype).removeprefix('torch.')} weights"
-          f"{', stop rule on' if answers else ''}{', static cache + CUDA graphs' if a.static else ''})")
+          f"{', stop rule on' if answers else ''}{', static cache + CUDA graphs' if a.static else ''}"
+          f"{static_failed(a.static)})")
 
 if __name__ == "__main__":
     main()

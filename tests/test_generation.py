@@ -422,6 +422,17 @@ def test_static_plan_pads_batches_to_one_size():
     assert plan[1] == ([5, 6, 7, 8], [5, 6, 7, 8])
 
 
+def test_no_prompts_give_no_completions_on_every_path(tiny, monkeypatch):
+    """A smoke run's empty test split reaches generate with no prompts. On a GPU ("auto" is static there) the
+    static path sized its width from the longest prompt, before its fallback, and crashed; every path returns []."""
+    model, tok = tiny
+    monkeypatch.setattr(G, "_on_cuda", lambda m: True)                    # "auto" as on a GPU
+    monkeypatch.setattr(G, "_STATIC", {"failed": False})
+    for static in ("auto", True, False):
+        assert generate(model, [], n=3, temperature=0.7, static=static, progress=False) == []
+    assert not G._STATIC["failed"]
+
+
 def test_static_batches_are_a_power_of_two_of_rows():
     """The budget follows the free memory, which moves between calls: batches of the largest power of two that
     fits keep a run's calls to a few decode shapes (each one a compile), at no less than half the rows."""

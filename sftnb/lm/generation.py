@@ -290,6 +290,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
         raise ValueError("n and max_new_tokens must be at least 1")
     prompts = [list(map(int, p)) for p in prompts]
     check_prompts(prompts)
+    if not prompts:                                  # an empty set (a smoke run's test split): nothing to size
+        return []
     if isinstance(eos_token_ids, int):
         eos_token_ids = (eos_token_ids,)
     eos = {int(e) for e in (eos_token_ids or ()) if e is not None}
@@ -334,6 +336,12 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
 # once a static decode has failed (most likely the environment: no working compiler for the GPU), "auto"
 # decodes dynamically for the rest of the process, so that no later model pays a failing compile again
 _STATIC = {"failed": False}
+
+
+def static_fell_back() -> bool:
+    """Has a static decode failed in this process, so that "auto" now decodes dynamically (benchmarks report it:
+    a row asked for the static path must not show the dynamic one's figures unsaid)?"""
+    return _STATIC["failed"]
 
 
 def _on_cuda(model) -> bool:
