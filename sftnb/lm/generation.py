@@ -24,8 +24,8 @@ What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_
   exactly a draw from softmax(logits / T), needs no [rows, V] random tensor (Gumbel-max needs one: on this CPU
   drawing it costs ~5x more than the sampling itself) and no ``torch.multinomial``;
 - **finished rows leave the batch**: every ``CHECK_EVERY`` steps on a GPU (every step on a CPU, where the check
-  costs no synchronisation) rows that emitted an EOS are dropped from the
-  inputs and the cache (the only host synchronisation of the decode loop, so GPUs are not stalled per token);
+  costs no synchronisation) rows that emitted an EOS are dropped from the inputs and the cache (the only host
+  synchronisation of the decode loop, so GPUs are not stalled per token);
 - prompts are **sorted by length** (little padding), results are returned in the caller's order;
 - **on CUDA, a static KV cache and CUDA graphs** (``static="auto"``, the default; ``kv_cache.static_cache``): each
   decode step is one graph replay instead of an eager forward's kernel launches. Graphs (and torch.compile with
@@ -34,8 +34,7 @@ What makes ``generate`` faster than ``model.generate(do_sample=True, num_return_
   not one a batch, and few across a run's calls. Rows stay in a static batch (finished ones are masked, not
   dropped). Where compiling or capturing fails, or a run's shapes pass ``kv_cache.RECOMPILE_LIMIT``, the call
   warns and decodes dynamically.
-- **the stop rule sees every step**: checked every ``CHECK_EVERY`` steps on a GPU, it looks at each step since the
-  last check, so a sample ends where a check at every step ends it.
+- **the stop rule sees every step**: each check looks at all steps since the last one (a GPU checks every few).
 
 Batching: a batch of B prompts of longest length L costs ``B * n * (L + max_new_tokens)`` token slots (its KV cache
 at the end of decoding); batches are filled, in length order, up to ``batch_tokens`` (a single prompt always
@@ -290,7 +289,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature
         raise ValueError("n and max_new_tokens must be at least 1")
     prompts = [list(map(int, p)) for p in prompts]
     check_prompts(prompts)
-    if not prompts:                                  # an empty set (a smoke run's test split): nothing to size
+    if not prompts:                 # an empty set (a smoke run's test split): nothing to size a static call by
         return []
     if isinstance(eos_token_ids, int):
         eos_token_ids = (eos_token_ids,)
@@ -339,8 +338,7 @@ _STATIC = {"failed": False}
 
 
 def static_fell_back() -> bool:
-    """Has a static decode failed in this process, so that "auto" now decodes dynamically (benchmarks report it:
-    a row asked for the static path must not show the dynamic one's figures unsaid)?"""
+    """Has a static decode failed in this process (so "auto" decodes dynamically now)? Benchmarks report it."""
     return _STATIC["failed"]
 
 
