@@ -362,6 +362,16 @@ def test_cli_bad_input_is_status_2(case, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ time plan
+def _llama3_time_params(tmp_path: Path) -> Path:
+    """LLaMA-3-8B's config on GPUs, FSDP, built-in facts (20/10/10 a relation), 2 templates x 10 samples, scales
+    8 and 16 with mixed and LoRA runs: the time plan's test run."""
+    return _params(tmp_path, str(_llama3_folder(tmp_path)), run={"device": "cuda"},
+                   data={"source": "builtin", "max_train_per_relation": 20, "max_test_per_relation": 10,
+                         "max_testood_per_relation": 10},
+                   probe={"n_templates": 2, "n_samples": 10}, sft={"strategy": "fsdp"},
+                   grid={"scales": [8, 16], "seeds": [0]})
+
+
 def test_time_plan_counts_the_work_and_prints_its_assumptions(tmp_path, capsys):
     """Issue 23: ``sftnb plan`` on GPUs also estimates each stage's wall time from resources/throughput.json (only
     measured rows, each naming its log), printing every assumption, and still ends with fits / does not fit."""
@@ -370,11 +380,7 @@ def test_time_plan_counts_the_work_and_prints_its_assumptions(tmp_path, capsys):
     rows = timeplan.throughput_table()
     assert {r["stage"] for r in rows} >= {"probe", "sft", "eval"}
     assert all((ROOT / r["source"]).is_file() and str(r["rate"]) in (ROOT / r["source"]).read_text() for r in rows)
-    params = _params(tmp_path, str(_llama3_folder(tmp_path)), run={"device": "cuda"},
-                     data={"source": "builtin", "max_train_per_relation": 20, "max_test_per_relation": 10,
-                           "max_testood_per_relation": 10},
-                     probe={"n_templates": 2, "n_samples": 10}, sft={"strategy": "fsdp"},
-                     grid={"scales": [8, 16], "seeds": [0]})
+    params = _llama3_time_params(tmp_path)
     cfg = load_config(params)
     one, _ = timeplan.estimate(cfg, 8_030_261_248, 1)
     eight, assumptions = timeplan.estimate(cfg, 8_030_261_248, 8)
@@ -405,11 +411,7 @@ def test_time_plan_prints_a_compute_floor_beside_its_estimate(tmp_path, capsys):
     assert timeplan.peak_card(80)["gpu"] == "NVIDIA H100 SXM"            # faster than the A100 80GB
     assert timeplan.peak_card(141)["gpu"] == "NVIDIA H200 SXM"
     assert timeplan.peak_card(48) is None
-    params = _params(tmp_path, str(_llama3_folder(tmp_path)), run={"device": "cuda"},
-                     data={"source": "builtin", "max_train_per_relation": 20, "max_test_per_relation": 10,
-                           "max_testood_per_relation": 10},
-                     probe={"n_templates": 2, "n_samples": 10}, sft={"strategy": "fsdp"},
-                     grid={"scales": [8, 16], "seeds": [0]})
+    params = _llama3_time_params(tmp_path)
     cfg = load_config(params)
     stages, _ = timeplan.estimate(cfg, 8_030_261_248, 8, seq_len=32)
     share = timeplan._row("probe", 8_030_261_248)["tokens_per_item"] / 32
