@@ -210,10 +210,8 @@ def plan_text(cfg, gpus: int | None = None, gpu_memory: float | None = None,
         except SftnbError as e:
             lines.insert(-1, f"time: not estimated ({e})")
         else:
-            # the weights a token multiplies: all but the input embedding (a lookup) and the norms
-            matmul = sh.params - (0 if sh.tied else sh.vocab * sh.hidden) - (2 * sh.layers + 1) * sh.hidden
-            card = peak_card(s.gpu_memory_gb)
-            floors = (card, floor(stages, matmul, s.gpus, card)) if card else None
+            card = peak_card(s.gpu_memory_gb)       # the weights a token multiplies: projections and the lm_head
+            floors = (card, floor(stages, sh.matmul_params(), s.gpus, card)) if card else None
             lines[-1:-1] = format_time(stages, assumptions, s.gpus, floors).splitlines()
             if card is None:
                 lines.insert(-1, f"  floor: not computed (no card of about {s.gpu_memory_gb:g} GB in "

@@ -137,7 +137,6 @@ def shares_devices(device_count: int) -> bool:
     return device_count > 0 and local_world_size() > device_count
 
 
-
 def barrier() -> None:
     """Wait for every rank (a no-op in a single process)."""
     if initialized():
