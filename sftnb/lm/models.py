@@ -304,7 +304,8 @@ def load_model(path: str, device: str = "auto", dtype: str | torch.dtype = "auto
 def cast_parameters(model, dtype: torch.dtype):
     """``model``'s parameters in ``dtype``, its buffers as they are: the rotary frequencies stay float32, as
     ``from_pretrained(dtype=...)`` leaves them. ``model.to(bfloat16)`` rounds them too, which moves every position
-    (LLaMA-3's by up to 0.09 rad at position 50), so a copy made that way is not the model a bf16 load gives."""
+    (LLaMA-3's by up to 0.09 rad at position 50: benchmarks/results/*-issue23/rotary_bf16_rounding.txt), so a copy
+    made that way is not the model a bf16 load gives."""
     for p in model.parameters():
         p.data = p.data.to(dtype)
     return model
